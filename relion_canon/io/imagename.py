@@ -1,0 +1,69 @@
+"""RELION image names: ``N@stack.mrcs`` (1-based N, zero padding optional) or a single-image file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+from relion_canon.errors import InputError
+
+
+class ImageRef(NamedTuple):
+    index: int  # 0-based position in the stack
+    path: str  # as written in the STAR file
+
+
+def parse_image_name(name: str, file: str | Path | None = None, row: int | None = None) -> ImageRef:
+    """Split ``000012@Extract/job1/mic.mrcs`` into (11, 'Extract/job1/mic.mrcs').
+
+    A name without ``@`` is a single image (index 0).
+    """
+    name = str(name).strip()
+    if not name:
+        raise InputError("empty image name", file, row)
+    if "@" not in name:
+        return ImageRef(0, name)
+    number, _, path = name.partition("@")
+    if not path:
+        raise InputError(f"image name {name!r} has no file after '@'", file, row)
+    try:
+        n = int(number)
+    except ValueError:
+        raise InputError(f"image name {name!r}: {number!r} is not an image number", file, row) from None
+    if n < 1:
+        raise InputError(f"image name {name!r}: image numbers start at 1", file, row)
+    return ImageRef(n - 1, path)
+
+
+def format_image_name(index: int, path: str, width: int = 6) -> str:
+    """RELION's own spelling: 1-based, zero-padded to six digits."""
+    return f"{index + 1:0{width}d}@{path}"
+
+
+def resolve_path(
+    path: str, star_dir: Path | None, project_dir: Path | None = None, data_dir: Path | None = None
+) -> Path | None:
+    """Find an image file the way RELION does, then the usual fallbacks.
+
+    RELION resolves names relative to the project directory (its working directory). Files
+    moved with their STAR file resolve relative to the STAR's folder; ``data_dir`` (like
+    cryoDRGN's ``--datadir``) is tried last with the name's basename. ``None`` if nothing exists.
+    """
+    p = Path(os.path.expanduser(path))
+    if p.is_absolute():
+        candidates = [p]
+    else:
+        candidates = [(project_dir or Path.cwd()) / p]
+        if star_dir is not None:
+            candidates.append(star_dir / p)
+    if data_dir is not None:
+        candidates += [data_dir / p, data_dir / p.name]
+    for c in candidates:
+        if c.is_file():
+            return c
+    return None
+
+
+def parse_all(names: Sequence[str], file: str | Path | None = None) -> list[ImageRef]:
+    return [parse_image_name(n, file, i + 1) for i, n in enumerate(names)]

@@ -1,0 +1,131 @@
+"""MRC stacks and maps through ``mrcfile``: memory-mapped reading with clear errors, atomic writing."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import mrcfile
+import numpy as np
+
+from relion_canon.errors import InputError
+from relion_canon.io.atomic import atomic_path
+
+# Real-valued MRC modes: int8, int16, float32, uint16, float16. Complex (3, 4) and packed (101) are not images.
+REAL_MODES = {0, 1, 2, 6, 12}
+
+
+def _header_shape(path: Path) -> tuple[int, int, int, int, int]:
+    """(nz, ny, nx, mode, expected file size in bytes) from the header alone."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with mrcfile.open(path, header_only=True, permissive=True) as m:
+                h = m.header
+                nx, ny, nz, mode = int(h.nx), int(h.ny), int(h.nz), int(h.mode)
+                ext = int(h.nsymbt)
+        except Exception as exc:
+            raise InputError(f"not a readable MRC file ({exc})", path) from exc
+    itemsize = {0: 1, 1: 2, 2: 4, 3: 4, 4: 8, 6: 2, 12: 2}.get(mode)
+    if itemsize is None:
+        raise InputError(f"unsupported MRC mode {mode}", path)
+    return nz, ny, nx, mode, 1024 + ext + nx * ny * nz * itemsize
+
+
+def open_stack(path: str | Path) -> mrcfile.mrcmemmap.MrcMemmap:
+    """Memory-map an image stack read-only; raise :class:`InputError` for missing, truncated or odd files."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("image stack not found", path)
+    nz, ny, nx, mode, expected = _header_shape(path)
+    if mode not in REAL_MODES:
+        raise InputError(f"MRC mode {mode} is not a real-valued image mode", path)
+    size = path.stat().st_size
+    if size < expected:
+        raise InputError(
+            f"truncated stack: header says {nz} images of {nx}x{ny} ({expected} bytes) but the file has {size} bytes",
+            path,
+        )
+    with warnings.catch_warnings():
+        # Files from other tools often lack the MAP ID or machine stamp; the data are still fine.
+        warnings.simplefilter("ignore")
+        try:
+            return mrcfile.mmap(path, mode="r", permissive=True)
+        except Exception as exc:
+            raise InputError(f"cannot memory-map stack ({exc})", path) from exc
+
+
+def stack_shape(m: mrcfile.mrcmemmap.MrcMemmap) -> tuple[int, int, int]:
+    """(n_images, ny, nx); a single 2D image counts as a stack of one."""
+    data = m.data
+    if data.ndim == 2:
+        return (1, *data.shape)
+    return data.shape  # type: ignore[return-value]
+
+
+def header_pixel_size(m: mrcfile.mrcfile.MrcFile) -> float | None:
+    """Pixel size in Å from the header, or None where the header gives 0 (not set)."""
+    vs = float(m.voxel_size.x)
+    return vs if vs > 0 else None
+
+
+def read_map(path: str | Path) -> tuple[np.ndarray, float | None]:
+    """A 3D density map as float32 (z, y, x) and its voxel size in Å (None when the header has none)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("map file not found", path)
+    nz, ny, nx, mode, expected = _header_shape(path)
+    if path.stat().st_size < expected:
+        raise InputError("truncated map file", path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with mrcfile.open(path, permissive=True) as m:
+                data = np.asarray(m.data, dtype=np.float32).copy()
+                apix = header_pixel_size(m)
+        except Exception as exc:
+            raise InputError(f"cannot read map ({exc})", path) from exc
+    if data.ndim != 3 or len(set(data.shape)) != 1:
+        raise InputError(f"expected a cubic 3D map, got shape {data.shape}", path)
+    if not np.all(np.isfinite(data)):
+        raise InputError("map contains NaN or infinite values", path)
+    return data, apix
+
+
+@contextlib.contextmanager
+def stack_writer(path: str | Path, n: int, box: int, pixel_size: float) -> Iterator[np.ndarray]:
+    """Yield a writable (n, box, box) float32 memory map; the stack appears at ``path`` only if all went well.
+
+    Streaming into a memory map keeps memory flat however many particles are written.
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        m = mrcfile.new_mmap(tmp, shape=(n, box, box), mrc_mode=2, overwrite=True)
+        try:
+            m.set_image_stack()
+            m.voxel_size = pixel_size
+            yield m.data
+            m.update_header_stats()
+        finally:
+            m.close()
+
+
+def write_stack(path: str | Path, images: np.ndarray, pixel_size: float) -> Path:
+    """Write (n, box, box) images as an MRC stack with the given header pixel size."""
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 2:
+        images = images[None]
+    with stack_writer(path, images.shape[0], images.shape[-1], pixel_size) as out:
+        out[:] = images
+    return Path(path)
+
+
+def write_map(path: str | Path, volume: np.ndarray, pixel_size: float) -> Path:
+    with atomic_path(path) as tmp:
+        with mrcfile.new(tmp, overwrite=True) as m:
+            m.set_data(np.asarray(volume, dtype=np.float32))
+            m.voxel_size = pixel_size
+    return Path(path)
+

@@ -1,0 +1,329 @@
+"""RELION particle STAR files of every generation (3.0, 3.1/4.0, 5.0): read, resolve optics, write back.
+
+A STAR file is kept as an ordered dict of blocks exactly as ``starfile`` reads it, so that writing it back
+keeps every block, column and row order; new per-particle columns are appended to the particle table.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+import starfile
+from starfile.writer import loop_block, simple_block
+
+from relion_canon.ctf import CtfParams
+from relion_canon.errors import InputError
+from relion_canon.io.atomic import atomic_path
+
+# Block names RELION has used for the particle table, newest first.
+PARTICLE_BLOCK_NAMES = ("particles", "images", "")
+OPTICS_BLOCK = "optics"
+
+# RELION 3.1+ writes every block preceded by this comment; 3.1 treats a file without it as 3.0-style.
+VERSION_31 = 30001
+VERSION_50 = 50001
+
+_VERSION_RE = re.compile(r"^#\s*version\s+(\d+)")
+
+# Optics values resolved per particle: (our name, RELION labels in order of preference).
+_OPTICS_LABELS: dict[str, tuple[str, ...]] = {
+    "voltage": ("rlnVoltage",),
+    "cs": ("rlnSphericalAberration",),
+    "amplitude_contrast": ("rlnAmplitudeContrast",),
+    "pixel_size": ("rlnImagePixelSize", "rlnPixelSize"),
+}
+# Assumed when a file gives no amplitude contrast at all (the usual value for vitreous ice); `info` says so.
+DEFAULT_AMPLITUDE_CONTRAST = 0.1
+
+
+@dataclass
+class Optics:
+    """Per-particle optics, resolved through ``rlnOpticsGroup`` (or read from the particle table in 3.0 files).
+
+    Arrays are float64 of length N; ``None`` means the file does not give that value for any particle.
+    """
+
+    voltage: np.ndarray | None
+    cs: np.ndarray | None
+    amplitude_contrast: np.ndarray | None
+    pixel_size: np.ndarray | None
+    group: np.ndarray  # 1-based optics group per particle (all 1 for 3.0 files)
+    missing: dict[str, list[int]] = field(default_factory=dict)  # value -> 1-based rows lacking it
+
+    def require(self, path: str | Path, *names: str) -> None:
+        """Raise one clear error if any of ``names`` is missing for any particle."""
+        for name in names:
+            if getattr(self, name) is None or self.missing.get(name):
+                rows = self.missing.get(name) or []
+                label = "/".join(_OPTICS_LABELS[name])
+                row = rows[0] if rows else None
+                raise InputError(f"missing optics value {name} ({label})", path, row)
+
+
+@dataclass
+class ParticleStar:
+    """A particle STAR file held as its blocks, plus what RELION generation wrote it."""
+
+    path: Path
+    blocks: dict[str, pd.DataFrame | dict]
+    particles_block: str
+    version: int | None  # 30001, 50001, or None for files without a version line (RELION <= 3.0)
+
+    @property
+    def particles(self) -> pd.DataFrame:
+        return self.blocks[self.particles_block]  # type: ignore[return-value]
+
+    @property
+    def optics_table(self) -> pd.DataFrame | None:
+        block = self.blocks.get(OPTICS_BLOCK)
+        return block if isinstance(block, pd.DataFrame) else None
+
+    @property
+    def generation(self) -> str:
+        """'3.0', '3.1' (also written by 4.0) or '5.0'."""
+        if self.version is not None and self.version >= VERSION_50:
+            return "5.0"
+        if self.optics_table is not None or self.version is not None:
+            return "3.1"
+        return "3.0"
+
+    def __len__(self) -> int:
+        return len(self.particles)
+
+    @property
+    def image_names(self) -> list[str]:
+        if "rlnImageName" not in self.particles.columns:
+            raise InputError("particle table has no rlnImageName column", self.path)
+        return self.particles["rlnImageName"].astype(str).tolist()
+
+    def optics(self) -> Optics:
+        """Resolve voltage, Cs, amplitude contrast and pixel size for every particle."""
+        return _resolve_optics(self)
+
+    def ctf_params(self) -> CtfParams:
+        """Per-particle CTF parameters; raises naming the file and row when a needed value is missing."""
+        p = self.particles
+        n = len(p)
+        missing = [c for c in ("rlnDefocusU", "rlnDefocusV") if c not in p.columns]
+        if missing:
+            raise InputError(f"no {' / '.join(missing)} column: CTF parameters are unknown", self.path)
+        optics = self.optics()
+        optics.require(self.path, "voltage", "cs", "amplitude_contrast")
+
+        def col(label: str, default: float = 0.0) -> np.ndarray:
+            if label not in p.columns:
+                return np.full(n, default)
+            values = pd.to_numeric(p[label], errors="coerce").to_numpy(np.float64)
+            bad = np.flatnonzero(~np.isfinite(values))
+            if bad.size:
+                raise InputError(f"{label} is not a number", self.path, int(bad[0]) + 1)
+            return values
+
+        return CtfParams(
+            defocus_u=col("rlnDefocusU"),
+            defocus_v=col("rlnDefocusV"),
+            defocus_angle=col("rlnDefocusAngle"),
+            voltage=optics.voltage,
+            cs=optics.cs,
+            amplitude_contrast=optics.amplitude_contrast,
+            phase_shift=col("rlnPhaseShift"),
+            bfactor=col("rlnCtfBfactor"),
+        )
+
+    def origins_angstrom(self) -> np.ndarray:
+        """(N, 2) particle origin (x, y) in Å; RELION 3.0 files give pixels, converted with the pixel size."""
+        p = self.particles
+        if {"rlnOriginXAngst", "rlnOriginYAngst"} <= set(p.columns):
+            return p[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(np.float64)
+        if {"rlnOriginX", "rlnOriginY"} <= set(p.columns):
+            optics = self.optics()
+            optics.require(self.path, "pixel_size")
+            return p[["rlnOriginX", "rlnOriginY"]].to_numpy(np.float64) * optics.pixel_size[:, None]
+        return np.zeros((len(p), 2))
+
+    def with_particles(self, particles: pd.DataFrame) -> "ParticleStar":
+        """The same file with another particle table (a subset, or extra columns)."""
+        blocks = dict(self.blocks)
+        blocks[self.particles_block] = particles
+        return ParticleStar(self.path, blocks, self.particles_block, self.version)
+
+    def with_columns(self, columns: Mapping[str, np.ndarray | pd.Series | list]) -> "ParticleStar":
+        """Add or replace per-particle columns; new ones go after the existing ones, input columns are kept."""
+        particles = self.particles.copy()
+        for name, values in columns.items():
+            values = np.asarray(values)
+            if len(values) != len(particles):
+                raise ValueError(f"column {name}: {len(values)} values for {len(particles)} particles")
+            particles[name] = values
+        return self.with_particles(particles)
+
+    def subset(self, mask_or_index: np.ndarray) -> "ParticleStar":
+        """Keep the rows selected by a boolean mask or integer positions, in input order."""
+        sel = np.asarray(mask_or_index)
+        rows = np.flatnonzero(sel) if sel.dtype == bool else np.sort(sel)
+        return self.with_particles(self.particles.iloc[rows].reset_index(drop=True))
+
+
+def _read_version(path: Path) -> int | None:
+    with open(path, "r", errors="replace") as fh:
+        for _ in range(200):  # the version line comes before the first data block
+            line = fh.readline()
+            if not line:
+                break
+            m = _VERSION_RE.match(line.strip())
+            if m:
+                return int(m.group(1))
+            if line.startswith("data_"):
+                break
+    return None
+
+
+def read_star(path: str | Path) -> ParticleStar:
+    """Read a particle STAR file; raise :class:`InputError` naming the file for anything unusable."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("STAR file not found", path)
+    if path.is_dir():
+        raise InputError("is a directory, not a STAR file", path)
+    if path.stat().st_size == 0:
+        raise InputError("STAR file is empty", path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            blocks = starfile.read(path, always_dict=True)
+    except Exception as exc:  # starfile raises a variety of pandas/parser errors on broken loops
+        raise InputError(f"cannot parse STAR file ({type(exc).__name__}: {exc})", path) from exc
+    if not blocks:
+        raise InputError("no data blocks found (not a STAR file?)", path)
+
+    particles_block = _find_particle_block(blocks, path)
+    table = blocks[particles_block]
+    if len(table) == 0:
+        raise InputError(f"particle table data_{particles_block} has no rows", path)
+    if "rlnImageName" not in table.columns:
+        raise InputError(f"particle table data_{particles_block} has no rlnImageName column", path)
+    star = ParticleStar(path, dict(blocks), particles_block, _read_version(path))
+    _check_optics_groups(star)
+    return star
+
+
+def _find_particle_block(blocks: dict, path: Path) -> str:
+    for name in PARTICLE_BLOCK_NAMES:
+        if isinstance(blocks.get(name), pd.DataFrame):
+            return name
+    # Otherwise: the first loop with image names (e.g. a block named by another tool).
+    for name, block in blocks.items():
+        if isinstance(block, pd.DataFrame) and "rlnImageName" in block.columns:
+            return name
+    found = ", ".join(f"data_{k}" for k in blocks) or "none"
+    raise InputError(f"no particle table (data_particles) found; blocks: {found}", path)
+
+
+def _check_optics_groups(star: ParticleStar) -> None:
+    optics = star.optics_table
+    parts = star.particles
+    if optics is None or "rlnOpticsGroup" not in parts.columns:
+        return
+    if "rlnOpticsGroup" not in optics.columns:
+        raise InputError("data_optics has no rlnOpticsGroup column", star.path)
+    known = set(optics["rlnOpticsGroup"].astype(int))
+    groups = parts["rlnOpticsGroup"].to_numpy()
+    bad = np.flatnonzero(~np.isin(groups, list(known)))
+    if bad.size:
+        raise InputError(
+            f"rlnOpticsGroup {groups[bad[0]]} is not in data_optics (groups: {sorted(known)})", star.path, int(bad[0]) + 1
+        )
+
+
+def _column(table: pd.DataFrame, labels: tuple[str, ...]) -> pd.Series | None:
+    for label in labels:
+        if label in table.columns:
+            return pd.to_numeric(table[label], errors="coerce")
+    return None
+
+
+def _resolve_optics(star: ParticleStar) -> Optics:
+    parts = star.particles
+    n = len(parts)
+    optics = star.optics_table
+    if optics is not None and "rlnOpticsGroup" in parts.columns:
+        group = parts["rlnOpticsGroup"].to_numpy(dtype=np.int64)
+        by_group = optics.set_index(optics["rlnOpticsGroup"].astype(int))
+        per_particle = by_group.reindex(group)
+    else:
+        # RELION 3.0: optics values are particle columns; one implicit group.
+        group = (
+            parts["rlnOpticsGroup"].to_numpy(dtype=np.int64) if "rlnOpticsGroup" in parts.columns else np.ones(n, np.int64)
+        )
+        per_particle = pd.DataFrame(index=range(n))
+
+    values: dict[str, np.ndarray | None] = {}
+    missing: dict[str, list[int]] = {}
+    for name, labels in _OPTICS_LABELS.items():
+        # A particle-level column overrides the optics group (RELION allows this for e.g. pixel size in 3.0).
+        col = _column(parts, labels)
+        if col is None:
+            col = _column(per_particle, labels)
+            if col is not None:
+                col = col.reset_index(drop=True)
+        if col is None and name == "pixel_size":
+            col = _pixel_size_from_magnification(parts)
+        if col is None and name == "amplitude_contrast":
+            col = pd.Series(np.full(n, DEFAULT_AMPLITUDE_CONTRAST))
+        if col is None:
+            values[name] = None
+            continue
+        arr = col.to_numpy(dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(arr) | ((arr <= 0) if name in ("voltage", "pixel_size") else False))
+        if bad.size:
+            missing[name] = (bad + 1).tolist()
+        values[name] = arr
+    return Optics(group=group, missing=missing, **values)
+
+
+def _pixel_size_from_magnification(parts: pd.DataFrame) -> pd.Series | None:
+    """RELION 3.0 pixel size: detector pixel (µm) × 10⁴ / magnification."""
+    if {"rlnDetectorPixelSize", "rlnMagnification"} <= set(parts.columns):
+        det = pd.to_numeric(parts["rlnDetectorPixelSize"], errors="coerce")
+        mag = pd.to_numeric(parts["rlnMagnification"], errors="coerce")
+        return det * 1e4 / mag
+    return None
+
+
+def _format_float(x: float) -> str:
+    return repr(float(x))
+
+
+def write_star(star: ParticleStar | Mapping[str, pd.DataFrame | dict], path: str | Path, version: int | None = None) -> Path:
+    """Write blocks to ``path`` atomically, each preceded by RELION's ``# version`` line.
+
+    ``version`` defaults to the input file's (30001 when it had none, since we always write a
+    3.1-style file when there is an optics table; a 3.0-style file keeps no version line).
+    Floats are written as the shortest text that reads back to the same double (and always with a
+    decimal point or exponent), so a read/write/read round trip is lossless and floats stay floats.
+    """
+    if isinstance(star, ParticleStar):
+        blocks = star.blocks
+        if version is None:
+            version = star.version if star.version is not None else (VERSION_31 if star.optics_table is not None else None)
+    else:
+        blocks = dict(star)
+    lines: list[str] = ["", f"# Created by relion_canon", ""]
+    for name, block in blocks.items():
+        if version is not None:
+            lines.append(f"# version {version}")
+            lines.append("")
+        if isinstance(block, pd.DataFrame):
+            lines.extend(loop_block(name, block, float_format=_format_float, separator="\t", na_rep="<NA>"))
+        else:
+            lines.extend(simple_block(name, block))
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,40 @@
+"""Shared test fixtures: real files from ../shared/data and the RELION binaries.
+
+Both are optional on a developer's machine (the test skips, saying why) but required in CI
+(`CI=true`), where a missing file or binary is a failure, not a silent skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _missing(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{reason} (required under CI=true)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path to ../shared/data (the real STAR/MRC/.cs files, maps and models)."""
+    if not SHARED_DATA.is_dir():
+        _missing(f"shared data folder {SHARED_DATA} is absent")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def require_relion() -> Path:
+    """The folder holding the RELION 3.1 binaries (relion_project, relion_refine, ...)."""
+    exe = shutil.which("relion_project")
+    if exe is None:
+        _missing("RELION binaries (relion_project) not on PATH; install with `apt-get install -y relion`")
+    return Path(exe).parent
