@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import mrcfile
+import numpy as np
+import pytest
+
+from relion_canon.errors import InputError
+from relion_canon.io import read_map, stack_writer, write_map, write_stack
+
+
+def test_write_stack_header_pixel_size_and_data(tmp_path):
+    data = np.random.default_rng(0).normal(size=(5, 24, 24)).astype(np.float32)
+    write_stack(tmp_path / "s.mrcs", data, pixel_size=2.5)
+    with mrcfile.open(tmp_path / "s.mrcs") as m:
+        np.testing.assert_array_equal(m.data, data)
+        assert m.voxel_size.x == pytest.approx(2.5) and m.voxel_size.y == pytest.approx(2.5)
+        assert m.is_image_stack()
+        assert m.header.mode == 2
+
+
+def test_stack_writer_leaves_nothing_on_failure(tmp_path):
+    with pytest.raises(RuntimeError):
+        with stack_writer(tmp_path / "s.mrcs", 10, 16, 1.0) as out:
+            out[:5] = 1
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_map_round_trip(tmp_path, shared_data):
+    vol, apix = read_map(shared_data / "maps/EMD-3197.map")
+    assert vol.shape == (20, 20, 20)
+    assert apix == pytest.approx(11.4, abs=0.01)
+    write_map(tmp_path / "m.mrc", vol, 11.4)
+    again, apix2 = read_map(tmp_path / "m.mrc")
+    np.testing.assert_array_equal(again, vol)
+    assert apix2 == pytest.approx(11.4)
+
+
+def test_map_without_voxel_size(shared_data):
+    _, apix = read_map(shared_data / "maps/clean70SRibosome_vol_65p.mrc")
+    assert apix is None
+
+
+@pytest.mark.parametrize("what", ["missing", "garbage", "nan", "not cubic"])
+def test_bad_maps(tmp_path, what):
+    path = tmp_path / "m.mrc"
+    if what == "garbage":
+        path.write_bytes(b"not an mrc file at all")
+    elif what == "nan":
+        vol = np.zeros((8, 8, 8), np.float32)
+        vol[1, 2, 3] = np.nan
+        write_map(path, vol, 1.0)
+    elif what == "not cubic":
+        write_map(path, np.zeros((8, 8, 6), np.float32), 1.0)
+    with pytest.raises(InputError, match=r"m\.mrc: "):
+        read_map(path)
