@@ -7,6 +7,7 @@ have protein white). Arrays broadcast over leading particle dimensions.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -19,10 +20,25 @@ def electron_wavelength(voltage_kv: float | np.ndarray) -> np.ndarray:
 
 
 def frequency_grid(box: int, pixel_size: float, rfft: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(kx, ky) in 1/Å on the unshifted FFT grid (origin at [0, 0]); ``rfft`` gives the half grid of ``rfft2``."""
+    """(kx, ky) in 1/Å on the unshifted FFT grid (origin at [0, 0]); ``rfft`` gives the half grid of ``rfft2``.
+
+    kx runs along columns (image x), ky along rows (image y), as RELION's X and Y in ``CTF::getCTF``.
+    """
     ky = np.fft.fftfreq(box, d=pixel_size)
     kx = np.fft.rfftfreq(box, d=pixel_size) if rfft else np.fft.fftfreq(box, d=pixel_size)
     return np.meshgrid(kx, ky, indexing="xy")
+
+
+@functools.lru_cache(maxsize=16)
+def _polar_grid(box: int, pixel_size: float, rfft: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(k², cos 2φ, sin 2φ) of the frequency grid, φ = atan2(ky, kx); cached, read-only."""
+    kx, ky = frequency_grid(box, pixel_size, rfft)
+    k2 = kx**2 + ky**2
+    angle = np.arctan2(ky, kx)
+    out = (k2, np.cos(2.0 * angle), np.sin(2.0 * angle))
+    for a in out:
+        a.setflags(write=False)
+    return out
 
 
 def ctf_2d(
@@ -43,20 +59,20 @@ def ctf_2d(
     Defocus in Å, defocus angle and phase shift in degrees, voltage in kV, Cs in mm, B-factor in Å².
     Leading dimensions come from broadcasting the per-particle parameters.
     """
-    kx, ky = frequency_grid(box, pixel_size, rfft)
-    k2 = kx**2 + ky**2
-    angle = np.arctan2(ky, kx)
+    k2, cos2, sin2 = _polar_grid(int(box), float(pixel_size), bool(rfft))
 
     def per(x):  # per-particle scalar -> (..., 1, 1) so it broadcasts over the grid
         return np.asarray(x, dtype=np.float64)[..., None, None]
 
     lam = per(electron_wavelength(voltage))
     dfu, dfv, azimuth = per(defocus_u), per(defocus_v), np.deg2rad(per(defocus_angle))
-    defocus = 0.5 * (dfu + dfv) + 0.5 * (dfu - dfv) * np.cos(2.0 * (angle - azimuth))
+    # Δf(φ) = mean + half-difference · cos 2(φ − azimuth), expanded so the grid trigonometry is done once.
+    half_diff = 0.5 * (dfu - dfv)
+    defocus = 0.5 * (dfu + dfv) + half_diff * np.cos(2.0 * azimuth) * cos2 + half_diff * np.sin(2.0 * azimuth) * sin2
     q = per(amplitude_contrast)
+    # χ = π λ Δf k² − (π/2) Cs λ³ k⁴ + phase shift + arctan(Q/√(1−Q²)); RELION's getCTF returns −sin(−χ) = sin χ.
     chi = (
-        np.pi * lam * defocus * k2
-        - 0.5 * np.pi * per(cs) * 1e7 * lam**3 * k2**2
+        (np.pi * lam * defocus - 0.5 * np.pi * per(cs) * 1e7 * lam**3 * k2) * k2
         + np.deg2rad(per(phase_shift))
         + np.arctan2(q, np.sqrt(1.0 - q**2))
     )

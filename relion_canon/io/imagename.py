@@ -47,8 +47,9 @@ def resolve_path(
     """Find an image file the way RELION does, then the usual fallbacks.
 
     RELION resolves names relative to the project directory (its working directory). Files
-    moved with their STAR file resolve relative to the STAR's folder; ``data_dir`` (like
-    cryoDRGN's ``--datadir``) is tried last with the name's basename. ``None`` if nothing exists.
+    moved with their STAR file resolve relative to the STAR's folder, first with the whole
+    name, then with its basename (a set moved out of its project keeps its stacks beside it);
+    ``data_dir`` (like cryoDRGN's ``--datadir``) is tried last. ``None`` if nothing exists.
     """
     p = Path(os.path.expanduser(path))
     if p.is_absolute():
@@ -57,6 +58,8 @@ def resolve_path(
         candidates = [(project_dir or Path.cwd()) / p]
         if star_dir is not None:
             candidates.append(star_dir / p)
+    if star_dir is not None:
+        candidates.append(star_dir / p.name)
     if data_dir is not None:
         candidates += [data_dir / p, data_dir / p.name]
     for c in candidates:

@@ -107,9 +107,29 @@ def stack_writer(path: str | Path, n: int, box: int, pixel_size: float) -> Itera
             m.set_image_stack()
             m.voxel_size = pixel_size
             yield m.data
-            m.update_header_stats()
+            _set_header_stats(m)
         finally:
             m.close()
+
+
+def _set_header_stats(m: mrcfile.mrcmemmap.MrcMemmap, block: int = 4096) -> None:
+    """min/max/mean/rms in the header, computed a block of images at a time.
+
+    ``mrcfile``'s own ``update_header_stats`` makes float64 copies of the whole stack, which would make
+    memory grow with the number of particles.
+    """
+    data = m.data
+    n = data.shape[0]
+    lo, hi, total, total_sq = np.inf, -np.inf, 0.0, 0.0
+    for start in range(0, n, block):
+        chunk = np.asarray(data[start : start + block], dtype=np.float64)
+        lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
+        total += float(chunk.sum())
+        total_sq += float(np.square(chunk).sum())
+    count = data.size
+    mean = total / count
+    m.header.dmin, m.header.dmax, m.header.dmean = lo, hi, mean
+    m.header.rms = float(np.sqrt(max(total_sq / count - mean**2, 0.0)))
 
 
 def write_stack(path: str | Path, images: np.ndarray, pixel_size: float) -> Path:

@@ -54,3 +54,23 @@ def test_bad_maps(tmp_path, what):
         write_map(path, np.zeros((8, 8, 6), np.float32), 1.0)
     with pytest.raises(InputError, match=r"m\.mrc: "):
         read_map(path)
+
+
+def test_header_statistics(tmp_path):
+    data = np.random.default_rng(1).normal(2.0, 3.0, size=(7, 16, 16)).astype(np.float32)
+    write_stack(tmp_path / "s.mrcs", data, 1.0)
+    with mrcfile.open(tmp_path / "s.mrcs") as m:
+        h = m.header
+        assert h.dmin == pytest.approx(data.min()) and h.dmax == pytest.approx(data.max())
+        assert h.dmean == pytest.approx(data.mean(), rel=1e-5)
+        assert h.rms == pytest.approx(data.std(), rel=1e-4)
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    write_stack(tmp_path / "s.mrcs", np.zeros((1, 8, 8), np.float32), 1.0)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "s.mrcs").stat().st_mode) == 0o666 & ~mask
