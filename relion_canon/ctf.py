@@ -102,18 +102,28 @@ class CtfParams:
     def take(self, indices: np.ndarray) -> "CtfParams":
         return CtfParams(**{f.name: getattr(self, f.name)[indices] for f in fields(self)})
 
-    def ctf(self, box: int, pixel_size: float, rfft: bool = False) -> np.ndarray:
-        """(N, box, box) CTFs for all particles held (take() a batch first)."""
-        return ctf_2d(
-            box,
-            pixel_size,
-            self.defocus_u,
-            self.defocus_v,
-            self.defocus_angle,
-            self.voltage,
-            self.cs,
-            self.amplitude_contrast,
-            self.phase_shift,
-            self.bfactor,
-            rfft=rfft,
-        )
+    def ctf(self, box: int, pixel_size: float | np.ndarray, rfft: bool = False) -> np.ndarray:
+        """(N, box, box) CTFs of the particles held (take() a batch first).
+
+        ``pixel_size`` is one value or one per particle (optics groups may differ); the grid is built once
+        per distinct value.
+        """
+        px = np.broadcast_to(np.asarray(pixel_size, dtype=np.float64), (len(self),))
+        width = box // 2 + 1 if rfft else box
+        out = np.empty((len(self), box, width), np.float64)
+        for value in np.unique(px):
+            sel = px == value
+            out[sel] = ctf_2d(
+                box,
+                float(value),
+                self.defocus_u[sel],
+                self.defocus_v[sel],
+                self.defocus_angle[sel],
+                self.voltage[sel],
+                self.cs[sel],
+                self.amplitude_contrast[sel],
+                self.phase_shift[sel],
+                self.bfactor[sel],
+                rfft=rfft,
+            )
+        return out

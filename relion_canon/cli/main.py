@@ -31,9 +31,14 @@ def _register() -> None:
     from relion_canon.cli.demo_cmd import demo
     from relion_canon.cli.info_cmd import info
     from relion_canon.cli.simulate_cmd import simulate
+    from relion_canon.cli.train_cmd import predict_command, train_command
 
-    for command in (simulate, info, demo):
+    for command in (simulate, info, train_command, predict_command, demo):
         cli.add_command(command)
 
 
 _register()
+
+
+if __name__ == "__main__":  # `python -m relion_canon.cli.main`, as torchrun starts it
+    cli()

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from relion_canon.ctf import CtfParams, ctf_2d
+from relion_canon.ctf import CtfParams
 from relion_canon.preprocess.fourier import fourier_resample
 from relion_canon.preprocess.mask import apply_mask
 from relion_canon.preprocess.normalise import DEFAULT_BG_FRACTION, normalise
@@ -65,19 +65,8 @@ class Preprocessor:
         return self.in_pixel_size * self.in_box / self.out_box
 
     def _phase_flips(self, indices: np.ndarray) -> np.ndarray:
-        c = self.ctf.take(indices)  # type: ignore[union-attr]
-        px = self.in_pixel_size[indices]
-        flips = np.empty((len(indices), self.in_box, self.in_box), np.float32)
-        # One CTF call per distinct pixel size (usually one) keeps this vectorised.
-        for value in np.unique(px):
-            sel = px == value
-            flips[sel] = np.sign(
-                ctf_2d(
-                    self.in_box, float(value), c.defocus_u[sel], c.defocus_v[sel], c.defocus_angle[sel], c.voltage[sel],
-                    c.cs[sel], c.amplitude_contrast[sel], c.phase_shift[sel],
-                )
-            )
-        return flips
+        ctf = self.ctf.take(indices)  # type: ignore[union-attr]
+        return np.sign(ctf.ctf(self.in_box, self.in_pixel_size[indices])).astype(np.float32)
 
     def __call__(self, images: np.ndarray, indices: np.ndarray | None = None) -> np.ndarray:
         """(B, in_box, in_box) raw images of particles ``indices`` → (B, out_box, out_box) float32."""

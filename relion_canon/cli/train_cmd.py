@@ -1,0 +1,139 @@
+"""`relion-canon train` and `relion-canon predict`: fit a model to particles, apply it to particles."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from relion_canon.models import MODEL_CLASSES
+from relion_canon.preprocess import PreprocessConfig
+from relion_canon.train.engine import TrainConfig, TrainingDiverged, resolve_device, train
+from relion_canon.workflow import predict_file
+
+
+def _option_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _model_options(pairs: tuple[str, ...]) -> dict:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--set")
+        options[key.strip().replace("-", "_")] = _option_value(value.strip())
+    return options
+
+
+def _device_from_gpu(gpu: str | None, device: str) -> str:
+    """``--gpu 1`` picks one GPU; an empty value keeps ``--device`` (auto honours CUDA_VISIBLE_DEVICES)."""
+    if not gpu:
+        return device
+    ids = [g for g in gpu.split(",") if g.strip()]
+    if len(ids) == 1:
+        return f"cuda:{int(ids[0])}"
+    return device
+
+
+def _relaunch_distributed(gpu: str) -> None:
+    """``--gpu 0,1`` outside torchrun: start one process per GPU through torchrun, the standard launcher."""
+    ids = [g.strip() for g in gpu.split(",") if g.strip()]
+    if len(ids) < 2 or "WORLD_SIZE" in os.environ:
+        return
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(ids))
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={len(ids)}",
+            "-m", "relion_canon.cli.main", *sys.argv[1:]]
+    click.echo(f"Launching {len(ids)} processes with torchrun on GPUs {','.join(ids)}", err=True)
+    os.execve(sys.executable, args, env)
+
+
+@click.command("train")
+@click.option("--i", "particles", required=True, type=click.Path(path_type=Path), help="Particle STAR file.")
+@click.option("--o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder: model.pt (the trained model), checkpoint.pt (for resuming).")
+@click.option("--model", type=click.Choice(list(MODEL_CLASSES)), default="rotinv-ae", show_default=True)
+@click.option("--epochs", type=int, default=TrainConfig.epochs, show_default=True)
+@click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True,
+              help="Global batch size (split across processes when distributed).")
+@click.option("--lr", type=float, default=None, help="Learning rate (default: the model's).")
+@click.option("--box", type=int, default=None, help="Fourier-crop the particles to this box (px) first.")
+@click.option("--labels/--no-labels", default=False, show_default=True,
+              help="rotinv-ae: learn psi from the STAR's rlnAnglePsi (e.g. after Class2D) instead of without labels.")
+@click.option("--apply-ctf", is_flag=True, help="Apply each particle's CTF to the decoder output (physics in the decoder).")
+@click.option("--phase-flip", is_flag=True, help="Phase-flip the particles before training.")
+@click.option("--mask", "mask_fraction", type=float, default=None,
+              help="Soft circular mask, as a fraction of the image radius (e.g. 0.9).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Any model option, e.g. --set latent_dim=4 --set lambda_cone=1 (repeatable).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--gpu", default=None, help="GPU ids, e.g. 0 or 0,1 (several: one process each through torchrun).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
+@click.option("--j", "threads", type=int, default=None, help="CPU threads.")
+@click.option("--workers", type=int, default=0, show_default=True, help="Processes reading particles.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-resume", is_flag=True, help="Start afresh even if the output folder holds a checkpoint.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train_command(particles: Path, out_dir: Path, model: str, epochs: int, batch_size: int, lr: float | None,
+                  box: int | None, labels: bool, apply_ctf: bool, phase_flip: bool, mask_fraction: float | None,
+                  settings: tuple[str, ...], device: str, gpu: str | None, precision: str, threads: int | None,
+                  workers: int, seed: int, no_resume: bool, quiet: bool) -> None:
+    """Train a model on the particles of a STAR file (no labels needed)."""
+    if gpu:
+        _relaunch_distributed(gpu)
+    options = _model_options(settings)
+    if lr is not None:
+        options["lr"] = lr
+    if apply_ctf:
+        options["apply_ctf"] = True
+    if labels:
+        options["angle_mode"] = "labels"
+    config = TrainConfig(
+        model=model, model_options=options,
+        preprocess=PreprocessConfig(box=box, phase_flip=phase_flip, mask_radius_fraction=mask_fraction),
+        epochs=epochs, batch_size=batch_size, seed=seed, device=_device_from_gpu(gpu, device), precision=precision,
+        workers=workers, threads=threads,
+    )
+    if no_resume and (out_dir / "checkpoint.pt").exists():
+        (out_dir / "checkpoint.pt").unlink()
+    try:
+        result = train(particles, out_dir, config, resume=not no_resume, progress=not quiet,
+                       log=lambda line: click.echo(line))
+    except TrainingDiverged as exc:
+        click.echo(f"relion-canon: error: {exc}", err=True)
+        sys.exit(3)
+    if result.history:
+        click.echo(f"Model: {result.model_path}")
+
+
+@click.command("predict")
+@click.option("--i", "particles", required=True, type=click.Path(path_type=Path), help="Particle STAR file.")
+@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
+              help="A model.pt from `relion-canon train` (or its folder).")
+@click.option("--o", "out_star", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Output STAR: the input with rlnAnglePsi / rlnAnglePsiPrior set.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--gpu", default=None, help="GPU id.")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--j", "threads", type=int, default=None, help="CPU threads.")
+@click.option("--workers", type=int, default=0, show_default=True)
+@click.option("--quiet", is_flag=True)
+def predict_command(particles: Path, model_path: Path, out_star: Path, device: str, gpu: str | None, batch_size: int,
+                    threads: int | None, workers: int, quiet: bool) -> None:
+    """Predict each particle's in-plane angle with a trained model."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    dev = resolve_device(_device_from_gpu(gpu, device))
+    out = predict_file(particles, model_path, out_star, dev, batch_size, workers, progress=not quiet)
+    click.echo(f"Wrote {out}")
+
+
+__all__ = ["predict_command", "train_command"]

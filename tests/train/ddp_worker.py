@@ -1,0 +1,17 @@
+"""Run by tests under torchrun: train the toy model in however many processes torchrun started."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from relion_canon.models import MODEL_CLASSES
+from relion_canon.train import TrainConfig, train
+
+MODEL_CLASSES["toy"] = "tests.train.toy_model:ToyModel"
+
+if __name__ == "__main__":
+    star, out, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    config = TrainConfig(model="toy", model_options={"augment": False}, epochs=epochs, batch_size=32, seed=1, threads=1)
+    result = train(star, out, config, progress=False, log=lambda line: print(line, flush=True))
+    print("HISTORY " + json.dumps(result.history), flush=True)
