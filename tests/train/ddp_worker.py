@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+from pathlib import Path
 
 from relion_canon.models import MODEL_CLASSES
 from relion_canon.train import TrainConfig, train
@@ -14,4 +16,5 @@ if __name__ == "__main__":
     star, out, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
     config = TrainConfig(model="toy", model_options={"augment": False}, epochs=epochs, batch_size=32, seed=1, threads=1)
     result = train(star, out, config, progress=False, log=lambda line: print(line, flush=True))
-    print("HISTORY " + json.dumps(result.history), flush=True)
+    rank = os.environ.get("RANK", "0")
+    (Path(out) / f"history_rank{rank}.json").write_text(json.dumps(result.history))
