@@ -1,12 +1,15 @@
-"""Lazy, memory-mapped random access to the particle images a STAR file names.
+"""Lazy random access to the particle images a STAR file names.
 
-One open ``mrcfile`` memory map per stack (kept in a small LRU so millions of particles spread over
-tens of thousands of stacks never exhaust file handles); a batch read groups its indices per stack
-and reads each stack once, in file order.
+Each stack's header is read once, with ``mrcfile`` (which validates it); images are then read with
+positioned reads (``os.preadv``) straight into the batch array, one read per run of consecutive images.
+Nothing stays mapped into the process, so the RSS of a pass does not grow with the number of particles,
+and opening a stack costs one ``open``. Open files are kept in a small LRU so millions of particles spread
+over tens of thousands of stacks never exhaust file handles.
 """
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +22,8 @@ from relion_canon.io.imagename import parse_image_name, resolve_path
 from relion_canon.io.mrc import open_stack, stack_shape
 from relion_canon.io.star import ParticleStar
 
-MAX_OPEN_STACKS = 128
+MAX_OPEN_STACKS = 512  # well under the usual 1024 open-file limit; reopening costs a syscall each time
+_NATIVE_FLOAT32 = np.dtype(np.float32).str  # '<f4' on little-endian machines
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,9 @@ class StackInfo:
     n_images: int  # images in the file (0 when unreadable)
     box: int | None  # nx (== ny) of the file
     first_row: int  # first 1-based STAR row that names it
+    offset: int = 0  # byte offset of the first image (header + extended header)
+    dtype: str | None = None  # numpy dtype of the pixels, byte order included (e.g. '<f4')
+    ny: int | None = None
 
 
 class ParticleSource:
@@ -57,7 +64,7 @@ class ParticleSource:
         self.check_finite = check_finite
         self.problems: list[InputError] = []
         self.stacks: list[StackInfo] = []
-        self._handles: OrderedDict[int, object] = OrderedDict()
+        self._handles: OrderedDict[int, object] = OrderedDict()  # stack id -> open file
 
         first_rows = _first_occurrence(self.stack_of, len(stack_names))
         for sid, name in enumerate(stack_names):
@@ -122,11 +129,13 @@ class ParticleSource:
             return StackInfo(name, None, 0, None, first_row)
         try:
             n, ny, nx = stack_shape(m)
+            offset = int(m.header.nbytes) + int(m.header.nsymbt)
+            dtype = m.data.dtype.str
         finally:
             m.close()
         if ny != nx:
             self.problems.append(InputError(f"images are {nx}x{ny}, not square", path))
-        return StackInfo(name, path, n, nx, first_row)
+        return StackInfo(name, path, n, nx, first_row, offset, dtype, ny)
 
     def _check_boxes(self) -> int | None:
         boxes = {s.box for s in self.stacks if s.box is not None}
@@ -162,21 +171,20 @@ class ParticleSource:
     def __len__(self) -> int:
         return len(self.index)
 
-    def _data(self, sid: int) -> np.ndarray:
-        h = self._handles.get(sid)
-        if h is None:
+    def _file(self, sid: int):
+        fh = self._handles.get(sid)
+        if fh is None:
             path = self.stacks[sid].path
             if path is None:
                 raise InputError(f"image stack {self.stacks[sid].name} not found", self.origin, self.stacks[sid].first_row)
-            h = open_stack(path)
-            self._handles[sid] = h
+            fh = open(path, "rb", buffering=0)
+            self._handles[sid] = fh
             if len(self._handles) > MAX_OPEN_STACKS:
                 _, old = self._handles.popitem(last=False)
                 old.close()
         else:
             self._handles.move_to_end(sid)
-        data = h.data
-        return data[None] if data.ndim == 2 else data
+        return fh
 
     def read(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Images of the given particles, (B, box, box) float32, in the order asked for."""
@@ -189,15 +197,29 @@ class ParticleSource:
         if self.box is None:
             raise InputError("no readable image stacks", self.origin)
         out = np.empty((idx.size, self.box, self.box), np.float32)
-        sids = self.stack_of[idx]
-        for sid in np.unique(sids):
-            pos = np.flatnonzero(sids == sid)
-            frames = self.index[idx[pos]]
-            order = np.argsort(frames, kind="stable")  # sequential reads within a file
-            data = self._data(int(sid))
-            if data.shape[-1] != self.box:
-                raise InputError(f"box {data.shape[-1]} differs from {self.box}", self.stacks[sid].path)
-            out[pos[order]] = data[frames[order]]
+        if idx.size == 0:
+            return out
+        # By stack, then file order; one positioned read per run of images that are consecutive both in
+        # the file and in ``out`` (a whole sequential batch is one read, straight into ``out``).
+        order = np.lexsort((self.index[idx], self.stack_of[idx]))
+        sids = self.stack_of[idx[order]]
+        frames = self.index[idx[order]]
+        first = np.flatnonzero(np.r_[True, (np.diff(sids) != 0) | (np.diff(frames) != 1) | (np.diff(order) != 1)])
+        counts = np.diff(np.r_[first, idx.size])
+        image_bytes = self.box * self.box * 4
+        out_bytes = memoryview(out.reshape(-1).view(np.uint8))
+        for sid, frame, row, k in zip(sids[first].tolist(), frames[first].tolist(), order[first].tolist(), counts.tolist()):
+            fh = self._file(sid)
+            info = self.stacks[sid]
+            if info.box != self.box or info.ny != self.box:
+                raise InputError(f"images are {info.box}x{info.ny}, not {self.box}x{self.box}", info.path)
+            if info.dtype == _NATIVE_FLOAT32:  # straight into out
+                view = out_bytes[row * image_bytes : (row + k) * image_bytes]
+                _read_exact(fh, view, info.offset + frame * image_bytes, info.path)
+            else:  # other modes or byte order: read as stored, convert
+                tmp = np.empty((k, self.box, self.box), info.dtype)
+                _read_exact(fh, memoryview(tmp).cast("B"), info.offset + frame * tmp[0].nbytes, info.path)
+                out[row : row + k] = tmp
         if self.check_finite and not np.isfinite(out).all():
             bad = int(idx[np.flatnonzero(~np.isfinite(out).reshape(len(idx), -1).all(axis=1))[0]])
             s = self.stacks[self.stack_of[bad]]
@@ -236,6 +258,20 @@ class ParticleSource:
             self.close()
         except Exception:
             pass
+
+
+def _read_exact(fh, view: memoryview, offset: int, path) -> None:
+    """Fill ``view`` from byte ``offset`` of the open file (positioned reads share no file position)."""
+    done = 0
+    while done < len(view):
+        if hasattr(os, "preadv"):
+            got = os.preadv(fh.fileno(), [view[done:]], offset + done)
+        else:  # Windows
+            fh.seek(offset + done)
+            got = fh.readinto(view[done:])
+        if not got:
+            raise InputError(f"unexpected end of file at byte {offset + done} (truncated while in use?)", path)
+        done += got
 
 
 def _first_occurrence(stack_of: np.ndarray, n_stacks: int) -> list[int]:

@@ -314,7 +314,7 @@ def write_star(star: ParticleStar | Mapping[str, pd.DataFrame | dict], path: str
             version = star.version if star.version is not None else (VERSION_31 if star.optics_table is not None else None)
     else:
         blocks = dict(star)
-    lines: list[str] = ["", f"# Created by relion_canon", ""]
+    lines: list[str] = ["", "# Created by relion_canon", ""]
     for name, block in blocks.items():
         if version is not None:
             lines.append(f"# version {version}")

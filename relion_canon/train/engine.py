@@ -8,7 +8,6 @@ every global batch, and DistributedDataParallel averages the gradients.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 from collections import defaultdict
