@@ -1,0 +1,42 @@
+"""The `relion-canon` group: sub-commands, version, and one-line errors with a non-zero status."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from relion_canon import __version__
+from relion_canon.cli.main import cli
+
+
+def test_lists_subcommands_and_version():
+    res = CliRunner().invoke(cli, ["--help"])
+    for name in ("simulate", "info", "train", "predict", "demo"):
+        assert name in res.output
+    assert __version__ in CliRunner().invoke(cli, ["--version"]).output
+
+
+def test_input_error_is_one_line_and_status_2(tmp_path):
+    res = CliRunner().invoke(cli, ["predict", "--i", str(tmp_path / "gone.star"), "--model", str(tmp_path / "m.pt"),
+                                   "--o", str(tmp_path / "out.star")])
+    assert res.exit_code == 2
+    assert res.stderr.strip() == f"relion-canon: error: {tmp_path / 'gone.star'}: STAR file not found"
+    assert not (tmp_path / "out.star").exists()
+
+
+def test_console_script_entry_point(tmp_path):
+    # The installed command, as users run it (the module form torchrun uses as well).
+    res = subprocess.run([sys.executable, "-m", "relion_canon.cli.main", "info", str(tmp_path / "x.star")],
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and "STAR file not found" in res.stderr
+
+
+def test_demo_simulates_and_summarises(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(cli, ["demo", "--n", "60", "--o", "demo"])
+    assert res.exit_code == 0, res.output
+    assert "particles      60" in res.stdout and "no problems found" in res.stdout
+    assert (tmp_path / "demo/data/particles.star").exists()
+    assert (tmp_path / "demo/data/ground_truth.star").exists()
