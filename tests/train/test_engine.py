@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -127,3 +128,17 @@ def test_checkpoint_write_is_atomic(tmp_path):
         checkpoint.save(path, {"a": lambda: 0})
     assert torch.equal(checkpoint.load(path)["a"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_worker_processes_feed_the_same_batches(small_set, tmp_path):
+    a = train(small_set, tmp_path / "a", _config(epochs=1), progress=False, log=lambda _: None)
+    b = train(small_set, tmp_path / "b", _config(epochs=1, workers=2), progress=False, log=lambda _: None)
+    sa, sb = checkpoint.load(a.model_path)["state_dict"], checkpoint.load(b.model_path)["state_dict"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_bf16_autocast_on_cpu(small_set, tmp_path):
+    lines = []
+    result = train(small_set, tmp_path / "run", _config(epochs=2, precision="bf16"), progress=False, log=lines.append)
+    assert "with bf16 autocast" in lines[0]
+    assert all(np.isfinite(h["model/loss"]) for h in result.history)
