@@ -39,9 +39,11 @@ class ParticleBatches(Dataset):
         spec: DataSpec = DataSpec(),
         project_dir=None,
         data_dir=None,
+        source: ParticleSource | None = None,
     ):
         self.star = star
-        self.source = ParticleSource.from_star(star, project_dir, data_dir)
+        # Opening a source parses every stack's header once; callers that already have one pass it in.
+        self.source = source or ParticleSource.from_star(star, project_dir, data_dir)
         optics = star.optics()
         optics.require(star.path, "pixel_size")
         self._ctf_all: CtfParams | None = star.ctf_params() if preprocess.phase_flip else None

@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from relion_canon.errors import InputError
+from relion_canon.io.source import ParticleSource
 from relion_canon.io.star import ParticleStar
 from relion_canon.models import CanonModel
 from relion_canon.preprocess import PreprocessConfig
@@ -58,9 +59,11 @@ def dataset_for(loaded: LoadedModel, star: ParticleStar, project_dir=None) -> Pa
     """
     meta = loaded.meta
     box, pixel_size = int(meta["box"]), float(meta["pixel_size"])
-    probe = ParticleBatches(star, PreprocessConfig(), project_dir=project_dir)
-    in_box = probe.source.box
-    in_px = float(np.median(probe.preprocessor.in_pixel_size))
+    source = ParticleSource.from_star(star, project_dir)
+    optics = star.optics()
+    optics.require(star.path, "pixel_size")
+    in_box = source.box
+    in_px = float(np.median(optics.pixel_size))
     fov, model_fov = in_box * in_px, box * pixel_size
     if abs(fov - model_fov) > FOV_TOLERANCE * model_fov or in_box < box:
         raise InputError(
@@ -70,7 +73,7 @@ def dataset_for(loaded: LoadedModel, star: ParticleStar, project_dir=None) -> Pa
             star.path,
         )
     preprocess = dataclasses.replace(loaded.preprocess, box=box)
-    dataset = ParticleBatches(star, preprocess, project_dir=project_dir)
+    dataset = ParticleBatches(star, preprocess, source=source)
     dataset.set_spec(dataclasses.replace(data_spec(loaded.model), labels=False, origins=False))
     return dataset
 
