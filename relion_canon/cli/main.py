@@ -1,7 +1,12 @@
-"""`relion-canon`: one command, a sub-command per job. Sub-commands are thin: parse, call, report."""
+"""`relion-canon`: one command, a sub-command per job. Sub-commands are thin: parse, call, report.
+
+Sub-commands are imported only when run, so `relion-canon info` or `--help` does not pay for importing
+torch.
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -9,9 +14,31 @@ import click
 from relion_canon import __version__
 from relion_canon.errors import InputError
 
+# name → (module:attribute, one-line help shown by --help without importing the module)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("relion_canon.cli.info_cmd:info", "Summarise a particle STAR file or stack and list every problem in it."),
+    "simulate": ("relion_canon.cli.simulate_cmd:simulate", "Simulate particles with ground truth, in RELION's conventions."),
+    "train": ("relion_canon.cli.train_cmd:train_command", "Train a model on the particles of a STAR file."),
+    "predict": ("relion_canon.cli.train_cmd:predict_command", "Predict each particle's in-plane angle with a trained model."),
+    "demo": ("relion_canon.cli.demo_cmd:demo", "Simulate the default realistic dataset and summarise it."),
+}
+
 
 class _Group(click.Group):
-    """Turn an InputError anywhere below into one line on stderr and exit status 2."""
+    """Lazy sub-commands; an InputError anywhere below becomes one line on stderr and exit status 2."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[name][0].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, short) for name, (_, short) in COMMANDS.items()])
 
     def invoke(self, ctx: click.Context):
         try:
@@ -25,19 +52,6 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="relion-canon")
 def cli() -> None:
     """Learn in-plane angle, defocus, weight and junk status of cryo-EM particles from the particles themselves."""
-
-
-def _register() -> None:
-    from relion_canon.cli.demo_cmd import demo
-    from relion_canon.cli.info_cmd import info
-    from relion_canon.cli.simulate_cmd import simulate
-    from relion_canon.cli.train_cmd import predict_command, train_command
-
-    for command in (simulate, info, train_command, predict_command, demo):
-        cli.add_command(command)
-
-
-_register()
 
 
 if __name__ == "__main__":  # `python -m relion_canon.cli.main`, as torchrun starts it

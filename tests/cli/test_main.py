@@ -40,3 +40,19 @@ def test_demo_simulates_and_summarises(tmp_path, monkeypatch):
     assert "particles      60" in res.stdout and "no problems found" in res.stdout
     assert (tmp_path / "demo/data/particles.star").exists()
     assert (tmp_path / "demo/data/ground_truth.star").exists()
+
+
+def test_every_listed_command_loads_with_its_name():
+    from relion_canon.cli.main import COMMANDS
+
+    for name in COMMANDS:
+        assert cli.get_command(None, name).name == name
+
+
+def test_info_does_not_import_torch(tmp_path):
+    # Sub-commands load lazily: checking a file must not wait for torch to import.
+    code = ("import sys; from click.testing import CliRunner; from relion_canon.cli.main import cli; "
+            f"r = CliRunner().invoke(cli, ['info', {str(tmp_path / 'x.star')!r}]); "
+            "print(r.exit_code, 'torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.stdout.split() == ["1", "False"], res.stderr
