@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 from relion_canon.errors import InputError
 
@@ -66,7 +66,3 @@ def resolve_path(
         if c.is_file():
             return c
     return None
-
-
-def parse_all(names: Sequence[str], file: str | Path | None = None) -> list[ImageRef]:
-    return [parse_image_name(n, file, i + 1) for i, n in enumerate(names)]
