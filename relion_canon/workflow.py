@@ -8,7 +8,8 @@ from typing import Callable
 import torch
 
 from relion_canon.analysis.estimates import psi_degrees
-from relion_canon.io.star import read_star, write_star
+from relion_canon.io.particles import read_particles
+from relion_canon.io.star import write_star
 from relion_canon.train.inference import dataset_for, load_model, run_inference
 
 
@@ -27,7 +28,7 @@ def predict_file(
 
     Every input block, column and row is kept; the output appears only once complete.
     """
-    star = read_star(particles)
+    star = read_particles(particles, project_dir=project_dir)
     loaded = load_model(model_path, device)
     dataset = dataset_for(loaded, star, project_dir)
     outputs = run_inference(loaded, dataset, batch_size, workers, progress=progress, should_stop=should_stop)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from relion_canon.io.particles import read_particles
 from relion_canon.models import MODEL_CLASSES
 from relion_canon.preprocess import PreprocessConfig
 from relion_canon.train.engine import TrainConfig, TrainingDiverged, resolve_device, train
@@ -55,7 +56,12 @@ def _relaunch_distributed(gpu: str) -> None:
 
 
 @click.command("train")
-@click.option("--i", "particles", required=True, type=click.Path(path_type=Path), help="Particle STAR file.")
+@click.option("--i", "particles", required=True, type=click.Path(path_type=Path),
+              help="Particle STAR file or cryoSPARC particles .cs.")
+@click.option("--passthrough", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="cryoSPARC: the passthrough .cs that goes with the .cs given to --i (joined on uid).")
+@click.option("--project-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Project folder image paths are relative to (RELION's, or cryoSPARC's for a .cs; default: here).")
 @click.option("--o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder: model.pt (the trained model), checkpoint.pt (for resuming).")
 @click.option("--model", type=click.Choice(list(MODEL_CLASSES)), default="rotinv-ae", show_default=True)
@@ -80,10 +86,11 @@ def _relaunch_distributed(gpu: str) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-resume", is_flag=True, help="Start afresh even if the output folder holds a checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train_command(particles: Path, out_dir: Path, model: str, epochs: int, batch_size: int, lr: float | None,
-                  box: int | None, labels: bool, apply_ctf: bool, phase_flip: bool, mask_fraction: float | None,
-                  settings: tuple[str, ...], device: str, gpu: str | None, precision: str, threads: int | None,
-                  workers: int, seed: int, no_resume: bool, quiet: bool) -> None:
+def train_command(particles: Path, passthrough: Path | None, project_dir: Path | None, out_dir: Path, model: str,
+                  epochs: int, batch_size: int, lr: float | None, box: int | None, labels: bool, apply_ctf: bool,
+                  phase_flip: bool, mask_fraction: float | None, settings: tuple[str, ...], device: str,
+                  gpu: str | None, precision: str, threads: int | None, workers: int, seed: int, no_resume: bool,
+                  quiet: bool) -> None:
     """Train a model on the particles of a STAR file (no labels needed)."""
     if gpu:
         _relaunch_distributed(gpu)
@@ -103,8 +110,8 @@ def train_command(particles: Path, out_dir: Path, model: str, epochs: int, batch
     if no_resume and (out_dir / "checkpoint.pt").exists():
         (out_dir / "checkpoint.pt").unlink()
     try:
-        result = train(particles, out_dir, config, resume=not no_resume, progress=not quiet,
-                       log=lambda line: click.echo(line))
+        result = train(read_particles(particles, passthrough, project_dir), out_dir, config, resume=not no_resume,
+                       progress=not quiet, log=lambda line: click.echo(line), project_dir=project_dir)
     except TrainingDiverged as exc:
         click.echo(f"relion-canon: error: {exc}", err=True)
         sys.exit(3)
@@ -113,7 +120,12 @@ def train_command(particles: Path, out_dir: Path, model: str, epochs: int, batch
 
 
 @click.command("predict")
-@click.option("--i", "particles", required=True, type=click.Path(path_type=Path), help="Particle STAR file.")
+@click.option("--i", "particles", required=True, type=click.Path(path_type=Path),
+              help="Particle STAR file or cryoSPARC particles .cs.")
+@click.option("--passthrough", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="cryoSPARC: the passthrough .cs that goes with the .cs given to --i (joined on uid).")
+@click.option("--project-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Project folder image paths are relative to (RELION's, or cryoSPARC's for a .cs; default: here).")
 @click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
               help="A model.pt from `relion-canon train` (or its folder).")
 @click.option("--o", "out_star", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -124,15 +136,17 @@ def train_command(particles: Path, out_dir: Path, model: str, epochs: int, batch
 @click.option("--j", "threads", type=int, default=None, help="CPU threads.")
 @click.option("--workers", type=int, default=0, show_default=True)
 @click.option("--quiet", is_flag=True)
-def predict_command(particles: Path, model_path: Path, out_star: Path, device: str, gpu: str | None, batch_size: int,
-                    threads: int | None, workers: int, quiet: bool) -> None:
+def predict_command(particles: Path, passthrough: Path | None, project_dir: Path | None, model_path: Path,
+                    out_star: Path, device: str, gpu: str | None, batch_size: int, threads: int | None, workers: int,
+                    quiet: bool) -> None:
     """Predict each particle's in-plane angle with a trained model."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(_device_from_gpu(gpu, device))
-    out = predict_file(particles, model_path, out_star, dev, batch_size, workers, progress=not quiet)
+    out = predict_file(read_particles(particles, passthrough, project_dir), model_path, out_star, dev, batch_size,
+                       workers, progress=not quiet, project_dir=project_dir)
     click.echo(f"Wrote {out}")
 
 

@@ -13,8 +13,9 @@ from typing import Callable
 import numpy as np
 
 from relion_canon.errors import InputError
+from relion_canon.io.particles import is_cryosparc, read_particles
 from relion_canon.io.source import ParticleSource
-from relion_canon.io.star import ParticleStar, read_star
+from relion_canon.io.star import ParticleStar
 
 MAX_ROWS_LISTED = 5  # per kind of pixel problem; the count says how many more
 
@@ -103,11 +104,13 @@ def inspect_file(
     else:
         report = Report(path, "STAR")
         try:
-            star = read_star(path)
+            star = read_particles(path, project_dir=project_dir)
         except InputError as exc:
             report.problems.append(str(exc))
             return report
         report.kind = f"STAR (RELION {star.generation} particles, data_{star.particles_block or '<unnamed>'})"
+        if is_cryosparc(path):
+            report.kind = "cryoSPARC particles .cs"
         _check_star(star, report)
         source = ParticleSource.from_star(star, project_dir, data_dir, strict=False, check_finite=False)
 

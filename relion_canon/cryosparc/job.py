@@ -1,0 +1,210 @@
+"""Run the job on particles of a cryoSPARC project, as a cryoSPARC External job made with cryosparc-tools.
+
+The steps, as cryoSPARC's documentation for External jobs prescribes:
+
+1. connect, and refuse a cryosparc-tools whose major.minor differs from the server's (the API changes
+   between versions; the message says which version to install);
+2. ``create_external_job`` in the workspace; ``add_input`` (particles with ``blob`` and ``ctf``) connected to
+   the source output, e.g. ``J42.particles``; ``add_output`` for all, kept and rejected particles, each with
+   an ``alignments2D`` slot and everything else passed through from the input;
+3. inside ``job.run()`` (cryoSPARC shows the job running, and failed with the traceback if anything
+   raises): ``load_input``, run :func:`relion_canon.pipeline.run_job` on it, then ``alloc_output`` +
+   ``save_output`` for each output, with ``alignments2D/pose`` from our in-plane angle.
+
+Our other estimates (defocus, weight, outlier score) have no cryoSPARC slot type, so the server outputs
+carry only the split and the angle; the local output folder gets the full ``.cs`` files (fields
+``relion_canon/*``) with their ``.csg``, the model, the STAR files and the figures.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.parse
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+from typing import Any, Callable
+
+import numpy as np
+
+from relion_canon.errors import InputError
+from relion_canon.io import cryosparc as csio
+from relion_canon.io.particles import write_results_cs
+from relion_canon.io.star import read_star
+from relion_canon.pipeline import JobConfig, JobResult
+
+INPUT_NAME = "input_particles"
+INPUT_SLOTS = ["blob", "ctf"]
+OUTPUT_SLOTS = ["alignments2D"]
+OUTPUTS = (  # (output name, title, which particles)
+    ("particles", "All particles", "all"),
+    ("particles_selected", "Particles kept", "kept"),
+    ("particles_rejected", "Particles rejected as junk", "rejected"),
+)
+DEFAULT_TITLE = "relion_canon: in-plane angle, defocus, weight, junk"
+DESCRIPTION = ("Per-particle in-plane angle (alignments2D/pose), defocus, weight and junk status learned by "
+               "relion_canon from the particles themselves; outputs: all, kept and rejected particles.")
+_INPUT_REF = re.compile(r"^(J\d+)\.([A-Za-z][A-Za-z0-9_]*)$")
+_VERSION = re.compile(r"^v?(\d+)\.(\d+)")
+
+
+@dataclass
+class CryosparcJobResult:
+    project_uid: str
+    job_uid: str
+    saved: dict[str, int]  # output name -> particles saved to it
+    job: JobResult  # what the pipeline wrote locally
+    files: list[Path] = field(default_factory=list)  # local .cs / .csg results
+
+
+def _tools():
+    """The cryosparc-tools package, or a clear error saying how to install it."""
+    try:
+        import cryosparc
+        import cryosparc.tools  # noqa: F401  (the server API; fails on a broken install)
+    except ImportError as exc:
+        raise InputError(f"the cryoSPARC server route needs cryosparc-tools ({exc}): {csio.INSTALL_HINT}") from None
+    return cryosparc
+
+
+def parse_input_ref(ref: str) -> tuple[str, str]:
+    """``"J42.particles"`` -> ``("J42", "particles")``."""
+    m = _INPUT_REF.match(ref.strip())
+    if not m:
+        raise InputError(f"--input {ref!r}: expected JOB.OUTPUT, e.g. J42.particles or J17.particles_selected")
+    return m.group(1), m.group(2)
+
+
+def check_versions(tools_version: str, server_version: str | None, url: str) -> None:
+    """Refuse a cryosparc-tools whose major.minor is not the server's (a development build gives no number)."""
+    m = _VERSION.match(server_version or "")
+    if not m:
+        return
+    want = f"{m.group(1)}.{m.group(2)}"
+    have = ".".join(tools_version.split(".")[:2])
+    if want != have:
+        raise InputError(f"cryoSPARC at {url} is {server_version}, but cryosparc-tools {tools_version} is installed "
+                         f"and must match it: pip install 'cryosparc-tools~={want}.0'")
+
+
+def _server_version(cs: Any) -> str | None:
+    try:
+        api = getattr(cs, "api", None)
+        if api is not None and hasattr(api, "config"):
+            return api.config.get_version()  # cryosparc-tools 5
+        return cs.cli.get_running_version()  # cryosparc-tools 4
+    except Exception:
+        return None
+
+
+def connect(url: str, email: str | None = None, password: str | None = None) -> Any:
+    """A ``cryosparc.tools.CryoSPARC`` session, checked to match the server's version.
+
+    Credentials default to ``CRYOSPARC_EMAIL`` / ``CRYOSPARC_PASSWORD``, then to a session saved by
+    ``python -m cryosparc.tools login``.
+    """
+    tools = _tools()
+    from cryosparc.tools import CryoSPARC
+
+    version = str(tools.__version__)
+    major = _VERSION.match(version)
+    email = email or os.getenv("CRYOSPARC_EMAIL")
+    password = password or os.getenv("CRYOSPARC_PASSWORD")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its version warning: check_versions says it as an error, below
+            if major is None or int(major.group(1)) >= 5:
+                cs = CryoSPARC(url, email=email, password=password)
+            else:  # cryosparc-tools 4 takes host and port, and the licence id
+                parts = urllib.parse.urlsplit(url)
+                cs = CryoSPARC(license=os.getenv("CRYOSPARC_LICENSE_ID"), host=parts.hostname or "localhost",
+                               base_port=parts.port or 39000, email=email, password=password)
+    except ValueError as exc:
+        raise InputError(f"no cryoSPARC login for {url}: give --email and --password (or CRYOSPARC_EMAIL / "
+                         f"CRYOSPARC_PASSWORD), or log in once with `python -m cryosparc.tools login --url {url}` "
+                         f"({_first_line(exc)})") from None
+    except Exception as exc:  # cryosparc-tools wraps connection and API errors in RuntimeError
+        cause = exc.__cause__ or exc
+        raise InputError(f"cannot connect to cryoSPARC at {url} ({_first_line(cause)}); check the URL, your "
+                         f"login, and that cryosparc-tools {version} suits this cryoSPARC") from None
+    check_versions(version, _server_version(cs), url)
+    return cs
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _project_dir(project: Any) -> str:
+    value = project.dir  # a path property in cryosparc-tools 5 (callable too, deprecated), a method in 4
+    return str(value if isinstance(value, (str, PurePath)) else value())
+
+
+def run_external_job(
+    url: str,
+    project_uid: str,
+    workspace_uid: str,
+    input_ref: str,
+    out_dir: str | Path,
+    config: JobConfig = JobConfig(),
+    email: str | None = None,
+    password: str | None = None,
+    project_dir: str | Path | None = None,
+    title: str = DEFAULT_TITLE,
+    log: Callable[[str], None] = print,
+) -> CryosparcJobResult:
+    """Create a cryoSPARC External job on ``input_ref`` (e.g. ``"J42.particles"``), run the job, save its outputs.
+
+    ``project_dir`` is where the cryoSPARC project is on this machine (default: where the server says it is),
+    for reading the particle images. ``out_dir`` is a local folder for everything the pipeline writes.
+    """
+    from relion_canon.pipeline import run_job
+
+    source_job, source_output = parse_input_ref(input_ref)
+    cs = connect(url, email, password)
+    project = cs.find_project(project_uid)
+    job = project.create_external_job(workspace_uid, title=title, desc=DESCRIPTION)
+    job.add_input(type="particle", name=INPUT_NAME, min=1, max=1, slots=INPUT_SLOTS, title="Particles")
+    try:
+        job.connect(INPUT_NAME, source_job, source_output)
+    except ValueError as exc:  # e.g. "Source job J42 does not have output particles"
+        raise InputError(f"cannot connect {project_uid} {input_ref} to the new job {job.uid}: {exc}") from None
+    for name, output_title, _ in OUTPUTS:
+        job.add_output(type="particle", name=name, slots=OUTPUT_SLOTS, passthrough=INPUT_NAME, title=output_title)
+    log(f"Created External job {project_uid} {job.uid} on {input_ref}")
+
+    def tee(line: str) -> None:
+        log(line)
+        job.log(line)
+
+    saved: dict[str, int] = {}
+    with job.run():
+        particles = job.load_input(INPUT_NAME, slots="all")
+        records = csio.as_records(particles)
+        where = Path(project_dir) if project_dir is not None else Path(_project_dir(project))
+        star = csio.records_to_star(records, Path(project_uid) / input_ref, project_dir=where)
+        result = run_job(star, out_dir, config, log=tee, progress=False)
+        results = read_star(result.particles_star)
+        files = write_results_cs(records, None, results, out_dir)
+
+        # Our results in the input's row order (the pipeline keeps it, but the uid is what says so).
+        pos = csio.result_positions(records, results)
+        if len(pos) != len(records):
+            raise InputError(f"{len(pos)} results for {len(records)} input particles", result.particles_star)
+        psi = np.empty(len(records))
+        psi[pos] = results.particles["rlnAnglePsi"].to_numpy(np.float64)
+        origins = np.empty((len(records), 2))
+        origins[pos] = results.origins_angstrom()
+        junk = np.zeros(len(records), bool)
+        junk[pos] = results.particles["rlnCanonIsOutlier"].to_numpy(np.float64) > 0.5
+        for name, _, which in OUTPUTS:
+            rows = {"all": np.ones(len(records), bool), "kept": ~junk, "rejected": junk}[which]
+            out = job.alloc_output(name, particles.mask(rows))
+            csio.fill_alignments2d(out, records[rows], psi[rows], origins[rows])
+            job.save_output(name, out)
+            saved[name] = int(rows.sum())
+        tee(f"Saved {saved['particles']} particles: {saved['particles_selected']} kept, "
+            f"{saved['particles_rejected']} rejected")
+    return CryosparcJobResult(project_uid, job.uid, saved, result, files)
