@@ -53,11 +53,13 @@ def ctf_2d(
     phase_shift: float | np.ndarray = 0.0,
     bfactor: float | np.ndarray = 0.0,
     rfft: bool = False,
+    phase_only: bool = False,
 ) -> np.ndarray:
     """CTF on the FFT grid of a ``box``² image, shape (..., box, box) or (..., box, box//2+1) with ``rfft``.
 
     Defocus in Å, defocus angle and phase shift in degrees, voltage in kV, Cs in mm, B-factor in Å².
-    Leading dimensions come from broadcasting the per-particle parameters.
+    Leading dimensions come from broadcasting the per-particle parameters. With ``phase_only`` the
+    phase χ (radians) is returned instead of sin χ, without the B-factor envelope.
     """
     k2, cos2, sin2 = _polar_grid(int(box), float(pixel_size), bool(rfft))
 
@@ -76,6 +78,8 @@ def ctf_2d(
         + np.deg2rad(per(phase_shift))
         + np.arctan2(q, np.sqrt(1.0 - q**2))
     )
+    if phase_only:
+        return chi
     ctf = np.sin(chi)
     b = per(bfactor)
     if np.any(b != 0):

@@ -8,6 +8,7 @@ inside their losses.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -19,12 +20,12 @@ def wrap_angle(theta: torch.Tensor) -> torch.Tensor:
     return math.pi - torch.remainder(math.pi - theta, 2 * math.pi)
 
 
-def _base_grid(box: int, device, dtype) -> torch.Tensor:
-    """(H, W, 2) pixel offsets (x, y) from RELION's origin."""
-    c = box // 2
-    r = torch.arange(box, device=device, dtype=dtype) - c
-    y, x = torch.meshgrid(r, r, indexing="ij")
-    return torch.stack([x, y], dim=-1)
+@functools.lru_cache(maxsize=32)
+def _base_grid(box: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(box², 3) normalised output coordinates [u_x, u_y, 1] (``grid_sample``, align_corners=True), row-major."""
+    lin = torch.linspace(-1, 1, box, device=device, dtype=dtype)
+    y, x = torch.meshgrid(lin, lin, indexing="ij")
+    return torch.stack([x, y, torch.ones_like(x)], dim=-1).reshape(-1, 3)
 
 
 def rotate(images: torch.Tensor, psi: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
@@ -34,23 +35,34 @@ def rotate(images: torch.Tensor, psi: torch.Tensor, shift: torch.Tensor | None =
     """
     squeeze = images.dim() == 3
     x = images.unsqueeze(1) if squeeze else images
-    b, _, h, w = x.shape
+    b, ch, h, w = x.shape
     if h != w:
         raise ValueError("images must be square")
-    grid = _base_grid(h, x.device, x.dtype).expand(b, h, w, 2)
-    if shift is not None:
-        grid = grid - shift.to(x.dtype)[:, None, None, :]
-    # Output pixel p (row down) samples the input at R(−ψ)p; with y pointing down, a counter-clockwise
-    # turn on screen is a clockwise turn in (x, y) maths coordinates, hence the signs below.
-    cos, sin = torch.cos(psi).to(x.dtype), torch.sin(psi).to(x.dtype)
-    gx, gy = grid[..., 0], grid[..., 1]
-    sx = cos[:, None, None] * gx - sin[:, None, None] * gy
-    sy = sin[:, None, None] * gx + cos[:, None, None] * gy
-    c = h // 2
-    # grid_sample's normalised coordinates: -1 and 1 are the centres of the corner pixels (align_corners=True).
-    norm = torch.stack([(sx + c) / (w - 1) * 2 - 1, (sy + c) / (h - 1) * 2 - 1], dim=-1)
-    out = F.grid_sample(x, norm, mode="bilinear", padding_mode="zeros", align_corners=True)
+    # The grid is u_in = A [u_out, 1]; einsum does that product ~3x faster than F.affine_grid on the CPU.
+    grid = torch.einsum("pk,bjk->bpj", _base_grid(h, x.device, x.dtype), _affine(psi, shift, h, x.dtype))
+    out = F.grid_sample(x, grid.reshape(b, h, w, 2), mode="bilinear", padding_mode="zeros", align_corners=True)
     return out.squeeze(1) if squeeze else out
+
+
+def _affine(psi: torch.Tensor, shift: torch.Tensor | None, box: int, dtype: torch.dtype) -> torch.Tensor:
+    """(B, 2, 3) ``affine_grid`` matrices: output pixel p samples the input at c + M(ψ)(p − c − shift).
+
+    With y pointing down, a counter-clockwise turn on screen is a clockwise turn in (x, y) maths
+    coordinates, hence M(ψ) = [[cos, −sin], [sin, cos]] sampling. grid_sample's normalised coordinates
+    (align_corners=True) are u = a·(pixel) − 1 with a = 2/(box − 1); the centre c = box//2 is not u = 0
+    for even boxes, so the translation column carries it: u_in = M u_out + M(1 − a·c − a·shift) + a·c − 1.
+    """
+    cos, sin = torch.cos(psi).to(dtype), torch.sin(psi).to(dtype)
+    a = 2.0 / (box - 1)
+    ac = a * (box // 2)
+    tx = torch.full_like(cos, 1.0 - ac)
+    ty = torch.full_like(cos, 1.0 - ac)
+    if shift is not None:
+        tx = tx - a * shift[:, 0].to(dtype)
+        ty = ty - a * shift[:, 1].to(dtype)
+    row0 = torch.stack([cos, -sin, cos * tx - sin * ty + ac - 1.0], dim=-1)
+    row1 = torch.stack([sin, cos, sin * tx + cos * ty + ac - 1.0], dim=-1)
+    return torch.stack([row0, row1], dim=-2)
 
 
 def apply_ctf(images: torch.Tensor, ctf: torch.Tensor) -> torch.Tensor:
