@@ -20,7 +20,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("relion_canon.cli.simulate_cmd:simulate", "Simulate particles with ground truth, in RELION's conventions."),
     "train": ("relion_canon.cli.train_cmd:train_command", "Train a model on the particles of a STAR file."),
     "predict": ("relion_canon.cli.train_cmd:predict_command", "Predict each particle's in-plane angle with a trained model."),
-    "demo": ("relion_canon.cli.demo_cmd:demo", "Simulate the default realistic dataset and summarise it."),
+    "run": ("relion_canon.cli.run_cmd:run_command", "The whole job: learn angles, defocus, weights, outliers; write them back."),
+    "demo": ("relion_canon.cli.demo_cmd:demo", "The main job on a built-in simulated dataset: simulate, run, evaluate."),
+    "convert": ("relion_canon.cli.convert_cmd:convert", "Convert particles between cryoSPARC .cs and RELION STAR."),
+    "cryosparc-job": ("relion_canon.cli.cryosparc_cmd:cryosparc_job", "Run the job on cryoSPARC particles as a cryoSPARC External job."),
+    "evaluate": ("relion_canon.cli.evaluate_cmd:evaluate_command", "Score a job's output against simulation ground truth or a RELION run."),
 }
 
 

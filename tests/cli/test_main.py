@@ -33,13 +33,14 @@ def test_console_script_entry_point(tmp_path):
     assert res.returncode == 1 and "STAR file not found" in res.stderr
 
 
-def test_demo_simulates_and_summarises(tmp_path, monkeypatch):
+def test_demo_simulates_runs_and_evaluates(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    res = CliRunner().invoke(cli, ["demo", "--n", "60", "--o", "demo"])
+    res = CliRunner().invoke(cli, ["demo", "--n", "120", "--o", "demo", "--j", "1"])
     assert res.exit_code == 0, res.output
-    assert "particles      60" in res.stdout and "no problems found" in res.stdout
-    assert (tmp_path / "demo/data/particles.star").exists()
-    assert (tmp_path / "demo/data/ground_truth.star").exists()
+    assert "psi rMSE" in res.stdout and "outlier ROC AUC" in res.stdout
+    for path in ("data/particles.star", "data/ground_truth.star", "job/particles.star", "job/logfile.pdf",
+                 "evaluation/evaluation.md"):
+        assert (tmp_path / "demo" / path).exists(), path
 
 
 def test_every_listed_command_loads_with_its_name():

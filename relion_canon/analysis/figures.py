@@ -1,0 +1,336 @@
+"""The plots of both papers, each a small function returning a matplotlib :class:`~matplotlib.figure.Figure`.
+
+Figures are built with the object API on an Agg canvas, never through ``pyplot``: nothing opens a window,
+nothing is kept in pyplot's global figure list (a long job does not leak memory), and a user's own
+interactive backend is left alone. Every figure has a title, axis labels with units, and a legend or colour
+bar, so it reads without the paper. Angles are in degrees, defocus in µm.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from relion_canon.analysis.latent_angle import polar_readout
+
+_CYCLIC = "twilight"  # for angles: −180° and 180° get the same colour
+_GREY = colormaps["gray"].with_extremes(bad="white")  # white lines between the tiles of an image grid
+_DENSE = 3000  # above this many points, scatter plots become 2-D histograms (hexagonal bins, as paper B)
+_MAX_POINTS = 20_000  # latent plots show at most this many particles
+
+
+def _figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
+    fig = Figure(figsize=(width, height), layout=layout)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _finite(*arrays: np.ndarray) -> np.ndarray:
+    ok = np.ones(len(arrays[0]), bool)
+    for a in arrays:
+        ok &= np.isfinite(np.asarray(a, dtype=np.float64))
+    return ok
+
+
+def latent_pca(
+    latent: np.ndarray,
+    angle_deg: np.ndarray | None = None,
+    defocus_um: np.ndarray | None = None,
+    *,
+    angle_label: str = "in-plane angle (°)",
+    defocus_label: str = "defocus (µm)",
+    title: str = "Latent space, first two principal components",
+) -> Figure:
+    """Paper B, Fig. 4/6: the latent means projected on their first two principal components, one panel
+    coloured by angle (cyclic colour map) and one by defocus, for whichever of the two is given."""
+    z = np.asarray(latent, dtype=np.float64)
+    # polar_readout without whitening is the PCA projection UΣ in polar form; back to Cartesian for plotting.
+    angle, radius = polar_readout(z, whiten=False)
+    pc1, pc2 = radius * np.cos(angle), radius * np.sin(angle)
+    # The components come from every particle; a fixed random subset is drawn, since a million dots show
+    # no more than 20,000 and take minutes to render.
+    shown = np.arange(len(z))
+    if len(z) > _MAX_POINTS:
+        shown = np.sort(np.random.default_rng(0).choice(len(z), _MAX_POINTS, replace=False))
+    pc1, pc2 = pc1[shown], pc2[shown]
+    angle_deg = None if angle_deg is None else np.asarray(angle_deg, dtype=np.float64)[shown]
+    defocus_um = None if defocus_um is None else np.asarray(defocus_um, dtype=np.float64)[shown]
+    panels = [(v, label, cmap) for v, label, cmap in
+              ((angle_deg, angle_label, _CYCLIC), (defocus_um, defocus_label, "viridis")) if v is not None]
+    if not panels:
+        panels = [(None, "", None)]
+    fig = _figure(4.6 * len(panels), 4.2)
+    for ax, (values, label, cmap) in zip(np.atleast_1d(fig.subplots(1, len(panels))), panels):
+        if values is None:
+            ax.scatter(pc1, pc2, s=4, alpha=0.6, rasterized=True)
+        else:
+            v = np.asarray(values, dtype=np.float64)
+            limits = {"vmin": -180.0, "vmax": 180.0} if cmap == _CYCLIC else {}
+            sc = ax.scatter(pc1, pc2, c=v, s=4, cmap=cmap, rasterized=True, **limits)
+            fig.colorbar(sc, ax=ax, label=label)
+            ax.set_title(f"coloured by {label}")
+        ax.set_xlabel("PC 1 (latent units)")
+        ax.set_ylabel("PC 2 (latent units)")
+        ax.set_aspect("equal", adjustable="datalim")
+    count = f"n = {len(z)}" if len(shown) == len(z) else f"{len(shown)} of {len(z)} particles shown"
+    fig.suptitle(f"{title} ({count})")
+    return fig
+
+
+def predicted_vs_true(
+    true: np.ndarray,
+    predicted: np.ndarray,
+    *,
+    quantity: str,
+    unit: str,
+    reference: str = "ground truth",
+    estimate: str = "relion_canon",
+    rmse: float | None = None,
+    cyclic: bool = False,
+    note: str | None = None,
+) -> Figure:
+    """Paper B, Fig. 8: each particle's estimate against the reference value, with the identity line.
+    Many particles are shown as a 2-D histogram (hexagonal bins, brighter = more particles). ``note`` is
+    a third title line (e.g. how the estimates were aligned)."""
+    t = np.asarray(true, dtype=np.float64)
+    p = np.asarray(predicted, dtype=np.float64)
+    ok = _finite(t, p)
+    t, p = t[ok], p[ok]
+    fig = _figure(5.0, 4.6)
+    ax = fig.subplots()
+    lo, hi = (-180.0, 180.0) if cyclic else (float(min(t.min(initial=0), p.min(initial=0))),
+                                               float(max(t.max(initial=1), p.max(initial=1))))
+    if len(t) > _DENSE:
+        hb = ax.hexbin(t, p, gridsize=60, bins="log", mincnt=1, extent=(lo, hi, lo, hi), cmap="magma")
+        fig.colorbar(hb, ax=ax, label="particles per bin")
+    else:
+        ax.scatter(t, p, s=6, alpha=0.6, label=f"particles (n = {len(t)})", rasterized=True)
+    ax.plot([lo, hi], [lo, hi], color="k", lw=1, ls="--", label="estimate = reference")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel(f"{quantity}, {reference} ({unit})")
+    ax.set_ylabel(f"{quantity}, {estimate} ({unit})")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper left", fontsize="small")
+    lines = [f"{quantity}: {estimate}", f"vs {reference}"]
+    if rmse is not None:
+        lines[1] += f", rMSE {rmse:.3g} {unit}"
+    if note:
+        lines.append(note)
+    ax.set_title("\n".join(lines), fontsize="medium")
+    return fig
+
+
+def roc_curves(labels: np.ndarray, scores: Mapping[str, np.ndarray], *, label_source: str) -> Figure:
+    """Paper B, Fig. 5: one ROC curve per outlier detector (score high = outlier), AUC in the legend."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    y = np.asarray(labels, dtype=bool)
+    fig = _figure(5.0, 4.6)
+    ax = fig.subplots()
+    for name, s in scores.items():
+        s = np.asarray(s, dtype=np.float64)
+        ok = np.isfinite(s)
+        if not (y[ok].any() and not y[ok].all()):
+            continue
+        fpr, tpr, _ = roc_curve(y[ok], s[ok])
+        ax.plot(fpr, tpr, lw=1.5, label=f"{name} (AUC {roc_auc_score(y[ok], s[ok]):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="chance (AUC 0.5)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false positive rate (good particles flagged)")
+    ax.set_ylabel("true positive rate (outliers flagged)")
+    ax.set_title(f"Outlier detection ROC\nlabels: {label_source} ({int(y.sum())} of {len(y)} positive)")
+    ax.legend(loc="lower right", fontsize="small")
+    return fig
+
+
+def image_grid(
+    rows: Mapping[str, np.ndarray],
+    *,
+    title: str,
+    column_titles: Sequence[str] | None = None,
+) -> Figure:
+    """Paper A, Fig. 2/3: one row per named (K, H, W) image set (e.g. input / canonical / ground truth),
+    K columns; each image is scaled to its own 1st-99th percentile so that noisy and clean images both
+    show their content. Rows of another box size (a Fourier-cropped canonical next to its input) are
+    resized to the largest box, so that every tile shows the same field of view."""
+    named = [(name, np.asarray(images, dtype=np.float64)) for name, images in rows.items()
+             if images is not None and len(images)]
+    if not named:
+        raise ValueError("image_grid needs at least one non-empty row of images")
+    k = max(len(images) for _, images in named)
+    size = max(images.shape[-1] for _, images in named)
+    gap = max(1, size // 16)
+    step = size + gap
+    # One mosaic in one Axes: a grid of Axes costs ~50 ms each to build, more than drawing all the pixels.
+    mosaic = np.full((len(named) * step - gap, k * step - gap), np.nan)
+    for r, (_, images) in enumerate(named):
+        for c, img in enumerate(images):
+            mosaic[r * step : r * step + size, c * step : c * step + size] = _display_scale(_resize(img, size))
+    cell, left, top, bottom = 1.3, 1.9, 0.45 + (0.45 if column_titles is not None else 0.0), 0.1
+    width, height = left + k * cell + 0.1, top + len(named) * cell + bottom
+    fig = _figure(width, height, layout=None)
+    ax = fig.add_axes((left / width, bottom / height, k * cell / width, len(named) * cell / height))
+    ax.imshow(mosaic, cmap=_GREY, vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_axis_off()
+    for r, (name, _) in enumerate(named):
+        ax.text(-gap, r * step + size / 2, name, ha="right", va="center", fontsize="small")
+    for c, text in enumerate(list(column_titles or [])[:k]):
+        ax.text(c * step + size / 2, -gap, text, ha="center", va="bottom", fontsize="small")
+    fig.suptitle(title)
+    return fig
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    if img.shape[-1] == size and img.shape[-2] == size:
+        return img
+    from scipy import ndimage
+
+    return ndimage.zoom(img, (size / img.shape[-2], size / img.shape[-1]), order=1, grid_mode=True, mode="nearest")
+
+
+def _display_scale(img: np.ndarray) -> np.ndarray:
+    """Map the 1st-99th percentile to [0, 1] (a constant image shows mid-grey)."""
+    lo, hi = np.percentile(img, [1, 99])
+    if not hi > lo:
+        return np.full_like(img, 0.5)
+    return np.clip((img - lo) / (hi - lo), 0.0, 1.0)
+
+
+def worst_cases(rows: Mapping[str, np.ndarray], mse: Sequence[float], star_rows: Sequence[int]) -> Figure:
+    """Paper A, Fig. 3: the particles whose canonical image is furthest from the truth, worst first."""
+    titles = [f"row {int(r)}\nMSE {float(m):.3g}" for r, m in zip(star_rows, mse)]
+    return image_grid(rows, title="Worst canonical images (highest MSE against the clean truth)", column_titles=titles)
+
+
+def training_curves(history: Sequence[Mapping[str, Any]]) -> Figure:
+    """Every logged loss (keys with a "/", e.g. ``model/loss``, ``critic/wd``) per epoch, one panel per
+    prefix, since the parts of a model's loss live on very different scales."""
+    keys = sorted({k for entry in history for k in entry if "/" in k and _is_number(entry[k])})
+    if not keys:
+        raise ValueError("the training history has no numeric entries named like 'model/loss'")
+    epochs = np.array([float(e.get("epoch", i + 1)) if _is_number(e.get("epoch", i + 1)) else i + 1
+                       for i, e in enumerate(history)])
+    groups: dict[str, list[str]] = {}
+    for k in keys:
+        groups.setdefault(k.split("/", 1)[0], []).append(k)
+    fig = _figure(4.8 * len(groups), 3.8)
+    for ax, (prefix, names) in zip(np.atleast_1d(fig.subplots(1, len(groups))), groups.items()):
+        for name in names:
+            values = np.array([float(e[name]) if _is_number(e.get(name)) else np.nan for e in history])
+            ax.plot(epochs, values, marker="o" if len(epochs) < 30 else None, ms=3, label=name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss (model units)")
+        ax.set_title(prefix)
+        ax.legend(fontsize="small")
+    fig.suptitle(f"Training curves ({len(history)} epochs)")
+    return fig
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def angle_histogram(angles_deg: np.ndarray, *, title: str = "In-plane angle (rlnAnglePsi)",
+                    xlabel: str = "psi (°)") -> Figure:
+    """Distribution of angles in [−180°, 180°) in 5° bins; a flat histogram is what uniform rotation
+    gives, peaks suggest a preferred angle or a collapsed frame."""
+    a = np.asarray(angles_deg, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    fig = _figure(5.5, 3.6)
+    ax = fig.subplots()
+    ax.hist(a, bins=np.arange(-180, 181, 5), histtype="stepfilled", color="C0", alpha=0.8,
+            label=f"particles (n = {len(a)})")
+    if len(a):
+        ax.axhline(len(a) / 72, color="k", ls="--", lw=1, label="uniform")
+    ax.set_xlim(-180, 180)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("particles per 5° bin")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def error_histogram(
+    errors_deg: np.ndarray, *, title: str = "In-plane angle error after global offset and sign"
+) -> Figure:
+    """Per-particle angle errors (degrees, wrapped to [−180°, 180°)), with rMSE and median |error|."""
+    e = np.asarray(errors_deg, dtype=np.float64)
+    e = e[np.isfinite(e)]
+    fig = _figure(5.5, 3.6)
+    ax = fig.subplots()
+    ax.hist(e, bins=np.linspace(-180, 180, 145), histtype="stepfilled", color="C1", alpha=0.8,
+            label=f"particles (n = {len(e)})")
+    if len(e):
+        rmse, med = float(np.sqrt(np.mean(e**2))), float(np.median(np.abs(e)))
+        for x in (-med, med):
+            ax.axvline(x, color="k", ls="--", lw=1, label="± median |error|" if x < 0 else None)
+        ax.set_title(f"{title}\nrMSE {rmse:.3g}°, median |error| {med:.3g}°")
+    else:
+        ax.set_title(title)
+    ax.set_yscale("log")
+    ax.set_xlim(-180, 180)
+    ax.set_xlabel("error (°)")
+    ax.set_ylabel("particles per 2.5° bin")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def outlier_scores(
+    scores: Mapping[str, np.ndarray],
+    threshold: float | None = None,
+    *,
+    labels: np.ndarray | None = None,
+) -> Figure:
+    """Histogram of each detector's standardised score (high = junk) with the job's threshold (which applies
+    to the first score); with labels (truth), good particles and outliers are drawn separately."""
+    fig = _figure(8.0, 3.8)
+    ax = fig.subplots()
+    finite = [np.asarray(s, dtype=np.float64) for s in scores.values()]
+    finite_values = np.concatenate([s[np.isfinite(s)] for s in finite]) if finite else np.zeros(0)
+    lo, hi = (float(finite_values.min()), float(finite_values.max())) if finite_values.size else (0.0, 1.0)
+    if threshold is not None:
+        lo, hi = min(lo, threshold), max(hi, threshold)
+    bins = np.linspace(lo, hi if hi > lo else lo + 1, 50)
+    for i, (name, s) in enumerate(scores.items()):
+        s = np.asarray(s, dtype=np.float64)
+        if labels is None:
+            ax.hist(s[np.isfinite(s)], bins=bins, histtype="step", lw=1.5, color=f"C{i}", label=name)
+        else:
+            y = np.asarray(labels, dtype=bool)
+            ax.hist(s[~y & np.isfinite(s)], bins=bins, histtype="step", lw=1.5, color=f"C{i}", label=f"{name}, good")
+            ax.hist(s[y & np.isfinite(s)], bins=bins, histtype="step", lw=1.5, ls="--", color=f"C{i}",
+                    label=f"{name}, outliers")
+    if threshold is not None:
+        first = np.asarray(next(iter(scores.values())), dtype=np.float64) if scores else np.zeros(0)
+        first_name = next(iter(scores), "score")
+        ax.axvline(threshold, color="r", lw=1.5,
+                   label=f"threshold {threshold:g}\n({int((first > threshold).sum())} flagged by {first_name})")
+    ax.set_xlabel("outlier score (Z, high = junk)")
+    ax.set_ylabel("particles per bin")
+    ax.set_yscale("log")
+    ax.set_title("Outlier scores")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+def class_averages(averages: Mapping[int, np.ndarray]) -> Figure:
+    """Canonical (unrotated) averages, per class number (0 = all particles)."""
+    items = sorted(averages.items())
+    if not items:
+        raise ValueError("no class averages to show")
+    names = [("all particles" if k == 0 else f"class {k}") for k, _ in items]
+    return image_grid({"average": np.stack([np.asarray(a) for _, a in items])},
+                      title="Canonical class averages (in the learned frame)", column_titles=names)
+
+
+def text_page(text: str) -> Figure:
+    """A page holding one message (e.g. for a PDF that would otherwise have no page)."""
+    fig = _figure(6.0, 2.0)
+    fig.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+    return fig

@@ -1,0 +1,185 @@
+"""Figures and reports on disk: a job's own plots (``logfile.pdf`` + PNGs, what RELION's GUI shows) and the
+``evaluate`` command's (``evaluation.md``, ``evaluation.json``, ``evaluation.pdf`` + PNGs).
+
+Every file is written to a temporary name and renamed into place, so a reader (or RELION's GUI polling the
+job folder) never sees half a PDF. Parts that a run does not have (no training history when an existing model
+was applied, no defocus in the STAR, no class averages) are left out, never drawn empty.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_pdf import PdfPages
+from matplotlib.figure import Figure
+
+from relion_canon.analysis import figures
+from relion_canon.analysis.evaluation import Evaluation
+from relion_canon.analysis.run_estimates import Estimates
+from relion_canon.io.atomic import atomic_path
+
+LOGFILE_PDF = "logfile.pdf"
+EVALUATION_PDF = "evaluation.pdf"
+EVALUATION_MD = "evaluation.md"
+EVALUATION_JSON = "evaluation.json"
+
+NamedFigures = list[tuple[str, Figure]]
+
+_ALIGNED = "after one global offset and sign (paper B, eq. 8)"
+# Every figure a job can draw (file stems), in the order of the logfile.
+JOB_FIGURES = ("training_curves", "latent_pca", "psi_histogram", "defocus_vs_star", "outlier_scores",
+               "canonical_examples", "class_averages")
+
+
+def job_figures(estimates: Estimates, history: Sequence[dict[str, Any]]) -> NamedFigures:
+    """(file stem, figure) for each plot a job can make from its own results (no truth needed)."""
+    cols = estimates.columns
+    out: NamedFigures = []
+    psi = np.asarray(cols["rlnAnglePsi"], dtype=np.float64) if "rlnAnglePsi" in cols else None
+    est_defocus_um = np.asarray(cols["rlnCanonDefocus"], dtype=np.float64) / 1e4 if "rlnCanonDefocus" in cols else None
+    star_defocus_um = None if estimates.defocus_input is None else np.asarray(estimates.defocus_input) / 1e4
+
+    if history and any("/" in k for entry in history for k in entry):
+        out.append(("training_curves", figures.training_curves(history)))
+    latent = np.asarray(estimates.latent)
+    if latent.ndim == 2 and latent.shape[1] >= 2 and latent.shape[0] >= 3 and np.isfinite(latent).all():
+        # Paper B colours by the true defocus; the STAR's CTFFIND value is the closest a job has to it.
+        if star_defocus_um is not None:
+            defocus, label = star_defocus_um, "defocus from the STAR (µm)"
+        else:
+            defocus, label = est_defocus_um, "estimated defocus (µm)"
+        out.append(("latent_pca", figures.latent_pca(latent, psi, defocus, angle_label="estimated psi (°)",
+                                                     defocus_label=label)))
+    if psi is not None:
+        out.append(("psi_histogram", figures.angle_histogram(psi)))
+    if est_defocus_um is not None and star_defocus_um is not None:
+        rmse = float(np.sqrt(np.nanmean((est_defocus_um - star_defocus_um) ** 2)))
+        out.append(("defocus_vs_star", figures.predicted_vs_true(
+            star_defocus_um, est_defocus_um, quantity="defocus", unit="µm", reference="STAR (CTFFIND)",
+            estimate="relion_canon estimate", rmse=rmse)))
+    outliers = estimates.report.get("outliers") or {}
+    scores: dict[str, np.ndarray] = {}
+    if "rlnParticleSelectZScore" in cols:
+        # The threshold applies to the score written to the STAR, so it comes first (the line counts its flags);
+        # each detector is shown beside it unless it is that same score.
+        final = np.asarray(cols["rlnParticleSelectZScore"], dtype=np.float64)
+        scores[f"rlnParticleSelectZScore ({outliers.get('method', 'job')})"] = final
+        for name, s in estimates.outlier_scores.items():
+            s = np.asarray(s, dtype=np.float64)
+            if s.shape != final.shape or not np.allclose(s, final, equal_nan=True):
+                scores[name] = s
+    else:
+        scores = {name: np.asarray(s, dtype=np.float64) for name, s in estimates.outlier_scores.items()}
+    if scores:
+        threshold = outliers.get("threshold")
+        out.append(("outlier_scores", figures.outlier_scores(scores, None if threshold is None else float(threshold))))
+    if len(estimates.example_index) and len(estimates.example_canonical):
+        titles = [f"row {int(i) + 1}" for i in estimates.example_index]
+        if psi is not None:
+            titles = [f"{t}\npsi {psi[int(i)]:.0f}°" for t, i in zip(titles, estimates.example_index)]
+        out.append(("canonical_examples", figures.image_grid(
+            {"input": estimates.example_inputs, "canonical": estimates.example_canonical},
+            title="Particles and their canonical (unrotated, denoised) images", column_titles=titles)))
+    if estimates.class_averages:
+        out.append(("class_averages", figures.class_averages(estimates.class_averages)))
+    return out
+
+
+def write_figures(
+    out_dir: Path, estimates: Estimates, history: list[dict], log: Callable[[str], None] = print
+) -> list[Path]:
+    """Write the job's figures as PNGs in ``out_dir`` and all of them in ``logfile.pdf``; returns the paths
+    (PNGs first, the PDF last)."""
+    return _save(Path(out_dir), job_figures(estimates, history), LOGFILE_PDF, log, stale=JOB_FIGURES)
+
+
+def evaluation_figures(evaluation: Evaluation) -> NamedFigures:
+    """(file stem, figure) for each plot the evaluation's results allow."""
+    out: NamedFigures = []
+    reference = "truth" if evaluation.reference.startswith("simulation") else "RELION"
+    a = evaluation.angle
+    if a is not None:
+        out.append(("angle_vs_reference", figures.predicted_vs_true(
+            a.true_deg, a.aligned_deg, quantity="in-plane angle", unit="°", reference=reference,
+            estimate="relion_canon", rmse=a.rmse_deg, cyclic=True, note=_ALIGNED)))
+        out.append(("angle_errors", figures.error_histogram(a.errors_deg)))
+    for i, (name, p) in enumerate(evaluation.peer.items()):
+        out.append((f"peer{i + 1}_angle_vs_reference", figures.predicted_vs_true(
+            p.true_deg, p.aligned_deg, quantity="in-plane angle", unit="°", reference=reference,
+            estimate=name, rmse=p.rmse_deg, cyclic=True, note=_ALIGNED)))
+    d = evaluation.defocus
+    if d is not None:
+        out.append(("defocus_vs_reference", figures.predicted_vs_true(
+            d.true_um, d.predicted_um, quantity="defocus", unit="µm", reference=d.reference,
+            estimate="relion_canon", rmse=d.rmse_um)))
+    o = evaluation.outliers
+    if o is not None:
+        if any(v is not None for v in o.auc.values()):
+            out.append(("roc", figures.roc_curves(o.labels, o.scores, label_source=o.label_source)))
+        out.append(("outlier_scores", figures.outlier_scores(o.scores, o.threshold, labels=o.labels)))
+    c = evaluation.canonical
+    if c is not None:
+        rows = _grid_rows(c.examples)
+        titles = [f"row {int(r)}" for r in c.example_rows]
+        out.append(("canonical_examples", figures.image_grid(
+            rows, title=f"Inputs, canonical images and clean truth (mean MSE {c.mean_mse:.3g})", column_titles=titles)))
+        worst_mse = c.mse[np.argsort(c.mse)[::-1][: len(c.worst_rows)]]
+        out.append(("canonical_worst", figures.worst_cases(_grid_rows(c.worst), worst_mse, c.worst_rows)))
+    return out
+
+
+def _grid_rows(images: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = {"input": "input (particle)", "canonical": "relion_canon canonical\n(in the truth's frame)",
+             "truth": "ground truth\n(clean, unrotated)"}
+    return {names.get(k, k): v for k, v in images.items()}
+
+
+def write_evaluation(out_dir: Path, evaluation: Evaluation, log: Callable[[str], None] = print) -> list[Path]:
+    """Write ``evaluation.md``, ``evaluation.json``, the figures as PNGs and ``evaluation.pdf`` into
+    ``out_dir``; returns the paths."""
+    out_dir = Path(out_dir)
+    # Everything is computed before the first file is written, so a failure leaves no partial set behind.
+    named = evaluation_figures(evaluation)
+    texts = ((EVALUATION_MD, evaluation.to_markdown()), (EVALUATION_JSON, evaluation.to_json() + "\n"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, text in texts:
+        with atomic_path(out_dir / name) as tmp:
+            tmp.write_text(text)
+        paths.append(out_dir / name)
+    return paths + _save(out_dir, named, EVALUATION_PDF, log)
+
+
+def _save(out_dir: Path, named: NamedFigures, pdf_name: str, log: Callable[[str], None],
+          stale: Sequence[str] = ()) -> list[Path]:
+    """PNGs and one PDF; ``stale`` names figures an earlier run in the folder may have left that this run
+    does not redraw (e.g. training curves once an existing model is applied): they are removed, so that
+    the folder never mixes figures of two runs."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    current = {stem for stem, _ in named}
+    for stem in stale:
+        if stem not in current:
+            (out_dir / f"{stem}.png").unlink(missing_ok=True)
+    paths: list[Path] = []
+    for stem, fig in named:
+        path = out_dir / f"{stem}.png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
+        # Keep the layout the PNG was drawn with: the PDF page is the same figure, and laying it out again
+        # costs as much as drawing it.
+        fig.set_layout_engine("none")
+        paths.append(path)
+    pdf = out_dir / pdf_name
+    with atomic_path(pdf) as tmp:
+        with PdfPages(tmp) as pages:
+            for _, fig in named:
+                pages.savefig(fig)
+            if not named:
+                # An empty PdfPages writes no valid PDF; RELION's GUI still expects the logfile to open.
+                pages.savefig(figures.text_page("No figures: this run produced nothing to plot."))
+    paths.append(pdf)
+    log(f"Wrote {len(named)} figures to {out_dir} ({pdf_name} and PNGs)")
+    return paths
+

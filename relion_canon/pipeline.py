@@ -1,0 +1,210 @@
+"""The whole job every front door runs (CLI ``run``/``demo``, RELION External job, cryoSPARC External job).
+
+particles → (train a model, or load one) → predict → per-particle estimates → output folder:
+
+* ``model.pt`` / ``checkpoint.pt`` (when training; ``checkpoint.pt`` lets a continued job resume),
+* ``particles.star``: every input block, column and row, plus the new columns,
+* ``particles_selected.star`` / ``particles_rejected.star``: the same split by the outlier flag,
+* ``report.json``: what was done and found (threshold, symmetry, timings),
+* ``logfile.pdf`` and PNGs: the figures.
+
+Paths inside ``out_dir`` are written as given, so a job run from a RELION project directory with
+``out_dir="External/job012/"`` writes project-relative names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from relion_canon.errors import InputError
+from relion_canon.io.atomic import atomic_path
+from relion_canon.io.particles import is_cryosparc, read_particles, write_results_cs
+from relion_canon.io.star import ParticleStar, write_star
+
+PARTICLES_STAR = "particles.star"
+SELECTED_STAR = "particles_selected.star"
+REJECTED_STAR = "particles_rejected.star"
+REPORT_JSON = "report.json"
+LOGFILE_PDF = "logfile.pdf"
+DEFAULT_EPOCHS = 1
+# rotinv-ae as the job trains it by default: narrower, no Wasserstein critic (at SNR ≤ 0.1 it mostly rewards
+# noise texture), one pass at prediction. Paper A's full model stays available through --model-option.
+FAST_ROTINV_AE = {"width": 16, "max_width": 128, "lambda_adv": 0.0, "predict_rotations": 1}
+
+
+@dataclass
+class JobConfig:
+    """Everything a user can choose for one job; the defaults are what pressing Run gives."""
+
+    model: str = "rotinv-ae"
+    model_path: str | None = None  # apply this trained model (file or training folder) instead of training
+    epochs: int | None = None  # None: 1 (the refinement, not the network, sets the final accuracy)
+    train_particles: int | None = 1000  # train on a random subset of this many particles (None: all)
+    box: int | None = None  # refinement works on particles Fourier-cropped to this box (px); None: as they are
+    model_box: int | None = 32  # the network sees particles Fourier-cropped to this box; None: the working box
+    labels: bool = False  # learn psi from the input's rlnAnglePsi (e.g. after Class2D)
+    refine: bool = True  # refine each particle's psi against the learned canonical image
+    max_shift_px: float = 0.0  # refinement: translational search range (px at the working box); 0 = none
+    outlier_method: str = "ensemble"  # iforest | lof | covariance | ensemble
+    outlier_threshold: float = 2.0  # flag particles with rlnParticleSelectZScore above this
+    defocus_range: tuple[float, float] | None = None  # Å, for paper B's quartile mapping; None: the STAR's
+    per_class: bool = False  # estimate per rlnClassNumber and align each class's frame to the input's psi
+    write_canonical: bool = False  # write canonical images (and per-class averages) as stacks
+    device: str = "auto"
+    threads: int | None = None
+    batch_size: int = 64
+    seed: int = 0
+    # The network only seeds the refinement with angles and gives a latent, so the job's default network is
+    # small and trains fast; options given here are added to (and override) these for rotinv-ae.
+    model_options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class JobResult:
+    out_dir: Path
+    particles_star: Path
+    selected_star: Path
+    rejected_star: Path
+    model_path: Path
+    report: dict[str, Any]
+    figures: list[Path]
+
+    @property
+    def logfile(self) -> Path:
+        return self.out_dir / LOGFILE_PDF
+
+
+def run_job(
+    particles: str | Path | ParticleStar,
+    out_dir: str | Path,
+    config: JobConfig = JobConfig(),
+    resume: bool = True,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+    project_dir: str | Path | None = None,
+    passthrough: str | Path | None = None,
+) -> JobResult:
+    """Run the whole job on a particle STAR file; see the module docstring for what lands in ``out_dir``.
+
+    ``should_stop`` is polled once per training epoch and per prediction batch; when it returns True the job
+    raises :class:`~relion_canon.train.engine.TrainingStopped` or ``InterruptedError`` with the outputs of
+    earlier runs untouched. With ``resume`` a ``checkpoint.pt`` already in ``out_dir`` is continued.
+
+    ``particles`` may also be a cryoSPARC particles ``.cs`` (with its ``passthrough`` ``.cs``; ``project_dir``
+    is then the cryoSPARC project directory): the results are then also written as ``particles.cs``,
+    ``particles_selected.cs`` and ``particles_rejected.cs`` with their ``.csg`` for "Import Result Group".
+    """
+    from relion_canon.analysis.report import write_figures  # matplotlib: only when a job runs
+    from relion_canon.analysis.run_estimates import estimate
+
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    star = read_particles(particles, passthrough, project_dir)
+    if len(star) < 10:
+        raise InputError(f"{len(star)} particles: the job needs at least 10 to learn from", star.path)
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    model_path, history = _model_for(star, out_dir, config, resume, log, progress, should_stop, project_dir)
+    timings["train"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    estimates = estimate(star, model_path, out_dir, config, log=log, progress=progress, should_stop=should_stop,
+                         project_dir=project_dir)
+    timings["estimate"] = time.perf_counter() - t0
+
+    out = star.with_columns(estimates.columns)
+    flag = estimates.columns["rlnCanonIsOutlier"].astype(bool)
+    paths = {
+        "particles": write_star(out, out_dir / PARTICLES_STAR),
+        "selected": write_star(out.subset(~flag), out_dir / SELECTED_STAR),
+        "rejected": write_star(out.subset(flag), out_dir / REJECTED_STAR),
+    }
+    if not isinstance(particles, ParticleStar) and is_cryosparc(particles):
+        written = write_results_cs(particles, passthrough, out, out_dir)
+        log(f"Wrote cryoSPARC results: {', '.join(str(p) for p in written)}")
+    timings["total"] = time.perf_counter() - t_start
+    report = {
+        "input": str(star.path) if star.path else None,
+        "n_particles": len(star),
+        "n_selected": int((~flag).sum()),
+        "n_rejected": int(flag.sum()),
+        "config": config.to_dict(),
+        "model_path": str(model_path),
+        "seconds": timings,
+        "training_history": history,
+        **estimates.report,
+    }
+    figures = write_figures(out_dir, estimates, history, log=log)
+    with atomic_path(out_dir / REPORT_JSON) as tmp:
+        tmp.write_text(json.dumps(report, indent=2, default=_json_default))
+    log(f"Wrote {paths['particles']} ({len(star)} particles), {paths['selected']} ({report['n_selected']}), "
+        f"{paths['rejected']} ({report['n_rejected']}); {timings['total']:.1f} s in all")
+    return JobResult(out_dir, paths["particles"], paths["selected"], paths["rejected"], model_path, report, figures)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def _model_for(star, out_dir, config, resume, log, progress, should_stop, project_dir) -> tuple[Path, list[dict]]:
+    """The trained model to apply: the user's, or one trained here on these particles."""
+    from relion_canon.preprocess import PreprocessConfig
+    from relion_canon.train.engine import TrainConfig, train
+
+    if config.model_path:
+        path = Path(config.model_path)
+        log(f"Applying the existing model {path}")
+        return path, []
+    options = {**(FAST_ROTINV_AE if config.model == "rotinv-ae" else {}), **config.model_options}
+    if config.labels:
+        options["angle_mode"] = "labels"
+    subset = star
+    if config.train_particles is not None and len(star) > config.train_particles:
+        # The network only has to give each particle a starting angle and a latent; it learns those from a
+        # subset as well as from all, so training cost stays flat as the data grow.
+        rows = np.sort(np.random.default_rng(config.seed).choice(len(star), config.train_particles, replace=False))
+        subset = star.subset(rows)
+        log(f"Training on a random subset of {config.train_particles} of the {len(star)} particles")
+    train_config = TrainConfig(
+        model=config.model,
+        model_options=options,
+        preprocess=PreprocessConfig(box=_model_box(star, config)),
+        epochs=config.epochs if config.epochs is not None else DEFAULT_EPOCHS,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        device=config.device,
+        threads=config.threads,
+    )
+    result = train(subset, out_dir, train_config, resume=resume, log=log, progress=progress,
+                   should_stop=should_stop, project_dir=project_dir)
+    return result.model_path, result.history
+
+
+def _model_box(star: ParticleStar, config: JobConfig) -> int | None:
+    """The box the network trains at: ``model_box``, but never larger than the working box or the input."""
+    from relion_canon.io.source import ParticleSource
+
+    sizes = [b for b in (config.model_box, config.box) if b]
+    if not sizes:
+        return None
+    box = min(sizes)
+    if "rlnImageSize" in (star.optics_table.columns if star.optics_table is not None else []):
+        input_box = int(star.optics_table["rlnImageSize"].max())
+    else:
+        input_box = ParticleSource.from_star(star).box or box
+    return box if box < input_box else None

@@ -1,0 +1,186 @@
+"""figures: each plot shows the data it is given, labelled with units, and renders headless (Agg)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PathCollection, PolyCollection
+from sklearn.metrics import roc_auc_score
+
+from relion_canon.analysis import figures
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _texts(fig) -> str:
+    """Every title, axis label, legend entry and colour-bar label of a figure, joined."""
+    parts = [fig._suptitle.get_text() if fig._suptitle else ""]
+    for ax in fig.axes:
+        parts += [ax.get_title(), ax.get_xlabel(), ax.get_ylabel()]
+        legend = ax.get_legend()
+        if legend is not None:
+            parts += [t.get_text() for t in legend.get_texts()]
+    return "\n".join(parts)
+
+
+@pytest.fixture
+def cone():
+    rng = np.random.default_rng(0)
+    t = rng.uniform(-np.pi, np.pi, 300)
+    r = rng.uniform(0.5, 2.5, 300)
+    latent = np.stack([r * np.cos(t), 0.5 * r * np.sin(t), r, 0.01 * rng.standard_normal(300)], axis=1) @ \
+        np.linalg.qr(rng.standard_normal((4, 4)))[0]
+    return latent, np.rad2deg(t), r
+
+
+def test_latent_pca_plots_the_principal_components(cone):
+    latent, angle, defocus = cone
+    fig = figures.latent_pca(latent, angle, defocus)
+    assert isinstance(fig.canvas, FigureCanvasAgg)
+    panels = [ax for ax in fig.axes if ax.get_xlabel().startswith("PC 1")]
+    assert len(panels) == 2 and len(fig.axes) == 4  # two panels, two colour bars
+    points = panels[0].collections[0].get_offsets()
+    # The same PCA projection numpy gives, up to the sign of each component.
+    centred = latent - latent.mean(axis=0)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    scores = u[:, :2] * s[:2]
+    for k in range(2):
+        assert np.allclose(np.abs(points[:, k]), np.abs(scores[:, k]), atol=1e-8)
+    assert np.allclose(panels[0].collections[0].get_array(), angle)
+    assert np.allclose(panels[1].collections[0].get_array(), defocus)
+    text = _texts(fig)
+    assert "in-plane angle (°)" in text and "defocus (µm)" in text and "n = 300" in text
+    assert _png(fig).startswith(b"\x89PNG")
+    assert len([a for a in figures.latent_pca(latent).axes if a.get_xlabel()]) == 1
+
+
+def test_latent_pca_shows_a_subset_of_many_particles(monkeypatch, cone):
+    latent, angle, _ = cone
+    full = figures.latent_pca(latent, angle).axes[0].collections[0]
+    monkeypatch.setattr(figures, "_MAX_POINTS", 100)
+    fig = figures.latent_pca(latent, angle)
+    points = fig.axes[0].collections[0]
+    assert len(points.get_offsets()) == 100 and "100 of 300 particles shown" in fig._suptitle.get_text()
+    # Each shown point keeps its own colour: the subset is the same for coordinates and values.
+    rows = [int(np.flatnonzero(np.all(full.get_offsets() == p, axis=1))[0]) for p in points.get_offsets()[:10]]
+    assert np.allclose(points.get_array()[:10], angle[rows])
+
+
+def test_predicted_vs_true_scatter_and_hexbin():
+    rng = np.random.default_rng(1)
+    true = rng.uniform(0.5, 2.5, 200)
+    fig = figures.predicted_vs_true(true, true + 0.1, quantity="defocus", unit="µm", rmse=0.1)
+    ax = fig.axes[0]
+    scatter = [c for c in ax.collections if isinstance(c, PathCollection)]
+    assert len(scatter) == 1 and len(scatter[0].get_offsets()) == 200
+    assert np.allclose(scatter[0].get_offsets()[:, 1] - scatter[0].get_offsets()[:, 0], 0.1)
+    text = _texts(fig)
+    assert "defocus, ground truth (µm)" in text and "rMSE 0.1 µm" in text and "n = 200" in text
+    many = rng.uniform(-180, 180, 5000)
+    dense = figures.predicted_vs_true(many, many, quantity="angle", unit="°", cyclic=True, note="aligned")
+    assert any(isinstance(c, PolyCollection) for c in dense.axes[0].collections)  # hexagonal bins
+    assert dense.axes[0].get_xlim() == (-180.0, 180.0) and "aligned" in dense.axes[0].get_title()
+    # Non-finite values are dropped, not plotted.
+    with_nan = figures.predicted_vs_true(np.r_[true, np.nan], np.r_[true, 1.0], quantity="d", unit="µm")
+    assert len(with_nan.axes[0].collections[0].get_offsets()) == 200
+
+
+def test_roc_curves_one_per_detector_with_auc():
+    rng = np.random.default_rng(2)
+    labels = rng.random(300) < 0.2
+    good = labels + rng.normal(0, 0.5, 300)
+    weak = labels * 0.2 + rng.normal(0, 0.5, 300)
+    fig = figures.roc_curves(labels, {"iforest": good, "lof": weak}, label_source="truth")
+    entries = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert entries[0] == f"iforest (AUC {roc_auc_score(labels, good):.3f})"
+    assert entries[1] == f"lof (AUC {roc_auc_score(labels, weak):.3f})"
+    assert "chance" in entries[2] and f"{labels.sum()} of 300 positive" in fig.axes[0].get_title()
+    # A detector cannot be drawn against one-class labels; the figure still renders.
+    single = figures.roc_curves(np.zeros(10, bool), {"x": np.arange(10.0)}, label_source="truth")
+    assert len(single.axes[0].get_lines()) == 1 and _png(single)
+
+
+def _grid(fig):
+    """(mosaic, texts) of an image grid."""
+    (ax,) = fig.axes
+    return np.ma.filled(ax.images[0].get_array(), np.nan), [t.get_text() for t in ax.texts]
+
+
+def test_image_grid_and_worst_cases():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(5, 16, 16)), rng.normal(size=(3, 8, 8))
+    fig = figures.image_grid({"input": a, "canonical": b}, title="grid", column_titles=[f"c{i}" for i in range(5)])
+    mosaic, texts = _grid(fig)
+    gap = 1
+    assert mosaic.shape == (2 * 16 + gap, 5 * 16 + 4 * gap)
+    # Each tile is its image, its own 1st-99th percentile mapped to [0, 1].
+    lo, hi = np.percentile(a[1], [1, 99])
+    assert np.allclose(mosaic[:16, 17:33], np.clip((a[1] - lo) / (hi - lo), 0, 1))
+    # The 8 px row is shown at 16 px (same field of view); missing tiles stay empty (white).
+    assert np.isfinite(mosaic[17:33, :16]).all() and np.isnan(mosaic[17:33, 3 * 17 :]).all()
+    assert texts == ["input", "canonical", "c0", "c1", "c2", "c3", "c4"]
+    assert fig._suptitle.get_text() == "grid" and _png(fig)
+    with pytest.raises(ValueError):
+        figures.image_grid({"empty": np.zeros((0, 4, 4))}, title="x")
+    worst = figures.worst_cases({"canonical": b, "truth": b}, [1.9, 0.5, 0.2], [12, 3, 40])
+    assert _grid(worst)[1][2:] == ["row 12\nMSE 1.9", "row 3\nMSE 0.5", "row 40\nMSE 0.2"]
+    assert "Worst" in worst._suptitle.get_text()
+
+
+def test_training_curves_every_slash_key_per_prefix():
+    history = [
+        {"epoch": 1, "model/loss": 3.0, "model/rec": 2.0, "critic/wd": -0.5, "lr": 1e-3, "seconds": 2.0},
+        {"epoch": 2, "model/loss": 2.0, "model/rec": 1.5, "critic/wd": -0.2, "lr": 1e-3, "seconds": 2.0},
+        {"epoch": 3, "model/loss": 1.0, "critic/wd": -0.1, "lr": 1e-4, "seconds": 2.0},
+    ]
+    fig = figures.training_curves(history)
+    assert [ax.get_title() for ax in fig.axes] == ["critic", "model"]
+    model = fig.axes[1]
+    lines = {line.get_label(): line for line in model.get_lines()}
+    assert set(lines) == {"model/loss", "model/rec"}
+    assert np.array_equal(lines["model/loss"].get_xdata(), [1, 2, 3])
+    rec = lines["model/rec"].get_ydata()
+    assert np.array_equal(rec[:2], [2.0, 1.5]) and np.isnan(rec[2])  # no value logged in epoch 3
+    assert model.get_xlabel() == "epoch" and "3 epochs" in fig._suptitle.get_text()
+    with pytest.raises(ValueError):
+        figures.training_curves([{"epoch": 1, "lr": 0.1}])
+
+
+def test_histograms_and_scores():
+    rng = np.random.default_rng(4)
+    psi = rng.uniform(-180, 180, 500)
+    fig = figures.angle_histogram(psi)
+    counts, _ = np.histogram(psi, bins=np.arange(-180, 181, 5))
+    outline = fig.axes[0].patches[0].get_xy()
+    assert outline[:, 1].max() == counts.max()
+    assert fig.axes[0].get_xlabel() == "psi (°)"
+
+    errors = rng.normal(0, 2, 400)
+    err = figures.error_histogram(errors)
+    assert f"rMSE {np.sqrt(np.mean(errors ** 2)):.3g}°" in err.axes[0].get_title()
+
+    scores = {"ensemble": rng.normal(0, 1, 400), "lof": rng.normal(0, 1, 400)}
+    flagged = int((scores["ensemble"] > 2.0).sum())
+    hist = figures.outlier_scores(scores, 2.0)
+    entries = [t.get_text() for t in hist.axes[0].get_legend().get_texts()]
+    assert entries[:2] == ["ensemble", "lof"]
+    assert entries[2] == f"threshold 2\n({flagged} flagged by ensemble)"
+    labelled = figures.outlier_scores(scores, 2.0, labels=rng.random(400) < 0.1)
+    assert len(labelled.axes[0].get_legend().get_texts()) == 5  # good / outlier per detector + threshold
+    assert _png(labelled)
+
+
+def test_class_averages_titles():
+    img = np.outer(np.hanning(16), np.hanning(16))
+    fig = figures.class_averages({2: img, 0: img * 2})
+    mosaic, texts = _grid(fig)
+    assert texts == ["average", "all particles", "class 2"] and mosaic.shape == (16, 33)
+    with pytest.raises(ValueError):
+        figures.class_averages({})

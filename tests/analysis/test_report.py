@@ -1,0 +1,118 @@
+"""report: a job's figures and the evaluation's files land complete on disk, also when parts are missing."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from relion_canon.analysis.evaluation import evaluate
+from relion_canon.analysis.report import (
+    EVALUATION_JSON,
+    EVALUATION_MD,
+    EVALUATION_PDF,
+    JOB_FIGURES,
+    LOGFILE_PDF,
+    job_figures,
+    write_evaluation,
+    write_figures,
+)
+from relion_canon.analysis.run_estimates import Estimates
+from tests.analysis.test_evaluation import fake_job, relion_reference, simulated_set
+
+
+def _pages(pdf: Path) -> int:
+    data = pdf.read_bytes()
+    assert data.startswith(b"%PDF") and data.rstrip().endswith(b"%%EOF")
+    return len(re.findall(rb"/Type\s*/Page\b(?!s)", data))
+
+
+def _estimates(n: int = 60, *, defocus: bool = True, latent_dim: int = 4, extras: bool = True) -> Estimates:
+    rng = np.random.default_rng(0)
+    psi = rng.uniform(-180, 180, n)
+    dz = rng.uniform(5000, 25000, n)
+    z = rng.normal(0, 1, n)
+    columns = {
+        "rlnAnglePsi": psi,
+        "rlnAnglePsiPrior": psi,
+        "rlnCanonDefocus": dz + rng.normal(0, 500, n),
+        "rlnParticleFigureOfMerit": np.exp(dz / 1e4) - 1,
+        "rlnParticleSelectZScore": z,
+        "rlnCanonIsOutlier": (z > 2).astype(int),
+    }
+    t = np.deg2rad(psi)
+    latent = np.stack([dz * np.cos(t), dz * np.sin(t), dz, rng.normal(size=n)][:latent_dim], axis=1) / 1e4
+    k = 4 if extras else 0
+    return Estimates(
+        columns=columns,
+        report={"outliers": {"method": "ensemble", "threshold": 2.0}},
+        latent=latent,
+        psi_model=psi,
+        defocus_input=dz if defocus else None,
+        outlier_scores={"iforest": z, "lof": rng.normal(0, 1, n)} if extras else {},
+        example_index=np.arange(k),
+        example_inputs=rng.normal(size=(k, 16, 16)),
+        example_canonical=rng.normal(size=(k, 16, 16)),
+        class_averages={0: rng.normal(size=(16, 16))} if extras else {},
+    )
+
+
+HISTORY = [{"epoch": e, "model/loss": 1.0 / e, "model/rec": 0.5 / e, "critic/wd": -0.1 * e} for e in (1, 2, 3)]
+
+
+def test_write_figures_full_job(tmp_path):
+    logs: list[str] = []
+    paths = write_figures(tmp_path, _estimates(), HISTORY, log=logs.append)
+    names = [p.name for p in paths]
+    assert names == [f"{stem}.png" for stem in JOB_FIGURES] + [LOGFILE_PDF]
+    for p in paths[:-1]:
+        assert p.read_bytes().startswith(b"\x89PNG")
+    assert _pages(tmp_path / LOGFILE_PDF) == len(paths) - 1
+    assert logs and LOGFILE_PDF in logs[0]
+    # Written through temporary names: nothing but the outputs is left in the folder.
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
+
+
+def test_write_figures_with_parts_missing(tmp_path):
+    # A logfile from an earlier run is replaced whole, and that run's figures this one does not draw go.
+    (tmp_path / LOGFILE_PDF).write_bytes(b"old logfile")
+    (tmp_path / "training_curves.png").write_bytes(b"old figure")
+    (tmp_path / "user_notes.png").write_bytes(b"not ours")
+    # An applied model (no history), a STAR without defocus, a 1-D latent, few particles, no extras.
+    est = _estimates(10, defocus=False, latent_dim=1, extras=False)
+    paths = write_figures(tmp_path, est, [], log=lambda _: None)
+    assert [p.name for p in paths] == ["psi_histogram.png", "outlier_scores.png", LOGFILE_PDF]
+    assert _pages(tmp_path / LOGFILE_PDF) == 2
+    assert not (tmp_path / "training_curves.png").exists() and (tmp_path / "user_notes.png").exists()
+    # Without the STAR's defocus the latent is coloured by the estimate.
+    figs = dict(job_figures(_estimates(12, defocus=False), []))
+    assert "defocus_vs_star" not in figs
+    assert any("estimated defocus" in (ax.get_title() or "") for ax in figs["latent_pca"].axes)
+    # The threshold belongs to the STAR's score, drawn first; a detector identical to it is not repeated.
+    legend = [t.get_text() for t in figs["outlier_scores"].axes[0].get_legend().get_texts()]
+    assert legend[:2] == ["rlnParticleSelectZScore (ensemble)", "lof"]
+    assert legend[2].endswith("flagged by rlnParticleSelectZScore (ensemble))")
+
+
+@pytest.fixture(scope="module")
+def evaluation(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    sim = simulated_set(root / "sim", n=60, seed=5)
+    job = fake_job(sim, root / "job", mirrored=True)
+    return evaluate(job, sim, relion_reference(sim, root / "ref.star"))
+
+
+def test_write_evaluation_files(evaluation, tmp_path):
+    out = tmp_path / "eval"
+    paths = write_evaluation(out, evaluation, log=lambda _: None)
+    names = [p.name for p in paths]
+    assert names[:2] == [EVALUATION_MD, EVALUATION_JSON] and names[-1] == EVALUATION_PDF
+    assert (out / EVALUATION_MD).read_text() == evaluation.to_markdown()
+    assert json.loads((out / EVALUATION_JSON).read_text()) == json.loads(evaluation.to_json())
+    pngs = [n for n in names if n.endswith(".png")]
+    assert {"angle_vs_reference.png", "peer1_angle_vs_reference.png", "defocus_vs_reference.png", "roc.png",
+            "canonical_examples.png", "canonical_worst.png"} <= set(pngs)
+    assert _pages(out / EVALUATION_PDF) == len(pngs)
