@@ -83,11 +83,18 @@ def test_report_figures_model_and_canonical_images(job):
         assert key in report
     assert report["outliers"]["threshold"] == 2.0
     assert job.logfile.stat().st_size > 0 and job.model_path.exists()
-    with mrcfile.open(job.out_dir / "canonical.mrcs", header_only=True) as m:
-        assert (int(m.header.nz), int(m.header.nx)) == (300, 48)
     with mrcfile.open(job.out_dir / "class_averages.mrcs", header_only=True) as m:
-        assert int(m.header.nz) == 1
+        assert (int(m.header.nz), int(m.header.nx)) == (1, 48)
     names = read_star(job.particles_star).particles["rlnCanonCanonicalImage"]
+    assert (names == f"000001@{job.out_dir / 'class_averages.mrcs'}").all()
+
+
+def test_canonical_images_from_the_network_without_refinement(sim, job, tmp_path):
+    result = run_job(sim / "particles.star", tmp_path / "net", JobConfig(model_path=str(job.model_path), refine=False,
+                     write_canonical=True), progress=False, log=lambda line: None)
+    with mrcfile.open(tmp_path / "net" / "canonical.mrcs", header_only=True) as m:
+        assert (int(m.header.nz), int(m.header.nx)) == (300, 48)  # the network's 32 px output, padded back
+    names = read_star(result.particles_star).particles["rlnCanonCanonicalImage"]
     assert names.iloc[0].startswith("000001@") and names.iloc[-1].startswith("000300@")
 
 

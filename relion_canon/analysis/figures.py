@@ -173,7 +173,9 @@ def image_grid(
         for c, img in enumerate(images):
             mosaic[r * step : r * step + size, c * step : c * step + size] = _display_scale(_resize(img, size))
     cell, left, top, bottom = 1.3, 1.9, 0.45 + (0.45 if column_titles is not None else 0.0), 0.1
-    width, height = left + k * cell + 0.1, top + len(named) * cell + bottom
+    # At least wide enough for the title (~0.1 in per character at the default size).
+    width = max(left + k * cell + 0.1, 0.1 * len(title) + 0.5)
+    height = top + len(named) * cell + bottom
     fig = _figure(width, height, layout=None)
     ax = fig.add_axes((left / width, bottom / height, k * cell / width, len(named) * cell / height))
     ax.imshow(mosaic, cmap=_GREY, vmin=0.0, vmax=1.0, interpolation="nearest")

@@ -11,7 +11,9 @@ The new STAR columns (:data:`COLUMNS`):
 * ``rlnParticleSelectZScore``: standardised outlier score, high = likely junk;
 * ``rlnCanonIsOutlier``: 1 where the score is above the threshold, else 0;
 * ``rlnCanonAlignmentScore``: with refinement, the particle's correlation with the CTF-modulated reference;
-* ``rlnCanonCanonicalImage``: with ``write_canonical``, the particle's canonical image in ``canonical.mrcs``.
+* ``rlnCanonCanonicalImage``: with ``write_canonical``, the particle's canonical (unrotated, denoised) image:
+  with refinement its class's reference in ``class_averages.mrcs``, else the network's output written to
+  ``canonical.mrcs``.
 
 With refinement, ``class_averages.mrcs`` holds the canonical average of each class (one image when not
 per class).
@@ -69,7 +71,7 @@ class Estimates:
     outlier_scores: dict[str, np.ndarray]  # detector name → (N,) standardised score (high = junk)
     example_index: np.ndarray  # (K,) rows shown in the image grids
     example_inputs: np.ndarray  # (K, H, W) preprocessed inputs of those rows
-    example_canonical: np.ndarray  # (K, H, W) their canonical (unrotated, denoised) images
+    example_canonical: np.ndarray  # (K, H, W) their canonical (unrotated, denoised) images (see the column)
     class_averages: dict[int, np.ndarray] = field(default_factory=dict)  # class number (0: all) → (H, W) canonical average
 
 
@@ -185,17 +187,27 @@ def estimate(
         columns["rlnCanonAlignmentScore"] = score
     pixel = float(np.median(images.pixel_size))
     out_dir = Path(out_dir)
+    example_canonical = canon["canonical"].float().cpu().numpy()
     if class_averages:
+        # With refinement the canonical image of a particle is its class's reference: the CTF-corrected,
+        # Wiener-filtered average of the particles turned back, far less noisy than one network output.
         numbers = sorted(class_averages)
         path = write_stack(out_dir / CLASS_AVERAGES, np.stack([class_averages[c] for c in numbers]), pixel)
         report["class_averages"] = {"file": str(path), "classes": numbers}
-    if config.write_canonical:
+        position = np.empty(n, dtype=np.int64)
+        for k, number in enumerate(numbers):
+            position[classes[number]] = k
+        example_canonical = np.stack([class_averages[numbers[k]] for k in position[example_index]])
+        if config.write_canonical:
+            columns["rlnCanonCanonicalImage"] = np.array([format_image_name(k, str(path)) for k in position],
+                                                         dtype=object)
+    elif config.write_canonical:
         columns["rlnCanonCanonicalImage"] = _write_canonical(loaded, dataset, out_dir / CANONICAL_STACK, images.box,
                                                              pixel, progress, should_stop)
     return Estimates(
         columns=columns, report=report, latent=latent, psi_model=psi_model, defocus_input=defocus_input,
         outlier_scores=result.per_detector, example_index=example_index,
-        example_inputs=example["image"][:, 0].numpy(), example_canonical=canon["canonical"].float().cpu().numpy(),
+        example_inputs=example["image"][:, 0].numpy(), example_canonical=example_canonical,
         class_averages=class_averages,
     )
 
