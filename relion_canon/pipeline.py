@@ -46,14 +46,16 @@ class JobConfig:
     model: str = "rotinv-ae"
     model_path: str | None = None  # apply this trained model (file or training folder) instead of training
     epochs: int | None = None  # None: 1 (the refinement, not the network, sets the final accuracy)
-    train_particles: int | None = 1000  # train on a random subset of this many particles (None: all)
+    train_particles: int | None = 500  # train on a random subset of this many particles (None: all)
     box: int | None = None  # refinement works on particles Fourier-cropped to this box (px); None: as they are
     model_box: int | None = 32  # the network sees particles Fourier-cropped to this box; None: the working box
     labels: bool = False  # learn psi from the input's rlnAnglePsi (e.g. after Class2D)
     refine: bool = True  # refine each particle's psi against the learned canonical image
     max_shift_px: float = 0.0  # refinement: translational search range (px at the working box); 0 = none
     outlier_method: str = "ensemble"  # iforest | lof | covariance | ensemble
-    outlier_threshold: float = 2.0  # flag particles with rlnParticleSelectZScore above this
+    # Flag particles with rlnParticleSelectZScore above this. 2.5 measured on the realistic set (2,000 particles,
+    # SNR 0.1, 10 % junk): precision 0.90, recall 0.985; 2.0: 0.78 / 0.99; 3.0: 0.96 / 0.75.
+    outlier_threshold: float = 2.5
     defocus_range: tuple[float, float] | None = None  # Å, for paper B's quartile mapping; None: the STAR's
     per_class: bool = False  # estimate per rlnClassNumber and align each class's frame to the input's psi
     write_canonical: bool = False  # write canonical images (and per-class averages) as stacks
@@ -135,7 +137,7 @@ def run_job(
     if not isinstance(particles, ParticleStar) and is_cryosparc(particles):
         written = write_results_cs(particles, passthrough, out, out_dir)
         log(f"Wrote cryoSPARC results: {', '.join(str(p) for p in written)}")
-    timings["total"] = time.perf_counter() - t_start
+    timings.update(estimates.report.pop("seconds", {}))
     report = {
         "input": str(star.path) if star.path else None,
         "n_particles": len(star),
@@ -147,7 +149,10 @@ def run_job(
         "training_history": history,
         **estimates.report,
     }
+    t0 = time.perf_counter()
     figures = write_figures(out_dir, estimates, history, log=log)
+    timings["figures"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_start
     with atomic_path(out_dir / REPORT_JSON) as tmp:
         tmp.write_text(json.dumps(report, indent=2, default=_json_default))
     log(f"Wrote {paths['particles']} ({len(star)} particles), {paths['selected']} ({report['n_selected']}), "

@@ -74,14 +74,14 @@ def test_selected_and_rejected_split_by_the_flag(job):
     rej = read_star(job.rejected_star).particles
     assert len(sel) + len(rej) == len(out)
     assert (sel["rlnCanonIsOutlier"] == 0).all() and (rej["rlnCanonIsOutlier"] == 1).all()
-    assert (rej["rlnParticleSelectZScore"] > 2.0).all()
+    assert (rej["rlnParticleSelectZScore"] > JobConfig().outlier_threshold).all()
 
 
 def test_report_figures_model_and_canonical_images(job):
     report = json.loads((job.out_dir / "report.json").read_text())
     for key in ("outliers", "symmetry", "defocus", "seconds", "training_history", "config"):
         assert key in report
-    assert report["outliers"]["threshold"] == 2.0
+    assert report["outliers"]["threshold"] == JobConfig().outlier_threshold
     assert job.logfile.stat().st_size > 0 and job.model_path.exists()
     with mrcfile.open(job.out_dir / "class_averages.mrcs", header_only=True) as m:
         assert (int(m.header.nz), int(m.header.nx)) == (1, 48)

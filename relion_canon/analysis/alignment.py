@@ -42,7 +42,9 @@ ImageBatches = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
 @dataclass
 class AlignmentConfig:
     rounds: int = 10  # at most; see converged_deg
-    angular_samples: int = 360  # polar grid: angles per ring (1° apart), refined below the grid by a parabola
+    # Polar grid: angles per ring (1.4° apart), refined below the grid by a parabola; 360 gave the same psi
+    # rMSE (0.71°) on the realistic set, 30 % slower.
+    angular_samples: int = 256
     mask_radius_fraction: float = 0.9  # rings out to this fraction of box/2
     max_shift: float = 0.0  # px at the working box; 0 = no translational search
     shift_from_round: int = 2  # translations are searched once the reference is sharp
@@ -204,10 +206,16 @@ def align_particles(
     ring_weight = radii[:, None]  # area element ρ dρ dθ of the polar sum
     pixel_size = np.broadcast_to(np.asarray(pixel_size, dtype=np.float64), (n_particles,))
 
+    # Every round needs the same CTF-weighted images: keep them when they fit, else recompute per round.
+    fits = n_particles * box * box * 8 <= config.cache_bytes
+    raw: list[tuple[np.ndarray, np.ndarray]] = []  # the particles as read, when they fit, until prepared
+
     # Noise spectrum from the particles' mean power (at low SNR the power is mostly noise): used to whiten.
     power = torch.zeros(n_rings, dtype=torch.float64)
     for idx, images in batches():
         power += _ring_mean(torch.fft.rfft2(torch.from_numpy(images)).abs() ** 2, rings, n_rings).sum(0).double()
+        if fits:
+            raw.append((idx, images))
     noise = (power / n_particles).float().clamp(min=1e-12)
 
     def prepare(idx: np.ndarray, images: np.ndarray) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -221,18 +229,18 @@ def align_particles(
         return (idx, torch.fft.irfft2(weighted, s=(box, box)), torch.fft.irfft2(weighted / noise[rings], s=(box, box)),
                 _ring_mean(c**2, rings, n_rings))
 
-    # Every round needs the same CTF-weighted images: keep them when they fit, else recompute per round.
-    cache: list | None = [] if n_particles * box * box * 8 <= config.cache_bytes else None
+    cache: list | None = [] if fits else None
 
     def prepared() -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]]:
         if cache:
             yield from cache
             return
-        for idx, images in batches():
+        for idx, images in (raw if fits else batches()):
             item = prepare(idx, images)
             if cache is not None:
                 cache.append(item)
             yield item
+        raw.clear()
 
     acc = _Accumulator(box, n_rings)
     for idx, weighted, _, ctf2 in prepared():

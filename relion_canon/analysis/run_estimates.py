@@ -21,6 +21,7 @@ per class).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -101,7 +102,9 @@ def estimate(
     dataset = dataset_for(loaded, star, project_dir)
     n = len(dataset)
     log(f"Predicting {n} particles with {loaded.meta['model']} ({dataset.box} px)")
+    clock = _Clock()
     outputs = run_inference(loaded, dataset, batch_size=256, progress=progress, should_stop=should_stop)
+    clock.lap("predict")
     psi_model = psi_degrees(outputs)
     latent = outputs["latent"]
     rng = np.random.default_rng(config.seed)
@@ -109,7 +112,7 @@ def estimate(
     example = dataset[example_index]
     canon = loaded.model.predict(example["image"].to(device), canonical=True,
                                  ctf=example["ctf"].to(device) if "ctf" in example else None)
-    report: dict[str, Any] = {"model": loaded.meta["model"]}
+    report: dict[str, Any] = {"model": loaded.meta["model"], "seconds": clock.seconds}
 
     # Refinement works on the particles at the working box (the network may have seen them smaller), neither
     # phase-flipped nor masked: it multiplies each particle by its own CTF itself.
@@ -128,16 +131,20 @@ def estimate(
             log(f"Refining in-plane angles against the learnt canonical image"
                 f"{'' if number == 0 else f' of class {number}'} ({len(rows)} particles)")
             batches = _batches(images, rows)
+            clock.lap()
             alignment = align_particles(
                 batches, len(rows), None if ctf is None else ctf.take(rows), images.pixel_size[rows], images.box,
                 psi_model[rows], AlignmentConfig(max_shift=config.max_shift_px, seed=config.seed), log=log,
                 should_stop=should_stop,
             )
             psi[rows], score[rows] = alignment.psi, alignment.score
+            clock.lap("refine")
             class_averages[number] = alignment.reference
             info["alignment"] = alignment.history
             if ctf is not None:
-                defocus_fit[rows], fit_peak[rows] = fit_defocus(batches, alignment, ctf.take(rows), images.pixel_size[rows], images.box)
+                defocus_fit[rows], fit_peak[rows] = fit_defocus(batches, alignment, ctf.take(rows),
+                                                                images.pixel_size[rows], images.box)
+                clock.lap("defocus_fit")
             symmetry = detect_symmetry(alignment.reference, radius=int(0.9 * images.box / 2))
             info["symmetry"] = symmetry.report()
             if symmetry.n > 1:
@@ -168,7 +175,9 @@ def estimate(
     # without it, the model's latent alone.
     features = _outlier_features(latent, score, fit_peak, defocus_fit, defocus_input)
     method = OUTLIER_METHODS.get(config.outlier_method, config.outlier_method)
+    clock.lap()
     result = outlier_scores(features, method=method, seed=config.seed)
+    clock.lap("outliers")
     z = result.z
     flag = flag_outliers(z, config.outlier_threshold)
     report["outliers"] = {**result.report(), "threshold": config.outlier_threshold, "n_flagged": int(flag.sum())}
@@ -210,6 +219,20 @@ def estimate(
         example_inputs=example["image"][:, 0].numpy(), example_canonical=example_canonical,
         class_averages=class_averages,
     )
+
+
+class _Clock:
+    """Seconds per named step (summed over classes), for the report: where a job's time goes."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str | None = None) -> None:
+        now = time.perf_counter()
+        if name is not None:
+            self.seconds[name] = self.seconds.get(name, 0.0) + now - self._t
+        self._t = now
 
 
 def _outlier_features(latent: np.ndarray, score: np.ndarray, fit_peak: np.ndarray, defocus_fit: np.ndarray,
