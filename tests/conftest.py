@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
@@ -38,3 +39,13 @@ def require_relion() -> Path:
     if exe is None:
         _missing("RELION binaries (relion_project) not on PATH; install with `apt-get install -y relion`")
     return Path(exe).parent
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread: on a shared 2-core machine a second OpenMP thread waiting for a busy core makes small
+    networks 5-10x slower, not faster, and test times unpredictable."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

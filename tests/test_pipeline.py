@@ -7,13 +7,11 @@ import json
 import mrcfile
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from sklearn.metrics import roc_auc_score
 
 from relion_canon.analysis.metrics import align_angles
 from relion_canon.cli.main import cli
-import mrcfile
 from relion_canon.io.star import read_star, write_star
 from relion_canon.pipeline import JobConfig, run_job
 from relion_canon.simulate import SimulationConfig, read_ground_truth, simulate_dataset
@@ -22,12 +20,7 @@ NEW = ("rlnAnglePsi", "rlnAnglePsiPrior", "rlnCanonDefocus", "rlnCanonDefocusLat
        "rlnParticleSelectZScore", "rlnCanonIsOutlier", "rlnCanonAlignmentScore")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from relion_canon.analysis.metrics import align_angles
@@ -15,12 +14,7 @@ from relion_canon.io import read_star, write_star
 from relion_canon.simulate import SimulationConfig, read_ground_truth, simulate_dataset
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared; one thread keeps these tests' time predictable
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

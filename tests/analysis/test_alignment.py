@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from relion_canon.analysis.alignment import AlignmentConfig, align_particles
 from relion_canon.analysis.ctf_fit import fit_defocus
@@ -15,12 +14,7 @@ from relion_canon.simulate import SimulationConfig, read_ground_truth, simulate_
 from relion_canon.train.data import ParticleBatches
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _load(root, **overrides):

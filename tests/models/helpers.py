@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from relion_canon.io import ParticleSource, read_star
@@ -11,14 +10,6 @@ from relion_canon.preprocess import normalise
 from relion_canon.simulate import SimulationConfig, read_ground_truth, simulate_dataset
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread: on a shared 2-core machine a second OpenMP thread waiting for a busy core makes these
-    small networks 5-10x slower, not faster."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def simulated(tmp_path, n: int, box: int = 32, snr: float = 10.0, ctf: bool = False, seed: int = 0, phantom_seed: int = 0):

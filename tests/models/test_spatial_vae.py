@@ -15,7 +15,7 @@ from relion_canon.models.geometry import rotate
 from relion_canon.models.spatial_vae import SpatialVAE, SpatialVAEConfig, pixel_coordinates
 from tests.models.helpers import simulated, train
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # defined in tests/models/conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 SMALL = dict(encoder_hidden=64, generator_hidden=32)

@@ -13,7 +13,7 @@ from relion_canon.models.base import ModelConfig
 from relion_canon.models.vaegan import VAEGAN, VAEGANConfig, cone_loss
 from tests.models.helpers import simulated, train
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # defined in tests/models/conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_registry_and_config_round_trip():
