@@ -119,7 +119,7 @@ def run_job(
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    model_path, history = _model_for(star, out_dir, config, resume, log, progress, should_stop, project_dir)
+    model_path, history = train_for_job(star, out_dir, config, resume, log, progress, should_stop, project_dir)
     timings["train"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -166,7 +166,7 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def _model_for(star, out_dir, config, resume, log, progress, should_stop, project_dir) -> tuple[Path, list[dict]]:
+def train_for_job(star, out_dir, config, resume, log, progress, should_stop, project_dir) -> tuple[Path, list[dict]]:
     """The trained model to apply: the user's, or one trained here on these particles."""
     from relion_canon.preprocess import PreprocessConfig
     from relion_canon.train.engine import TrainConfig, train

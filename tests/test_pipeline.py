@@ -129,3 +129,12 @@ def test_too_few_particles_is_a_clear_error(sim, tmp_path):
     res = CliRunner().invoke(cli, ["run", "--i", str(path), "--o", str(tmp_path / "few")])
     assert res.exit_code == 2 and "at least 10" in res.stderr
     assert not (tmp_path / "few" / "particles.star").exists()
+
+
+def test_few_particles_without_refinement_still_score_outliers(sim, tmp_path):
+    # 30 particles and a 16-D latent: the detectors get as many components as the particles support.
+    star = read_star(sim / "particles.star")
+    path = write_star(star.subset(np.arange(30)), tmp_path / "thirty.star")
+    result = run_job(path, tmp_path / "small", JobConfig(epochs=1, refine=False), progress=False, log=lambda line: None)
+    z = read_star(result.particles_star).particles["rlnParticleSelectZScore"].to_numpy()
+    assert len(z) == 30 and np.all(np.isfinite(z))

@@ -238,33 +238,17 @@ class _Clock:
 def _outlier_features(latent: np.ndarray, score: np.ndarray, fit_peak: np.ndarray, defocus_fit: np.ndarray,
                       defocus_input: np.ndarray | None) -> np.ndarray:
     if not np.all(np.isfinite(score)):
-        return latent
+        # The latent alone; a covariance of L features needs several times L particles, so keep only as many
+        # principal components as the particles support.
+        keep = int(min(latent.shape[1], max(2, latent.shape[0] // 10)))
+        centred = latent - latent.mean(axis=0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        return centred @ vt[:keep].T
     angle, radius = polar_readout(latent)
     columns = [score, radius * np.cos(angle), radius * np.sin(angle)]
     if np.all(np.isfinite(fit_peak)) and defocus_input is not None:
         columns += [fit_peak, np.abs(defocus_fit - defocus_input)]
     return np.column_stack(columns)
-
-
-def _write_canonical(loaded, dataset: ParticleBatches, path: Path, box: int, pixel_size: float, progress: bool,
-                     should_stop: Callable[[], bool] | None) -> np.ndarray:
-    """Stream every particle's canonical image (the network's, Fourier-padded to the working ``box``) into
-    ``path``; return the ``N@path`` names in STAR order."""
-    import torch
-    from tqdm import tqdm
-
-    device = next(loaded.model.parameters()).device
-    n, size = len(dataset), 256
-    with torch.no_grad(), stack_writer(path, n, box, pixel_size) as out:
-        for start in tqdm(range(0, n, size), desc="canonical images", unit="batch", leave=False,
-                          disable=not progress or None):
-            if should_stop is not None and should_stop():
-                raise InterruptedError("stopped on request while writing canonical images")
-            batch = dataset[np.arange(start, min(start + size, n))]
-            ctf = batch["ctf"].to(device) if "ctf" in batch else None
-            result = loaded.model.predict(batch["image"].to(device), ctf=ctf, canonical=True)
-            out[start:start + len(batch["index"])] = fourier_resample(result["canonical"].float().cpu().numpy(), box)
-    return np.array([format_image_name(i, str(path)) for i in range(n)], dtype=object)
 
 
 def _ctf_or_none(star: ParticleStar) -> CtfParams | None:
