@@ -21,7 +21,7 @@ label with an empty value means yes):
 mode                      ``train`` (train on these particles, then apply; default) or ``apply``
 model                     rotinv-ae (default), vaegan, spatial-vae
 model_path                with mode apply: a model.pt (or the job folder holding it), project-relative
-epochs                    training epochs (default: chosen from the number of particles)
+epochs                    training epochs (default: 1; the refinement sets the final accuracy)
 box                       Fourier-crop the particles to this box (px) first
 outlier_method            ensemble (default), iforest, lof, covariance
 outlier_threshold         flag particles whose rlnParticleSelectZScore is above this (default: the job's)
