@@ -7,6 +7,7 @@ torch.
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 import click
@@ -45,11 +46,19 @@ class _Group(click.Group):
             formatter.write_dl([(name, short) for name, (_, short) in COMMANDS.items()])
 
     def invoke(self, ctx: click.Context):
+        # SIGTERM (a scheduler's kill, a user's kill) becomes a normal exit, so every output being written is
+        # cleaned up by its context manager instead of leaving a temporary file behind.
+        signal.signal(signal.SIGTERM, _terminate)
         try:
             return super().invoke(ctx)
         except InputError as exc:
             click.echo(f"relion-canon: error: {exc}", err=True)
             sys.exit(2)
+
+
+def _terminate(signum: int, frame) -> None:
+    click.echo("relion-canon: stopped by SIGTERM", err=True)
+    sys.exit(128 + signum)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -17,7 +17,10 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     (same filesystem). On any exception the temporary file is removed and ``target``
     is left as it was.
     """
+    # The folder is resolved before it is created: making the folders of an unresolved "a/../b" would also leave
+    # a stray, empty "a". The name itself is kept, so a symlink there is replaced, not followed out of the folder.
     target = Path(target)
+    target = target.parent.resolve() / target.name
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)

@@ -14,10 +14,20 @@ class ImageRef(NamedTuple):
     path: str  # as written in the STAR file
 
 
+# An MRC header counts images in a signed 32-bit field, so no stack holds more.
+MAX_IMAGE_NUMBER = 2**31 - 1
+
+
+def _shown(name: str, limit: int = 80) -> str:
+    """The name for an error message, cut short so that one corrupt row cannot flood the terminal."""
+    return repr(name if len(name) <= limit else name[:limit] + "...")
+
+
 def parse_image_name(name: str, file: str | Path | None = None, row: int | None = None) -> ImageRef:
     """Split ``000012@Extract/job1/mic.mrcs`` into (11, 'Extract/job1/mic.mrcs').
 
-    A name without ``@`` is a single image (index 0).
+    A name without ``@`` is a single image (index 0). The number is plain ASCII digits, as RELION writes it:
+    ``int()`` alone would also take ``1_0`` as 10 or other scripts' digits.
     """
     name = str(name).strip()
     if not name:
@@ -26,13 +36,16 @@ def parse_image_name(name: str, file: str | Path | None = None, row: int | None 
         return ImageRef(0, name)
     number, _, path = name.partition("@")
     if not path:
-        raise InputError(f"image name {name!r} has no file after '@'", file, row)
-    try:
-        n = int(number)
-    except ValueError:
-        raise InputError(f"image name {name!r}: {number!r} is not an image number", file, row) from None
+        raise InputError(f"image name {_shown(name)} has no file after '@'", file, row)
+    if not (number.isascii() and number.isdigit()):
+        raise InputError(f"image name {_shown(name)}: {_shown(number, 20)} is not an image number", file, row)
+    digits = number.lstrip("0")
+    # Leading zeros are RELION's padding; beyond 10 significant digits the number cannot be an image.
+    n = int(digits or "0") if len(digits) <= 10 else MAX_IMAGE_NUMBER + 1
     if n < 1:
-        raise InputError(f"image name {name!r}: image numbers start at 1", file, row)
+        raise InputError(f"image name {_shown(name)}: image numbers start at 1", file, row)
+    if n > MAX_IMAGE_NUMBER:
+        raise InputError(f"image name {_shown(name)}: no MRC stack holds more than {MAX_IMAGE_NUMBER} images", file, row)
     return ImageRef(n - 1, path)
 
 
@@ -63,6 +76,9 @@ def resolve_path(
     if data_dir is not None:
         candidates += [data_dir / p, data_dir / p.name]
     for c in candidates:
-        if c.is_file():
-            return c
+        try:
+            if c.is_file():
+                return c
+        except OSError:  # e.g. a name too long for the file system: it cannot name an existing file
+            continue
     return None

@@ -9,6 +9,7 @@ from typing import Iterator
 
 import mrcfile
 import numpy as np
+from mrcfile.dtypes import HEADER_DTYPE
 
 from relion_canon.errors import InputError
 from relion_canon.io.atomic import atomic_path
@@ -17,21 +18,53 @@ from relion_canon.io.atomic import atomic_path
 REAL_MODES = {0, 1, 2, 6, 12}
 
 
+# Bytes per pixel of every mode this module can read or name in an error.
+_ITEMSIZE = {0: 1, 1: 2, 2: 4, 3: 4, 4: 8, 6: 2, 12: 2}
+
+
+def _parse_header(raw: bytes) -> np.void:
+    """The 1024-byte header as a record, in the byte order ``mrcfile`` would choose for it.
+
+    Same rule as ``mrcfile`` in permissive mode: the machine stamp, else little-endian, and the other order
+    when only that one gives a valid mode.
+    """
+    header = np.frombuffer(raw, HEADER_DTYPE)[0]
+    try:
+        order = mrcfile.utils.byte_order_from_machine_stamp(header["machst"])
+    except ValueError:
+        order = "<"
+    header = np.frombuffer(raw, HEADER_DTYPE.newbyteorder(order))[0]
+    if int(header["mode"]) not in _ITEMSIZE:
+        swapped = np.frombuffer(raw, HEADER_DTYPE.newbyteorder(">" if order == "<" else "<"))[0]
+        if int(swapped["mode"]) in _ITEMSIZE:
+            header = swapped
+    return header
+
+
 def _header_shape(path: Path) -> tuple[int, int, int, int, int]:
-    """(nz, ny, nx, mode, expected file size in bytes) from the header alone."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            with mrcfile.open(path, header_only=True, permissive=True) as m:
-                h = m.header
-                nx, ny, nz, mode = int(h.nx), int(h.ny), int(h.nz), int(h.mode)
-                ext = int(h.nsymbt)
-        except Exception as exc:
-            raise InputError(f"not a readable MRC file ({exc})", path) from exc
-    itemsize = {0: 1, 1: 2, 2: 4, 3: 4, 4: 8, 6: 2, 12: 2}.get(mode)
+    """(nz, ny, nx, mode, expected file size in bytes) from the header alone, checked against the file size.
+
+    The header is parsed here rather than with ``mrcfile.open(header_only=True)``, which allocates the
+    extended header at whatever size the header claims (2 GiB for a corrupt ``nsymbt``) before reading it.
+    """
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(HEADER_DTYPE.itemsize)
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InputError(f"not a readable MRC file ({exc.strerror or exc})", path) from None
+    if len(raw) < HEADER_DTYPE.itemsize:
+        raise InputError(f"not a readable MRC file: {len(raw)} bytes, shorter than the 1024-byte header", path)
+    h = _parse_header(raw)
+    nx, ny, nz, mode, ext = (int(h[k]) for k in ("nx", "ny", "nz", "mode", "nsymbt"))
+    itemsize = _ITEMSIZE.get(mode)
     if itemsize is None:
         raise InputError(f"unsupported MRC mode {mode}", path)
-    return nz, ny, nx, mode, 1024 + ext + nx * ny * nz * itemsize
+    if nx < 1 or ny < 1 or nz < 0:
+        raise InputError(f"corrupt MRC header: dimensions {nx}x{ny}x{nz}", path)
+    if ext < 0 or HEADER_DTYPE.itemsize + ext > size:
+        raise InputError(f"corrupt MRC header: extended header of {ext} bytes in a file of {size} bytes", path)
+    return nz, ny, nx, mode, HEADER_DTYPE.itemsize + ext + nx * ny * nz * itemsize
 
 
 def open_stack(path: str | Path) -> mrcfile.mrcmemmap.MrcMemmap:
@@ -52,9 +85,16 @@ def open_stack(path: str | Path) -> mrcfile.mrcmemmap.MrcMemmap:
         # Files from other tools often lack the MAP ID or machine stamp; the data are still fine.
         warnings.simplefilter("ignore")
         try:
-            return mrcfile.mmap(path, mode="r", permissive=True)
+            m = mrcfile.mmap(path, mode="r", permissive=True)
         except Exception as exc:
             raise InputError(f"cannot memory-map stack ({exc})", path) from exc
+    # Permissive mrcfile gives no data where it cannot interpret the header, and a 4D array for a
+    # volume-stack space group: neither is a stack of 2D images.
+    if m.data is None or m.data.ndim not in (2, 3) or m.data.shape[-2:] != (ny, nx):
+        shape, ispg = (None if m.data is None else m.data.shape), int(m.header.ispg)
+        m.close()
+        raise InputError(f"not a stack of 2D images (data shape {shape}, space group {ispg})", path)
+    return m
 
 
 def stack_shape(m: mrcfile.mrcmemmap.MrcMemmap) -> tuple[int, int, int]:

@@ -6,6 +6,7 @@ keeps every block, column and row order; new per-particle columns are appended t
 
 from __future__ import annotations
 
+import linecache
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -140,12 +141,22 @@ class ParticleStar:
         """(N, 2) particle origin (x, y) in Å; RELION 3.0 files give pixels, converted with the pixel size."""
         p = self.particles
         if {"rlnOriginXAngst", "rlnOriginYAngst"} <= set(p.columns):
-            return p[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(np.float64)
+            return self._numbers(["rlnOriginXAngst", "rlnOriginYAngst"])
         if {"rlnOriginX", "rlnOriginY"} <= set(p.columns):
             optics = self.optics()
             optics.require(self.path, "pixel_size")
-            return p[["rlnOriginX", "rlnOriginY"]].to_numpy(np.float64) * optics.pixel_size[:, None]
+            return self._numbers(["rlnOriginX", "rlnOriginY"]) * optics.pixel_size[:, None]
         return np.zeros((len(p), 2))
+
+    def _numbers(self, labels: list[str]) -> np.ndarray:
+        """(N, len(labels)) float64 columns; a value that is not a finite number is named by label and row."""
+        out = np.empty((len(self.particles), len(labels)))
+        for j, label in enumerate(labels):
+            out[:, j] = pd.to_numeric(self.particles[label], errors="coerce").to_numpy(np.float64)
+            bad = np.flatnonzero(~np.isfinite(out[:, j]))
+            if bad.size:
+                raise InputError(f"{label} is not a number", self.path, int(bad[0]) + 1)
+        return out
 
     def with_particles(self, particles: pd.DataFrame) -> "ParticleStar":
         """The same file with another particle table (a subset, or extra columns)."""
@@ -193,15 +204,30 @@ def read_star(path: str | Path) -> ParticleStar:
         raise InputError("is a directory, not a STAR file", path)
     if path.stat().st_size == 0:
         raise InputError("STAR file is empty", path)
+    cr_line = _lone_carriage_return(path)
+    if cr_line is not None:
+        raise InputError(f"line {cr_line} holds a carriage return without a line feed (a corrupt file?)", path)
+    # starfile reads lines through the global ``linecache`` and clears it only when parsing succeeds: after a
+    # failure the old text would be served for this path again, even once the file has been fixed or replaced.
+    linecache.clearcache()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             blocks = starfile.read(path, always_dict=True)
     except Exception as exc:  # starfile raises a variety of pandas/parser errors on broken loops
-        raise InputError(f"cannot parse STAR file ({type(exc).__name__}: {exc})", path) from exc
+        # pandas' messages end with a newline or run over several lines; the error must stay one line.
+        why = " ".join(str(exc).split()) or "no details"
+        raise InputError(f"cannot parse STAR file ({type(exc).__name__}: {why})", path) from exc
+    finally:
+        linecache.clearcache()
     if not blocks:
-        raise InputError("no data blocks found (not a STAR file?)", path)
+        raise InputError(f"no data blocks found ({_not_utf8(path) or 'not a STAR file?'})", path)
 
+    for name, block in blocks.items():
+        if isinstance(block, pd.DataFrame) and block.columns.has_duplicates:
+            twice = block.columns[block.columns.duplicated()][0]
+            # Every later lookup of that label would get a table instead of a column.
+            raise InputError(f"data_{name} has the column {twice} more than once", path)
     particles_block = _find_particle_block(blocks, path)
     table = blocks[particles_block]
     if len(table) == 0:
@@ -211,6 +237,41 @@ def read_star(path: str | Path) -> ParticleStar:
     star = ParticleStar(path, dict(blocks), particles_block, _read_version(path))
     _check_optics_groups(star)
     return star
+
+
+_LONE_CR = re.compile(rb"\r(?!\n)")
+
+
+def _lone_carriage_return(path: Path, chunk: int = 1 << 24) -> int | None:
+    """1-based line of the first CR that no LF follows, or None.
+
+    starfile counts a file's lines by LF but reads them through ``linecache``, which also ends a line at a lone
+    CR: one such byte splits a row in two, shifts every later line by one and silently drops the last row.
+    """
+    lines_before, carry = 0, b""
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(chunk)
+            data = carry + block
+            # A CR at the end of a block is judged with the next block, where its LF would be.
+            carry = b"\r" if block and data.endswith(b"\r") else b""
+            body = data[: len(data) - len(carry)]
+            m = _LONE_CR.search(body)
+            if m:
+                return lines_before + body.count(b"\n", 0, m.start()) + 1
+            if not block:
+                return None
+            lines_before += body.count(b"\n")
+
+
+def _not_utf8(path: Path) -> str | None:
+    """Why the file is not UTF-8 text, or None: starfile then sees no lines at all and finds no blocks."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"byte 0x{data[exc.start]:02x} at offset {exc.start} is not UTF-8 text"
+    return None
 
 
 def _find_particle_block(blocks: dict, path: Path) -> str:
@@ -225,19 +286,41 @@ def _find_particle_block(blocks: dict, path: Path) -> str:
     raise InputError(f"no particle table (data_particles) found; blocks: {found}", path)
 
 
+def _group_numbers(table: pd.DataFrame, path: Path, block: str) -> np.ndarray:
+    """``rlnOpticsGroup`` of a table as int64; anything but whole numbers is named by row."""
+    raw = table["rlnOpticsGroup"]
+    values = pd.to_numeric(raw, errors="coerce").to_numpy(np.float64)
+    with np.errstate(invalid="ignore"):
+        bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)) | (np.abs(values) >= 2**31))
+    if bad.size:
+        row = int(bad[0])
+        value = raw.iloc[row]
+        shown = repr(value) if isinstance(value, str) else str(value)  # 'abc', '' or nan, not np.float64(nan)
+        raise InputError(f"data_{block}: rlnOpticsGroup {shown} is not an optics group number", path, row + 1)
+    return values.astype(np.int64)
+
+
 def _check_optics_groups(star: ParticleStar) -> None:
     optics = star.optics_table
     parts = star.particles
-    if optics is None or "rlnOpticsGroup" not in parts.columns:
+    if "rlnOpticsGroup" not in parts.columns:
+        return
+    groups = _group_numbers(parts, star.path, star.particles_block)
+    if optics is None:
         return
     if "rlnOpticsGroup" not in optics.columns:
         raise InputError("data_optics has no rlnOpticsGroup column", star.path)
-    known = set(optics["rlnOpticsGroup"].astype(int))
-    groups = parts["rlnOpticsGroup"].to_numpy()
-    bad = np.flatnonzero(~np.isin(groups, list(known)))
+    listed = _group_numbers(optics, star.path, OPTICS_BLOCK)
+    uniq, counts = np.unique(listed, return_counts=True)
+    if (counts > 1).any():
+        # Two rows for one group would make its voltage, Cs and pixel size ambiguous.
+        raise InputError(f"data_optics lists optics group {int(uniq[counts > 1][0])} more than once", star.path)
+    bad = np.flatnonzero(~np.isin(groups, listed))
     if bad.size:
         raise InputError(
-            f"rlnOpticsGroup {groups[bad[0]]} is not in data_optics (groups: {sorted(known)})", star.path, int(bad[0]) + 1
+            f"rlnOpticsGroup {groups[bad[0]]} is not in data_optics (groups: {sorted(uniq.tolist())})",
+            star.path,
+            int(bad[0]) + 1,
         )
 
 
@@ -253,13 +336,15 @@ def _resolve_optics(star: ParticleStar) -> Optics:
     n = len(parts)
     optics = star.optics_table
     if optics is not None and "rlnOpticsGroup" in parts.columns:
-        group = parts["rlnOpticsGroup"].to_numpy(dtype=np.int64)
-        by_group = optics.set_index(optics["rlnOpticsGroup"].astype(int))
+        group = _group_numbers(parts, star.path, star.particles_block)
+        by_group = optics.set_index(_group_numbers(optics, star.path, OPTICS_BLOCK))
         per_particle = by_group.reindex(group)
     else:
         # RELION 3.0: optics values are particle columns; one implicit group.
         group = (
-            parts["rlnOpticsGroup"].to_numpy(dtype=np.int64) if "rlnOpticsGroup" in parts.columns else np.ones(n, np.int64)
+            _group_numbers(parts, star.path, star.particles_block)
+            if "rlnOpticsGroup" in parts.columns
+            else np.ones(n, np.int64)
         )
         per_particle = pd.DataFrame(index=range(n))
 

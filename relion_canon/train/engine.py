@@ -22,7 +22,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from relion_canon.errors import InputError
-from relion_canon.io.star import ParticleStar, read_star
+from relion_canon.io.particles import read_particles
+from relion_canon.io.star import ParticleStar
 from relion_canon.models import CanonModel, model_class
 from relion_canon.preprocess import PreprocessConfig
 from relion_canon.train import checkpoint
@@ -149,7 +150,7 @@ def train(
         torch.cuda.set_device(device)
     amp_dtype = resolve_precision(config.precision, device)
     out_dir = Path(out_dir)
-    star = particles if isinstance(particles, ParticleStar) else read_star(particles)
+    star = particles if isinstance(particles, ParticleStar) else read_particles(particles, project_dir=project_dir)
 
     seed_everything(config.seed, rank)
     dataset = ParticleBatches(star, config.preprocess, project_dir=project_dir)

@@ -14,18 +14,22 @@ from relion_canon.io import read_star
 from relion_canon.train import dataset_for, load_model, run_inference
 
 REPO = Path(__file__).resolve().parents[2]
+# Two epochs: the self-supervised angle loss is where the model picks its frame (a symmetry breaking), and
+# there rounding differences between one and two processes grow ~20x per epoch (1e-5 after epoch 1, 0.3 %
+# after 2, 7 % after 3), so only the first epochs can be compared step for step.
+EPOCHS = 2
 
 
 def _run(star: Path, out: Path, nproc: int) -> list[dict]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(REPO / "tests/train/ddp_worker.py"), str(star), str(out), "4"]
+           str(REPO / "tests/train/ddp_worker.py"), str(star), str(out), str(EPOCHS)]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     histories = [json.loads((out / f"history_rank{r}.json").read_text()) for r in range(nproc)]  # every rank finished
     losses = [[{k: v for k, v in rec.items() if "/" in k} for rec in h] for h in histories]
     assert all(x == losses[0] for x in losses)  # logged losses are averaged across ranks
-    assert res.stdout.count("epoch 4/4") == 1  # only rank 0 logs
+    assert res.stdout.count(f"epoch {EPOCHS}/{EPOCHS}") == 1  # only rank 0 logs
     return histories[0]
 
 
@@ -43,7 +47,7 @@ def test_two_gloo_processes_match_one(small_set, tmp_path):
     outputs = []
     for run in ("one", "two"):
         loaded = load_model(tmp_path / run / "model.pt")
-        assert loaded.meta["epoch"] == 4
+        assert loaded.meta["epoch"] == EPOCHS
         outputs.append(run_inference(loaded, dataset_for(loaded, read_star(small_set)), progress=False))
     assert np.corrcoef(outputs[0]["latent"].ravel(), outputs[1]["latent"].ravel())[0, 1] > 0.99
     dpsi = np.rad2deg(np.angle(np.exp(1j * (outputs[0]["psi"] - outputs[1]["psi"]))))
