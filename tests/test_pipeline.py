@@ -12,8 +12,10 @@ from sklearn.metrics import roc_auc_score
 
 from relion_canon.analysis.metrics import align_angles
 from relion_canon.cli.main import cli
+from relion_canon.io.mrc import write_stack
 from relion_canon.io.star import read_star, write_star
 from relion_canon.pipeline import JobConfig, run_job
+from relion_canon.preprocess.fourier import fourier_resample
 from relion_canon.simulate import SimulationConfig, read_ground_truth, simulate_dataset
 
 NEW = ("rlnAnglePsi", "rlnAnglePsiPrior", "rlnCanonDefocus", "rlnCanonDefocusLatent", "rlnParticleFigureOfMerit",
@@ -138,3 +140,33 @@ def test_few_particles_without_refinement_still_score_outliers(sim, tmp_path):
     result = run_job(path, tmp_path / "small", JobConfig(epochs=1, refine=False), progress=False, log=lambda line: None)
     z = read_star(result.particles_star).particles["rlnParticleSelectZScore"].to_numpy()
     assert len(z) == 30 and np.all(np.isfinite(z))
+
+
+def test_particles_without_ctf(tmp_path):
+    # E.g. negative stain: no rlnDefocusU/V. Angles and outliers still come; no defocus or weight columns.
+    simulate_dataset(SimulationConfig(n_particles=120, box=32, pixel_size=5.0, snr=1.0, ctf=False, junk_fraction=0.1,
+                                      phantom_seed=7, seed=4), tmp_path / "sim")
+    result = run_job(tmp_path / "sim" / "particles.star", tmp_path / "job", JobConfig(epochs=1),
+                     progress=False, log=lambda line: None)
+    out = read_star(result.particles_star).particles
+    assert "rlnCanonDefocus" not in out.columns and "rlnParticleFigureOfMerit" not in out.columns
+    truth = read_ground_truth(tmp_path / "sim")
+    junk = truth["rlnCanonIsJunk"].to_numpy().astype(bool)
+    assert align_angles(out["rlnAnglePsi"].to_numpy()[~junk], truth["rlnAnglePsi"].to_numpy()[~junk]).rmse < 3.0
+    assert result.report["defocus"]["method"] is None
+
+
+def test_noise_free_particles_coarser_than_the_pixels(tmp_path):
+    # Noise-free images whose signal ends well below Nyquist (a map coarser than the pixels, paper B's
+    # protocol): the empty Fourier shells must not swamp the refinement.
+    simulate_dataset(SimulationConfig(n_particles=100, box=48, pixel_size=3.0, snr=float("inf"), junk_fraction=0.0,
+                                      phantom_seed=7, seed=6), tmp_path / "sim")
+    star = read_star(tmp_path / "sim" / "particles.star")
+    with mrcfile.open(tmp_path / "sim" / "particles.mrcs") as m:
+        images = m.data.copy()
+    padded = fourier_resample(fourier_resample(images, 24), 48)  # nothing beyond half the old Nyquist
+    write_stack(tmp_path / "sim" / "particles.mrcs", padded, 3.0)
+    result = run_job(star.path, tmp_path / "job", JobConfig(epochs=1), progress=False, log=lambda line: None)
+    out = read_star(result.particles_star).particles
+    truth = read_ground_truth(tmp_path / "sim")
+    assert align_angles(out["rlnAnglePsi"].to_numpy(), truth["rlnAnglePsi"].to_numpy()).rmse < 2.0

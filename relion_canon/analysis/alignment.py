@@ -216,7 +216,10 @@ def align_particles(
         power += _ring_mean(torch.fft.rfft2(torch.from_numpy(images)).abs() ** 2, rings, n_rings).sum(0).double()
         if fits:
             raw.append((idx, images))
-    noise = (power / n_particles).float().clamp(min=1e-12)
+    # A floor: where the particles hold no power at all (noise-free images of a map coarser than the pixels,
+    # or Fourier-padded ones) whitening would otherwise blow rounding errors up into the whole signal.
+    noise = (power / n_particles).float()
+    noise = noise.clamp(min=max(float(noise[1:].max()) * 1e-3, 1e-12))
 
     def prepare(idx: np.ndarray, images: np.ndarray) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(indices, CTF-weighted image, whitened CTF-weighted image, ring mean of CTF²) of one batch."""

@@ -162,12 +162,21 @@ def estimate(
 
     # Defocus: paper B's latent radius mapped onto the known distribution, and the fit to the reference.
     defocus_input = None if ctf is None else 0.5 * (ctf.defocus_u + ctf.defocus_v)
-    _, radius = polar_readout(latent)
-    defocus_latent = defocus_from_radius(radius, reference_defocus=defocus_input,
-                                         defocus_range=config.defocus_range)
-    use_fit = bool(np.all(np.isfinite(defocus_fit)))
-    defocus = defocus_fit if use_fit else defocus_latent
-    report["defocus"] = {"method": "ctf_fit_to_reference" if use_fit else "latent_radius_quantiles"}
+    defocus_columns: dict[str, np.ndarray] = {}
+    if defocus_input is None and config.defocus_range is None:
+        # No CTF in the STAR and no range given (e.g. negative stain, or images without CTF): nothing to map
+        # the latent onto, so no defocus, and no weight derived from it.
+        report["defocus"] = {"method": None, "reason": "the particles have no CTF parameters and no range was given"}
+        log("No defocus estimate: the particles have no rlnDefocusU/V and no defocus range was given")
+    else:
+        _, radius = polar_readout(latent)
+        defocus_latent = defocus_from_radius(radius, reference_defocus=defocus_input,
+                                             defocus_range=config.defocus_range)
+        use_fit = bool(np.all(np.isfinite(defocus_fit)))
+        defocus = defocus_fit if use_fit else defocus_latent
+        report["defocus"] = {"method": "ctf_fit_to_reference" if use_fit else "latent_radius_quantiles"}
+        defocus_columns = {"rlnCanonDefocus": defocus, "rlnCanonDefocusLatent": defocus_latent,
+                           "rlnParticleFigureOfMerit": weight_from_defocus(defocus)}
 
     # Outliers: the detectors run on what separates junk from particles. With refinement that is, first, how
     # well the particle matches the CTF-modulated reference (correlation at the best angle and at the best
@@ -186,9 +195,7 @@ def estimate(
     columns = {
         "rlnAnglePsi": psi,
         "rlnAnglePsiPrior": psi,
-        "rlnCanonDefocus": defocus,
-        "rlnCanonDefocusLatent": defocus_latent,
-        "rlnParticleFigureOfMerit": weight_from_defocus(defocus),
+        **defocus_columns,
         "rlnParticleSelectZScore": z,
         "rlnCanonIsOutlier": flag.astype(np.int64),
     }
