@@ -153,7 +153,10 @@ def estimate(
         if config.per_class and number != 0 and "rlnAnglePsi" in star.particles.columns:
             # Express the class's angles in RELION's own frame for that class, so the priors agree with it.
             given = star.particles["rlnAnglePsi"].to_numpy(np.float64)[rows]
-            fit = align_angles(psi[rows], given)
+            # Fitted on the particles that match the reference best: junk has arbitrary angles in both frames
+            # and would pull a least-squares offset by degrees.
+            good = score[rows] >= np.median(score[rows]) if config.refine else np.ones(len(rows), bool)
+            fit = align_angles(psi[rows][good], given[good])
             psi[rows] = wrap_degrees(fit.sign * psi[rows] - fit.offset)
             info["frame"] = {"offset_deg": fit.offset, "sign": fit.sign, "rmse_vs_input_deg": fit.rmse}
         report["classes"][str(number)] = info
@@ -256,6 +259,27 @@ def _outlier_features(latent: np.ndarray, score: np.ndarray, fit_peak: np.ndarra
     if np.all(np.isfinite(fit_peak)) and defocus_input is not None:
         columns += [fit_peak, np.abs(defocus_fit - defocus_input)]
     return np.column_stack(columns)
+
+
+def _write_canonical(loaded, dataset: ParticleBatches, path: Path, box: int, pixel_size: float, progress: bool,
+                     should_stop: Callable[[], bool] | None) -> np.ndarray:
+    """Stream every particle's canonical image (the network's, Fourier-padded to the working ``box``) into
+    ``path``; return the ``N@path`` names in STAR order."""
+    import torch
+    from tqdm import tqdm
+
+    device = next(loaded.model.parameters()).device
+    n, size = len(dataset), 256
+    with torch.no_grad(), stack_writer(path, n, box, pixel_size) as out:
+        for start in tqdm(range(0, n, size), desc="canonical images", unit="batch", leave=False,
+                          disable=not progress or None):
+            if should_stop is not None and should_stop():
+                raise InterruptedError("stopped on request while writing canonical images")
+            batch = dataset[np.arange(start, min(start + size, n))]
+            ctf = batch["ctf"].to(device) if "ctf" in batch else None
+            result = loaded.model.predict(batch["image"].to(device), ctf=ctf, canonical=True)
+            out[start:start + len(batch["index"])] = fourier_resample(result["canonical"].float().cpu().numpy(), box)
+    return np.array([format_image_name(i, str(path)) for i in range(n)], dtype=object)
 
 
 def _ctf_or_none(star: ParticleStar) -> CtfParams | None:
