@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from relion_canon.analysis.evaluation import plain_json
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the helpers next to this file
 
@@ -270,31 +272,15 @@ def _result(protocol: str, tag: str, plan: Plan, args: argparse.Namespace, data:
                     "model_box": plan.model_box or data.box,
                     "defocus_range_um": None if data.defocus_range is None
                     else f"{data.defocus_range[0] / 1e4:g}–{data.defocus_range[1] / 1e4:g} µm",
-                    **_plain(data.description)},
+                    **plain_json(data.description)},
         "data_s": data_s,
-        "models": [{"label": c.label, "scores": _plain(c.scores), "seconds": c.seconds,
-                    "spec": _plain(asdict(spec)) if (spec := _spec(plan, c.label)) else None} for c in columns],
+        "models": [{"label": c.label, "scores": plain_json(c.scores), "seconds": c.seconds,
+                    "spec": plain_json(asdict(spec)) if (spec := _spec(plan, c.label)) else None} for c in columns],
     }
 
 
 def _spec(plan: Plan, label: str) -> ModelSpec | None:
     return next((m for m in plan.models if m.label == label), None)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return None if not math.isfinite(float(value)) else float(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
 
 
 def _floats(text: str) -> list[float]:

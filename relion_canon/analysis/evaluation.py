@@ -66,15 +66,18 @@ def _scalars(obj: Any) -> dict[str, Any]:
         value = getattr(obj, f.name)
         if isinstance(value, np.ndarray) or f.metadata.get("figure_only"):
             continue
-        out[f.name] = _plain(value)
+        out[f.name] = plain_json(value)
     return out
 
 
-def _plain(value: Any) -> Any:
+def plain_json(value: Any) -> Any:
+    """``value`` with numpy scalars/arrays as Python numbers/lists and NaN/inf as None, ready for ``json.dumps``."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return plain_json(value.tolist())
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (float, np.floating)):
