@@ -99,9 +99,9 @@ def run_job(
 ) -> JobResult:
     """Run the whole job on a particle STAR file; see the module docstring for what lands in ``out_dir``.
 
-    ``should_stop`` is polled once per training epoch and per prediction batch; when it returns True the job
-    raises :class:`~relion_canon.train.engine.TrainingStopped` or ``InterruptedError`` with the outputs of
-    earlier runs untouched. With ``resume`` a ``checkpoint.pt`` already in ``out_dir`` is continued.
+    ``should_stop`` is polled once per training epoch, per prediction batch and per refinement round; when it
+    returns True the job raises :class:`~relion_canon.train.engine.TrainingStopped` or ``InterruptedError``
+    with the outputs of earlier runs untouched. With ``resume`` a ``checkpoint.pt`` already in ``out_dir`` is continued.
 
     ``particles`` may also be a cryoSPARC particles ``.cs`` (with its ``passthrough`` ``.cs``; ``project_dir``
     is then the cryoSPARC project directory): the results are then also written as ``particles.cs``,
@@ -188,7 +188,7 @@ def train_for_job(star, out_dir, config, resume, log, progress, should_stop, pro
     train_config = TrainConfig(
         model=config.model,
         model_options=options,
-        preprocess=PreprocessConfig(box=_model_box(star, config)),
+        preprocess=PreprocessConfig(box=_model_box(star, config, project_dir)),
         epochs=config.epochs if config.epochs is not None else DEFAULT_EPOCHS,
         batch_size=config.batch_size,
         seed=config.seed,
@@ -200,7 +200,7 @@ def train_for_job(star, out_dir, config, resume, log, progress, should_stop, pro
     return result.model_path, result.history
 
 
-def _model_box(star: ParticleStar, config: JobConfig) -> int | None:
+def _model_box(star: ParticleStar, config: JobConfig, project_dir: str | Path | None) -> int | None:
     """The box the network trains at: ``model_box``, but never larger than the working box or the input."""
     from relion_canon.io.source import ParticleSource
 
@@ -211,5 +211,6 @@ def _model_box(star: ParticleStar, config: JobConfig) -> int | None:
     if "rlnImageSize" in (star.optics_table.columns if star.optics_table is not None else []):
         input_box = int(star.optics_table["rlnImageSize"].max())
     else:
-        input_box = ParticleSource.from_star(star).box or box
+        # One particle's stack tells the box; opening a source for all of them would parse every stack header.
+        input_box = ParticleSource.from_star(star.subset(np.arange(1)), project_dir).box or box
     return box if box < input_box else None

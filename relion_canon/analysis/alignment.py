@@ -259,6 +259,8 @@ def align_particles(
         ref_fft = torch.fft.rfft(ref_polar * ring_weight, dim=-1)
         ref_norm = torch.sqrt((ref_polar**2 * ring_weight).sum()).clamp(min=1e-12)
         search_shift = config.max_shift > 0 and round_ >= config.shift_from_round
+        # Particles are sampled about their own centres only once any has moved off the box centre.
+        off_centre = search_shift or bool(shift.any())
         old_psi = psi.clone()
         acc = _Accumulator(box, n_rings)
         # One pass per round: search every particle against the current reference, and sum the particles
@@ -271,7 +273,7 @@ def align_particles(
                 cc = torch.fft.irfft2(torch.fft.rfft2(whitened) * torch.fft.rfft2(turned).conj(), s=(box, box))
                 centres = _shift_peak(cc, config.max_shift)
                 shift[t] = centres
-            polar = _sample_polar(whitened, centres if search_shift or bool(shift.any()) else None, xy)
+            polar = _sample_polar(whitened, centres if off_centre else None, xy)
             corr = torch.fft.irfft(torch.fft.rfft(polar, dim=-1).conj() * ref_fft, n=config.angular_samples, dim=-1).sum(1)
             pos, height = _parabolic_peak(corr)
             psi[t] = pos * step
