@@ -11,6 +11,7 @@ import mrcfile
 import numpy as np
 from mrcfile.dtypes import HEADER_DTYPE
 
+from relion_canon import __version__
 from relion_canon.errors import InputError
 from relion_canon.io.atomic import atomic_path
 
@@ -146,10 +147,19 @@ def stack_writer(path: str | Path, n: int, box: int, pixel_size: float) -> Itera
         try:
             m.set_image_stack()
             m.voxel_size = pixel_size
+            _label(m)
             yield m.data
             _set_header_stats(m)
         finally:
             m.close()
+
+
+def _label(m: mrcfile.mrcobject.MrcObject) -> None:
+    """One fixed label in place of mrcfile's "Created by mrcfile.py <time>": the same inputs and seed then give
+    byte-identical files, whichever second they were written in."""
+    m.header.label[:] = b""
+    m.header.nlabl = 0
+    m.add_label(f"relion_canon {__version__}")
 
 
 def _set_header_stats(m: mrcfile.mrcmemmap.MrcMemmap, block: int = 4096) -> None:
@@ -187,5 +197,6 @@ def write_map(path: str | Path, volume: np.ndarray, pixel_size: float) -> Path:
         with mrcfile.new(tmp, overwrite=True) as m:
             m.set_data(np.asarray(volume, dtype=np.float32))
             m.voxel_size = pixel_size
+            _label(m)
     return Path(path)
 

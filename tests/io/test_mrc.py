@@ -74,3 +74,27 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     mask = os.umask(0o022)
     os.umask(mask)
     assert stat.S_IMODE((tmp_path / "s.mrcs").stat().st_mode) == 0o666 & ~mask
+
+
+def test_written_files_carry_a_fixed_label_not_the_time(tmp_path, monkeypatch):
+    # mrcfile's default label holds the time to the second, so a seeded simulation written twice could differ.
+    import datetime
+
+    import mrcfile.mrcobject
+
+    images = np.random.default_rng(0).standard_normal((3, 8, 8)).astype(np.float32)
+    write_stack(tmp_path / "a.mrcs", images, 2.0)
+    write_map(tmp_path / "a.mrc", images[:1].repeat(8, axis=0), 2.0)
+    class Later(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.datetime(2031, 1, 2, 3, 4, 5)
+
+    monkeypatch.setattr(mrcfile.mrcobject, "datetime", Later)
+    write_stack(tmp_path / "b.mrcs", images, 2.0)
+    write_map(tmp_path / "b.mrc", images[:1].repeat(8, axis=0), 2.0)
+    assert (tmp_path / "a.mrcs").read_bytes() == (tmp_path / "b.mrcs").read_bytes()
+    assert (tmp_path / "a.mrc").read_bytes() == (tmp_path / "b.mrc").read_bytes()
+    with mrcfile.open(tmp_path / "a.mrcs", header_only=True) as m:
+        assert int(m.header.nlabl) == 1
+        assert m.header.label[0].decode().startswith("relion_canon ")
