@@ -30,8 +30,11 @@ def test_vs_relion_smoke(require_relion, tmp_path):
         assert 0 <= row[key] <= 180, key
     for key in ("ours_auc", "relion_auc_maxvalueprob", "relion_auc_loglikeli"):
         assert 0 <= row[key] <= 1, key
-    for key in ("ours_wall_s", "relion_wall_s", "ours_peak_rss_mb", "relion_peak_rss_mb"):
+    for key in ("ours_wall_s", "relion_wall_s", "ours_cpu_s", "relion_cpu_s", "ours_peak_rss_mb",
+                "relion_peak_rss_mb", "relion_load_average"):
         assert row[key] > 0, key
+    # Two threads at most on each side: CPU time cannot exceed twice the wall time by much.
+    assert row["ours_cpu_s"] < 2.5 * row["ours_wall_s"] and row["relion_cpu_s"] < 2.5 * row["relion_wall_s"]
     assert math.isclose(row["time_ratio_relion_over_ours"], row["relion_wall_s"] / row["ours_wall_s"])
     assert row["ours_epochs"] == 1
     assert "--K 1 --iter 1 --psi_step 6" in row["relion_command"]

@@ -91,10 +91,15 @@ def run_measured(cmd: list[str], cwd: Path, stdout: Path, stderr: Path, timeout:
     tree (psutil) and the largest single process's high-water mark (``VmHWM``, which catches peaks between
     samples; unlike ``wait4``'s ``ru_maxrss`` it does not count the benchmark's own memory, which a forked
     child shares until it execs)."""
+    import resource
+
     import psutil
 
     stdout.parent.mkdir(parents=True, exist_ok=True)
     sampled = hwm = 0
+    loads = []
+    # CPU seconds of the reaped process tree: unlike wall time, hardly changed by other jobs on the machine.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     with open(stdout, "ab") as out, open(stderr, "ab") as err:
         proc = psutil.Popen(cmd, cwd=cwd, stdout=out, stderr=err, start_new_session=True)
@@ -112,6 +117,7 @@ def run_measured(cmd: list[str], cwd: Path, stdout: Path, stderr: Path, timeout:
                         continue
                     hwm = max(hwm, _vm_hwm(p.pid))
                 sampled = max(sampled, total)
+                loads.append(os.getloadavg()[0])
                 if time.perf_counter() - t0 > timeout:
                     raise TimeoutError(f"{cmd[0]} ran past {timeout:.0f} s")
                 time.sleep(0.1)
@@ -123,7 +129,11 @@ def run_measured(cmd: list[str], cwd: Path, stdout: Path, stderr: Path, timeout:
                     except psutil.NoSuchProcess:
                         pass
                 proc.wait()
-    return {"returncode": proc.returncode, "wall_s": time.perf_counter() - t0,
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"returncode": proc.returncode, "wall_s": wall, "cpu_s": cpu,
+            "load_average_mean": float(np.mean(loads)) if loads else None,
             "peak_rss_mb": max(sampled, hwm) / 2**20,
             "peak_rss_sampled_tree_mb": sampled / 2**20, "peak_rss_hwm_mb": hwm / 2**20}
 
@@ -217,7 +227,8 @@ def run_setting(work: Path, n: int, snr: float, junk: float, args: argparse.Name
     r = run_measured(cmd, project, project / "Class2D/run.out", project / "Class2D/run.err", args.timeout)
     if r["returncode"] != 0:
         raise RuntimeError(f"[{tag}] relion_refine failed ({r['returncode']}):\n{_tail(project / 'Class2D/run.err')}")
-    row.update({"relion_wall_s": r["wall_s"], "relion_peak_rss_mb": r["peak_rss_mb"], "relion_command": " ".join(cmd),
+    row.update({"relion_wall_s": r["wall_s"], "relion_cpu_s": r["cpu_s"], "relion_load_average": r["load_average_mean"],
+                "relion_peak_rss_mb": r["peak_rss_mb"], "relion_command": " ".join(cmd),
                 "relion_rss_detail_mb": {k: r[k] for k in ("peak_rss_sampled_tree_mb", "peak_rss_hwm_mb")}})
 
     cmd = [*external_command(), "--o", JOB_DIR, "--in_parts", "Input/particles.star", "--j", str(args.threads)]
@@ -228,7 +239,8 @@ def run_setting(work: Path, n: int, snr: float, junk: float, args: argparse.Name
     r = run_measured(cmd, project, job / "run.out", job / "run.err", args.timeout)
     if not (job / "RELION_JOB_EXIT_SUCCESS").exists():
         raise RuntimeError(f"[{tag}] relion_canon_external did not succeed ({r['returncode']}):\n{_tail(job / 'run.err')}")
-    row.update({"ours_wall_s": r["wall_s"], "ours_peak_rss_mb": r["peak_rss_mb"], "ours_command": " ".join(cmd),
+    row.update({"ours_wall_s": r["wall_s"], "ours_cpu_s": r["cpu_s"], "ours_load_average": r["load_average_mean"],
+                "ours_peak_rss_mb": r["peak_rss_mb"], "ours_command": " ".join(cmd),
                 "ours_rss_detail_mb": {k: r[k] for k in ("peak_rss_sampled_tree_mb", "peak_rss_hwm_mb")}})
     report = json.loads((job / "report.json").read_text())
     row["ours_epochs"] = len(report.get("training_history") or [])
@@ -236,6 +248,7 @@ def run_setting(work: Path, n: int, snr: float, junk: float, args: argparse.Name
 
     row.update(evaluate(project, args.relion_iter))
     row["time_ratio_relion_over_ours"] = row["relion_wall_s"] / row["ours_wall_s"]
+    row["cpu_ratio_relion_over_ours"] = row["relion_cpu_s"] / max(row["ours_cpu_s"], 1e-9)
     print(f"[{tag}] psi rMSE ours {row['ours_psi_rmse']:.2f}°, RELION {row['relion_psi_rmse']:.2f}°; "
           f"wall ours {row['ours_wall_s']:.0f} s, RELION {row['relion_wall_s']:.0f} s", flush=True)
     return row
@@ -251,7 +264,7 @@ def table(rows: list[dict]) -> str:
     head = (f"{'setting':<24} {'psi rMSE ours':>13} {'RELION':>7} {'median ours':>11} {'RELION':>7} "
             f"{'agree rMSE':>10} {'agree med':>9} {'AUC ours':>8} {'RELION mp':>9} {'RELION ll':>9} "
             f"{'def rMSE µm':>11} {'wall ours s':>11} {'RELION s':>9} {'RELION/ours':>11} "
-            f"{'RSS ours MB':>11} {'RELION MB':>9}")
+            f"{'CPU ratio':>9} {'load':>5} {'RSS ours MB':>11} {'RELION MB':>9}")
     lines = [head]
     for r in rows:
         lines.append(
@@ -261,11 +274,14 @@ def table(rows: list[dict]) -> str:
             f"{_fmt(r['ours_auc'], '8.3f')} {_fmt(r['relion_auc_maxvalueprob'], '9.3f')} "
             f"{_fmt(r['relion_auc_loglikeli'], '9.3f')} {_fmt(r.get('ours_defocus_rmse_um'), '11.3f')} "
             f"{_fmt(r['ours_wall_s'], '11.1f')} {_fmt(r['relion_wall_s'], '9.1f')} "
-            f"{_fmt(r['time_ratio_relion_over_ours'], '11.2f')} {_fmt(r['ours_peak_rss_mb'], '11.0f')} "
+            f"{_fmt(r['time_ratio_relion_over_ours'], '11.2f')} {_fmt(r.get('cpu_ratio_relion_over_ours'), '9.2f')} "
+            f"{_fmt(r.get('relion_load_average'), '5.1f')} {_fmt(r['ours_peak_rss_mb'], '11.0f')} "
             f"{_fmt(r['relion_peak_rss_mb'], '9.0f')}")
     lines.append("psi errors in degrees over the true particles, after one global offset and sign each; "
                  "'agree' = ours vs RELION. AUC: ours = rlnParticleSelectZScore; RELION mp / ll = low "
-                 "rlnMaxValueProbDistribution / rlnLogLikeliContribution taken as junk.")
+                 "rlnMaxValueProbDistribution / rlnLogLikeliContribution taken as junk. CPU ratio = RELION's CPU seconds "
+                 "over ours (user + system, whole process tree); load = the machine's mean 1-minute load average "
+                 "while RELION ran (2 would be RELION alone on 2 cores).")
     return "\n".join(lines)
 
 
