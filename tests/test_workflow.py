@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from relion_canon.analysis.metrics import align_angles
 from relion_canon.cli.main import cli
+from relion_canon.errors import InputError
 from relion_canon.io import read_star, write_star
 from relion_canon.simulate import SimulationConfig, read_ground_truth, simulate_dataset
 
@@ -122,3 +123,27 @@ def test_predict_downsamples_a_larger_box_of_the_same_field_of_view(split, tmp_p
     pred = read_star(tmp_path / "big_pred.star").particles["rlnAnglePsi"].to_numpy()
     truth = read_ground_truth(big)["rlnAnglePsi"].to_numpy()
     assert align_angles(pred, truth).rmse < 20.0
+
+
+def test_predict_in_slices_writes_what_one_slice_writes(split, tmp_path, monkeypatch):
+    from relion_canon.io import star_stream
+    from relion_canon.workflow import predict_file
+
+    model = split["root"] / "labels" / "model.pt"
+    whole = predict_file(split["heldout"], model, tmp_path / "whole.star", progress=False)
+    monkeypatch.setattr(star_stream, "CHUNK_ROWS", 64)  # 200 particles: four slices
+    sliced = predict_file(split["heldout"], model, tmp_path / "sliced.star", progress=False)
+    assert sliced.read_bytes() == whole.read_bytes()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no scratch left behind
+
+    # An image past the end of its stack in the third slice is named by its row in the whole file.
+    lines = Path(split["heldout"]).read_text().splitlines()
+    first = next(i for i, line in enumerate(lines) if "@" in line)
+    row = 150
+    name = lines[first + row - 1].split()[0]
+    lines[first + row - 1] = lines[first + row - 1].replace(name, "999999@" + name.split("@", 1)[1], 1)
+    bad = tmp_path / "bad.star"
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=rf"bad\.star, row {row}: .*999999"):
+        predict_file(bad, model, tmp_path / "bad_pred.star", progress=False)
+    assert not (tmp_path / "bad_pred.star").exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from relion_canon.io.particles import read_particles
+from relion_canon.io.particles import is_cryosparc, read_particles
 from relion_canon.models import MODEL_CLASSES
 from relion_canon.preprocess import PreprocessConfig
 from relion_canon.train.engine import TrainConfig, TrainingDiverged, resolve_device, train
@@ -145,8 +145,11 @@ def predict_command(particles: Path, passthrough: Path | None, project_dir: Path
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(_device_from_gpu(gpu, device))
-    out = predict_file(read_particles(particles, passthrough, project_dir), model_path, out_star, dev, batch_size,
-                       workers, progress=not quiet, project_dir=project_dir)
+    # A STAR file is handed over by path, to be read a slice at a time (flat memory for any number of particles).
+    source = particles if passthrough is None and not is_cryosparc(particles) else read_particles(
+        particles, passthrough, project_dir)
+    out = predict_file(source, model_path, out_star, dev, batch_size, workers, progress=not quiet,
+                       project_dir=project_dir)
     click.echo(f"Wrote {out}")
 
 
