@@ -126,3 +126,16 @@ def test_real_relion_files_slice_like_they_read(shared_data, tmp_path):
         whole = read_star(path)
         joined = pd.concat([c.particles for _, c in _chunks(path, tmp_path, 3)], ignore_index=True)
         pd.testing.assert_frame_equal(joined, whole.particles, check_dtype=False)
+
+
+@pytest.mark.parametrize("damage", [b"\r", b"\xff"])
+def test_a_stray_byte_late_in_the_file_is_reported_as_for_the_whole_file(tmp_path, damage):
+    path = make_star(tmp_path / "in.star", _names(30))
+    data = path.read_bytes()
+    at = data.index(b"000027@") + 3
+    path.write_bytes(data[:at] + damage + data[at:])
+    with pytest.raises(InputError) as whole:
+        read_star(path)
+    with pytest.raises(InputError) as sliced:
+        _chunks(path, tmp_path, 4)
+    assert str(sliced.value) == str(whole.value)
