@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from relion_canon.train import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,3 +78,33 @@ def test_load_benchmark_table_gives_the_ratios_between_sizes():
     assert "RSS ratio N=100,000 / N=10,000 (10x the particles): 1.15x (meets the target < 1.2x)" in text
     assert "RSS ratio N=900,000 / N=100,000 (9x the particles): 1.96x (MISSES the target < 1.2x)" in text
     assert "N=1,000,000 was scaled down to 900,000" in text
+
+
+def test_larger_box_holds_the_same_images_over_the_same_field_of_view():
+    from relion_canon.preprocess.fourier import fourier_resample
+
+    load_run = _load_run()
+    images = np.random.default_rng(0).normal(size=(3, 32, 32)).astype(np.float32)
+    big = load_run.upsampled(images, 64)
+    assert big.shape == (3, 64, 64)
+    # What the 32 px model does with 64 px particles gives the images back (the Nyquist row aside).
+    back = fourier_resample(big, 32)
+    inner = np.fft.fft2(back) - np.fft.fft2(images)
+    inner[:, 16, :] = 0
+    inner[:, :, 16] = 0
+    assert np.abs(inner).max() < 1e-3 * np.abs(np.fft.fft2(images)).max()
+
+
+def test_load_benchmark_at_64_px(tmp_path):
+    config = TrainConfig(model="rotinv-ae", model_options={"width": 8, "max_width": 16, "critic_width": 8}, epochs=1,
+                         batch_size=8, device="cpu", threads=1)
+    model = train(REPO / "test_data/sim_tiny/particles.star", tmp_path / "model", config, progress=False,
+                  log=lambda _: None).model_path
+    out = tmp_path / "results"
+    cmd = [sys.executable, str(SCRIPT), "--sizes", "1000", "--threads", "1", "--model", str(model), "--box", "64",
+           "--workdir", str(tmp_path / "work"), "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["box"] == 64 and res["config"]["pixel_size"] == 1.25
+    assert res["rows"][0]["stack_gib"] == 1000 * 64 * 64 * 4 / 2**30

@@ -43,7 +43,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 SIM_TINY = REPO / "test_data" / "sim_tiny"
-BOX = 32  # sim_tiny's box: the model is trained on it, so every stack here has it too
+BOX = 32  # sim_tiny's box: the model is trained on it
 PIXEL_SIZE = 2.5
 MIB = 1024 * 1024
 STAR_BYTES_PER_ROW = 200  # a 12-column Extract-style row is ~170 bytes; the output STAR adds two columns
@@ -152,12 +152,26 @@ def run_child(kind: str, star: Path, work: Path, args, model: Path | None = None
 
 
 # --- data -----------------------------------------------------------------------------------------------------
-def train_model(work: Path) -> Path:
-    """A small rotinv-ae, one epoch on sim_tiny: quality is beside the point, the network's cost is not."""
+NETWORKS = {
+    # A small rotinv-ae: the cheapest network, to show what the I/O and the STAR handling cost.
+    "small": {"width": 8, "max_width": 16, "critic_width": 8},
+}
+
+
+def _job_network() -> dict:
+    from relion_canon.pipeline import FAST_ROTINV_AE
+
+    return dict(FAST_ROTINV_AE)  # the network the whole job trains by default
+
+
+def train_model(work: Path, network: str = "small") -> Path:
+    """A rotinv-ae, one epoch on sim_tiny: quality is beside the point, the network's cost is not."""
     out = work / "model"
+    options = NETWORKS[network] if network in NETWORKS else _job_network()
+    sets = [arg for key, value in options.items() for arg in ("--set", f"{key}={value}")]
     cmd = [sys.executable, "-m", "relion_canon.cli.main", "train", "--i", str(SIM_TINY / "particles.star"),
-           "--o", str(out), "--model", "rotinv-ae", "--set", "width=8", "--set", "max_width=16", "--set",
-           "critic_width=8", "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--quiet"]  # fmt: skip
+           "--o", str(out), "--model", "rotinv-ae", *sets, "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+           "--quiet"]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     if res.returncode != 0:
@@ -165,22 +179,37 @@ def train_model(work: Path) -> Path:
     return out / "model.pt"
 
 
-def bytes_needed(n: int) -> int:
-    return 1024 + n * BOX * BOX * 4 + 2 * n * STAR_BYTES_PER_ROW
+def bytes_needed(n: int, box: int = BOX) -> int:
+    return 1024 + n * box * box * 4 + 2 * n * STAR_BYTES_PER_ROW
 
 
-def fit_to_disk(n: int, free: int, log) -> int:
+def fit_to_disk(n: int, free: int, log, box: int = BOX) -> int:
     """The size to run: ``n``, or as many particles as fit in 90 % of the free space (in thousands)."""
-    if bytes_needed(n) <= 0.9 * free:
+    if bytes_needed(n, box) <= 0.9 * free:
         return n
-    fits = int((0.9 * free - 1024) // (BOX * BOX * 4 + 2 * STAR_BYTES_PER_ROW)) // 1000 * 1000
-    log(f"  only {free / 2**30:.1f} GiB free: {n:,d} particles need {bytes_needed(n) / 2**30:.2f} GiB;"
+    fits = int((0.9 * free - 1024) // (box * box * 4 + 2 * STAR_BYTES_PER_ROW)) // 1000 * 1000
+    log(f"  only {free / 2**30:.1f} GiB free: {n:,d} particles need {bytes_needed(n, box) / 2**30:.2f} GiB;"
         f" running {fits:,d} instead")
     return fits
 
 
-def generate(work: Path, n: int, seed: int) -> tuple[Path, float]:
-    """One n-image stack (sim_tiny's images cycled, memory-mapped, chunk by chunk) and its particle STAR file."""
+def upsampled(images: np.ndarray, box: int) -> np.ndarray:
+    """sim_tiny's images at a larger box over the same field of view (zero-padded in Fourier space): the model,
+    trained at 32 px, then Fourier-crops them back, as it does with a user's larger particles."""
+    if box == images.shape[-1]:
+        return images
+    n, small = images.shape[0], images.shape[-1]
+    f = np.fft.fftshift(np.fft.fft2(images), axes=(-2, -1))
+    big = np.zeros((n, box, box), np.complex128)
+    lo = box // 2 - small // 2
+    big[:, lo : lo + small, lo : lo + small] = f
+    out = np.fft.ifft2(np.fft.ifftshift(big, axes=(-2, -1))).real * (box / small) ** 2
+    return out.astype(np.float32)
+
+
+def generate(work: Path, n: int, seed: int, box: int = BOX) -> tuple[Path, float]:
+    """One n-image stack (sim_tiny's images cycled, at ``box`` px over sim_tiny's field of view, memory-mapped,
+    chunk by chunk) and its particle STAR file."""
     import mrcfile
     import pandas as pd
 
@@ -190,13 +219,14 @@ def generate(work: Path, n: int, seed: int) -> tuple[Path, float]:
     t0 = time.perf_counter()
     tiny = read_star(SIM_TINY / "particles.star")
     with mrcfile.open(SIM_TINY / "particles.mrcs") as m:
-        pool = np.array(m.data, np.float32)
+        pool = upsampled(np.array(m.data, np.float32), box)
+    pixel_size = PIXEL_SIZE * BOX / box
     rel = "Extract/job007/particles.mrcs"
     (work / rel).parent.mkdir(parents=True, exist_ok=True)
-    m = mrcfile.new_mmap(work / rel, shape=(n, BOX, BOX), mrc_mode=2, overwrite=True)
+    m = mrcfile.new_mmap(work / rel, shape=(n, box, box), mrc_mode=2, overwrite=True)
     try:
         m.set_image_stack()
-        m.voxel_size = PIXEL_SIZE
+        m.voxel_size = pixel_size
         for start in range(0, n, CHUNK):
             stop = min(n, start + CHUNK)
             m.data[start:stop] = pool[np.arange(start, stop) % len(pool)]
@@ -223,18 +253,27 @@ def generate(work: Path, n: int, seed: int) -> tuple[Path, float]:
         "rlnDefocusAngle": src["rlnDefocusAngle"].to_numpy()[cycle],
     })  # fmt: skip
     star = work / "particles.star"
-    write_star({"optics": tiny.optics_table, "particles": particles}, star, version=30001)
+    optics = tiny.optics_table.copy()
+    optics["rlnImagePixelSize"] = pixel_size
+    optics["rlnImageSize"] = box
+    write_star({"optics": optics, "particles": particles}, star, version=30001)
     return star, time.perf_counter() - t0
 
 
 # --- report ---------------------------------------------------------------------------------------------------
+def _stack_words(args) -> str:
+    box, network = getattr(args, "box", BOX), getattr(args, "network", "small")
+    crop = "" if box == BOX else f" (Fourier-cropped to the model's {BOX} px)"
+    return f"{box} px float32{crop}, {network} network"
+
+
 def table(rows: list[dict], args) -> str:
     hdr = (f"{'N':>9s} {'stack GiB':>9s} {'STAR MiB':>8s} {'predict s':>9s} {'particles/s':>11s} {'vs first':>8s}"
            f" {'peak RSS MiB':>12s} {'vs first':>8s} {'sampled':>8s} {'after imports':>13s}"
            f" {'read_star s':>11s} {'its peak MiB':>12s}")  # fmt: skip
     first = rows[0]
     lines = [
-        f"relion-canon predict (predict_file) on N particles, {BOX} px float32, one stack, batch {args.batch},"
+        f"relion-canon predict (predict_file) on N particles, {_stack_words(args)}, one stack, batch {args.batch},"
         f" CPU {'(torch default threads)' if not args.threads else f'{args.threads} threads'}; each size in a fresh process",
         hdr,
         "-" * len(hdr),
@@ -267,7 +306,7 @@ def table(rows: list[dict], args) -> str:
     return "\n".join(lines)
 
 
-def figure(rows: list[dict], path: Path) -> None:
+def figure(rows: list[dict], path: Path, box: int = BOX) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -288,7 +327,7 @@ def figure(rows: list[dict], path: Path) -> None:
     ax2.set_xlabel("particles")
     ax2.set_ylabel("particles / s (whole predict_file)")
     ax2.set_ylim(bottom=0)
-    ax2.set_title(f"Throughput, {BOX} px, CPU")
+    ax2.set_title(f"Throughput, {box} px, CPU")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -308,6 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=256, help="predict batch size (default 256, as the CLI)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--model", default=None, help="a model.pt for 32 px at 2.5 Å/px (default: train one first)")
+    ap.add_argument("--box", type=int, default=BOX,
+                    help="box of the generated stack (default 32; 64 = the same field of view at 1.25 Å/px, which the "
+                         "32 px model Fourier-crops as the job does with 64 px particles)")
+    ap.add_argument("--network", choices=["small", "job"], default="small",
+                    help="small: a width-8 rotinv-ae (I/O-bound); job: the network the whole job trains by default")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=None, help="where the temporary data folder is made (default: system temp)")
     ap.add_argument("--out", default=str(HERE / "results"), help="results folder (default benchmarks/load/results)")
@@ -338,17 +382,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.model:
             model = Path(args.model).resolve()
         else:
-            log("training a small rotinv-ae on test_data/sim_tiny (1 epoch) ...")
-            model = train_model(work)
+            log(f"training a rotinv-ae ({args.network} network) on test_data/sim_tiny (1 epoch) ...")
+            model = train_model(work, args.network)
         for requested in sizes:
-            n = fit_to_disk(requested, shutil.disk_usage(work).free, log)
+            n = fit_to_disk(requested, shutil.disk_usage(work).free, log, args.box)
             if n < 1000:
                 log(f"  skipping N={requested:,d}: not even 1,000 particles fit on the disk")
                 continue
             size_dir = work / f"n{n}"
             size_dir.mkdir()
-            log(f"N={n:,d}: writing {n * BOX * BOX * 4 / 2**30:.2f} GiB of particles and their STAR file ...")
-            star, gen_s = generate(size_dir, n, args.seed)
+            log(f"N={n:,d}: writing {n * args.box ** 2 * 4 / 2**30:.2f} GiB of particles and their STAR file ...")
+            star, gen_s = generate(size_dir, n, args.seed, args.box)
             log(f"  written in {gen_s:.1f} s; read_star alone ...")
             rs = run_child("read_star", star, size_dir, args)
             assert rs["n"] == n, rs
@@ -356,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
             pr = run_child("predict", star, size_dir, args, model=model)
             predicted = size_dir / "predicted.star"
             row = {
-                "requested": requested, "n": n, "stack_gib": n * BOX * BOX * 4 / 2**30,
+                "requested": requested, "n": n, "stack_gib": n * args.box ** 2 * 4 / 2**30,
                 "star_mib": star.stat().st_size / MIB, "output_star_mib": predicted.stat().st_size / MIB,
                 "generate_seconds": gen_s, "read_star": rs, "predict": pr, "particles_per_s": n / pr["seconds"],
             }  # fmt: skip
@@ -373,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         log(report)
         result = {
             "benchmark": "load",
-            "config": {"sizes_requested": sizes, "box": BOX, "pixel_size": PIXEL_SIZE, "batch": args.batch,
+            "config": {"sizes_requested": sizes, "box": args.box, "model_box": BOX, "network": args.network,
+                       "pixel_size": PIXEL_SIZE * BOX / args.box, "batch": args.batch,
                        "threads": args.threads, "model": "rotinv-ae width 8 (1 epoch on sim_tiny)" if not args.model
                        else str(args.model), "seed": args.seed},
             "machine": machine_info(),
@@ -383,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         }  # fmt: skip
         (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
         (out / "table.txt").write_text(report + "\n")
-        figure(rows, out / "load.png")
+        figure(rows, out / "load.png", args.box)
         log(f"\nwrote {out / 'results.json'}, {out / 'table.txt'}, {out / 'load.png'}")
     finally:
         if args.keep:
