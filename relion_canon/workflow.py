@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from relion_canon.analysis.estimates import psi_degrees
+from relion_canon.heap import return_freed_memory
 from relion_canon.io.particles import is_cryosparc, read_particles
 from relion_canon.io.star import ParticleStar
 from relion_canon.io.star_stream import count_particles, iter_star_chunks, star_chunk_writer, whole_file_rows
@@ -42,6 +43,7 @@ def predict_file(
         return out_star
     scratch = out_star.parent.resolve()
     scratch.mkdir(parents=True, exist_ok=True)
+    return_freed_memory()  # each slice's temporary arrays go back to the system, not to a growing heap
     with contextlib.closing(iter_star_chunks(particles, scratch)) as chunks:
         first = next(chunks)  # the particles are checked before the model, as when they are read whole
         loaded = load_model(model_path, device)
