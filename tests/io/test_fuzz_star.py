@@ -298,6 +298,14 @@ mutation = st.one_of(
 )
 
 
+def write_mutated(path: Path, spec: dict, ops: list[tuple]) -> Path:
+    data = render(spec).encode()
+    for op in ops:
+        data = apply(data, op)
+    path.write_bytes(data)
+    return path
+
+
 def check_reads_or_refuses(path: Path, stacks: list[Path]) -> str:
     """Read the file like the tool does; only InputError may come out, naming the STAR file or a stack."""
     try:
@@ -315,12 +323,8 @@ def check_reads_or_refuses(path: Path, stacks: list[Path]) -> str:
 @given(spec=star_specs(), ops=st.lists(mutation, min_size=1, max_size=3))
 def test_mutated_files_read_or_raise_input_error(workdir, spec, ops):
     root, _ = workdir
-    data = render(spec).encode()
-    for op in ops:
-        data = apply(data, op)
     # The same path every time, as a user re-running on a file they are fixing would.
-    path = root / "mutated.star"
-    path.write_bytes(data)
+    path = write_mutated(root / "mutated.star", spec, ops)
     event(check_reads_or_refuses(path, [root / s for s in STACKS]))
 
 
@@ -455,11 +459,7 @@ def test_sliced_reading_agrees_with_whole_reading(workdir, spec, ops, rows):
     from relion_canon.io.star_stream import iter_star_chunks
 
     root, _ = workdir
-    data = render(spec).encode()
-    for op in ops:
-        data = apply(data, op)
-    path = root / "sliced.star"
-    path.write_bytes(data)
+    path = write_mutated(root / "sliced.star", spec, ops)
     scratch = root / "scratch"
     scratch.mkdir(exist_ok=True)
     whole = _whole_or_error(lambda: read_star(path).particles)
