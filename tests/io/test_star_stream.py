@@ -29,7 +29,7 @@ def test_slices_put_together_are_the_whole_table(tmp_path, rows):
     star = make_star(tmp_path / "in.star", _names(25))
     whole = read_star(star)
     chunks = _chunks(star, tmp_path, rows)
-    assert [offset for offset, _ in chunks] == list(range(0, 25, rows)) if rows < 25 else [0]
+    assert [offset for offset, _ in chunks] == (list(range(0, 25, rows)) if rows < 25 else [0])
     joined = pd.concat([c.particles for _, c in chunks], ignore_index=True)
     pd.testing.assert_frame_equal(joined, whole.particles)
     for _, c in chunks:
