@@ -26,7 +26,7 @@ def test_vs_relion_smoke(require_relion, tmp_path):
     assert (row["n"], row["snr"], row["junk"]) == (60, 0.1, 0.1)
     assert row["n_true_particles"] == 54
     for key in ("ours_psi_rmse", "ours_psi_median", "relion_psi_rmse", "relion_psi_median", "agreement_psi_rmse",
-                "agreement_psi_median"):
+                "agreement_psi_median", "network_psi_rmse", "network_psi_median"):
         assert 0 <= row[key] <= 180, key
     for key in ("ours_auc", "relion_auc_maxvalueprob", "relion_auc_loglikeli"):
         assert 0 <= row[key] <= 1, key

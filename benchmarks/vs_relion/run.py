@@ -15,8 +15,10 @@ no junk and 10 % junk) it simulates the realistic dataset (64 px, 2.5 Å/px, one
   default parameters (``--epochs`` only when given here).
 
 It reports per setting, over the true (non-junk) particles: psi rMSE and median error against the truth for
-both (one global offset and sign each, ``relion_canon.analysis.metrics.align_angles``), the agreement
-between the two (the same metric, RELION's psi as the reference), junk ROC AUC (ours:
+both (one global offset and sign each, ``relion_canon.analysis.metrics.align_angles``), the same for the
+network the job trained applied alone (``relion-canon predict``'s function with the job's ``model.pt``,
+untimed: what the refinement adds), the agreement between the two (the same metric, RELION's psi as the
+reference), junk ROC AUC (ours:
 ``rlnParticleSelectZScore``; RELION's Class2D writes no Z-score, so its own per-particle numbers stand in:
 low ``rlnMaxValueProbDistribution`` and low ``rlnLogLikeliContribution`` taken as junk, both reported),
 our defocus rMSE, wall time of both and RELION/ours, and the peak RSS of each process tree (psutil samples
@@ -45,6 +47,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 JOB_DIR = "External/job001/"
 RELION_OUT = "Class2D/run"
+# The job's own network applied alone (no refinement), to show what the refinement adds.
+NETWORK_STAR = "Network/particles.star"
 
 
 def _floats(text: str) -> list[float]:
@@ -172,6 +176,17 @@ def _auc(labels: np.ndarray, score: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, score))
 
 
+def network_alone(project: Path, threads: int) -> None:
+    """Apply the network the job trained, alone, to every particle (untimed: it only scores a step)."""
+    import torch
+
+    from relion_canon.workflow import predict_file
+
+    torch.set_num_threads(threads)
+    with _cwd(project):
+        predict_file(Path("Input/particles.star"), Path(JOB_DIR) / "model.pt", Path(NETWORK_STAR), progress=False)
+
+
 def evaluate(project: Path, iterations: int) -> dict:
     """Every accuracy figure of one setting, from the two output STAR files and the ground truth."""
     from relion_canon.analysis.metrics import align_angles
@@ -181,8 +196,10 @@ def evaluate(project: Path, iterations: int) -> dict:
     truth = read_ground_truth(project / "Input").set_index("rlnImageName")
     ours = read_star(project / JOB_DIR / "particles.star").particles.set_index("rlnImageName")
     relion = read_star(project / f"{RELION_OUT}_it{iterations:03d}_data.star").particles.set_index("rlnImageName")
+    network = read_star(project / NETWORK_STAR).particles.set_index("rlnImageName")
     names = truth.index
-    ours, relion = ours.loc[names], relion.loc[names]  # RELION may reorder; join on the image name
+    # RELION may reorder; join on the image name.
+    ours, relion, network = ours.loc[names], relion.loc[names], network.loc[names]
     junk = truth["rlnCanonIsJunk"].to_numpy().astype(int)
     good = junk == 0
     true_psi = truth["rlnAnglePsi"].to_numpy(float)[good]
@@ -190,8 +207,10 @@ def evaluate(project: Path, iterations: int) -> dict:
     relion_psi = relion["rlnAnglePsi"].to_numpy(float)[good]
     a_ours, a_relion = align_angles(our_psi, true_psi), align_angles(relion_psi, true_psi)
     agree = align_angles(our_psi, relion_psi)
+    a_network = align_angles(network["rlnAnglePsi"].to_numpy(float)[good], true_psi)
     result = {
         "n_true_particles": int(good.sum()),
+        "network_psi_rmse": a_network.rmse, "network_psi_median": a_network.median,
         "ours_psi_rmse": a_ours.rmse, "ours_psi_median": a_ours.median,
         "ours_psi_sign": a_ours.sign, "ours_psi_offset": a_ours.offset,
         "relion_psi_rmse": a_relion.rmse, "relion_psi_median": a_relion.median,
@@ -243,6 +262,7 @@ def run_setting(work: Path, n: int, snr: float, junk: float, args: argparse.Name
                 "ours_peak_rss_mb": r["peak_rss_mb"], "ours_command": " ".join(cmd),
                 "ours_rss_detail_mb": {k: r[k] for k in ("peak_rss_sampled_tree_mb", "peak_rss_hwm_mb")}})
     report = json.loads((job / "report.json").read_text())
+    network_alone(project, args.threads)
     row["ours_epochs"] = len(report.get("training_history") or [])
     row["ours_seconds"] = report.get("seconds")
 
@@ -256,12 +276,13 @@ def run_setting(work: Path, n: int, snr: float, junk: float, args: argparse.Name
 
 def _fmt(value, spec: str) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
+        width = spec.split(".")[0]
+        return "-".rjust(int(width) if width.isdigit() else 1)
     return format(value, spec)
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"{'setting':<24} {'psi rMSE ours':>13} {'RELION':>7} {'median ours':>11} {'RELION':>7} "
+    head = (f"{'setting':<24} {'psi rMSE ours':>13} {'RELION':>7} {'net alone':>9} {'median ours':>11} {'RELION':>7} "
             f"{'agree rMSE':>10} {'agree med':>9} {'AUC ours':>8} {'RELION mp':>9} {'RELION ll':>9} "
             f"{'def rMSE µm':>11} {'wall ours s':>11} {'RELION s':>9} {'RELION/ours':>11} "
             f"{'CPU ratio':>9} {'load':>5} {'RSS ours MB':>11} {'RELION MB':>9}")
@@ -269,6 +290,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(
             f"{r['setting']:<24} {_fmt(r['ours_psi_rmse'], '13.2f')} {_fmt(r['relion_psi_rmse'], '7.2f')} "
+            f"{_fmt(r.get('network_psi_rmse'), '9.2f')} "
             f"{_fmt(r['ours_psi_median'], '11.2f')} {_fmt(r['relion_psi_median'], '7.2f')} "
             f"{_fmt(r['agreement_psi_rmse'], '10.2f')} {_fmt(r['agreement_psi_median'], '9.2f')} "
             f"{_fmt(r['ours_auc'], '8.3f')} {_fmt(r['relion_auc_maxvalueprob'], '9.3f')} "
@@ -278,7 +300,7 @@ def table(rows: list[dict]) -> str:
             f"{_fmt(r.get('relion_load_average'), '5.1f')} {_fmt(r['ours_peak_rss_mb'], '11.0f')} "
             f"{_fmt(r['relion_peak_rss_mb'], '9.0f')}")
     lines.append("psi errors in degrees over the true particles, after one global offset and sign each; "
-                 "'agree' = ours vs RELION. AUC: ours = rlnParticleSelectZScore; RELION mp / ll = low "
+                 "'agree' = ours vs RELION; 'net alone' = the network the job trained, applied without the refinement. AUC: ours = rlnParticleSelectZScore; RELION mp / ll = low "
                  "rlnMaxValueProbDistribution / rlnLogLikeliContribution taken as junk. CPU ratio = RELION's CPU seconds "
                  "over ours (user + system, whole process tree); load = the machine's mean 1-minute load average "
                  "while RELION ran (2 would be RELION alone on 2 cores).")
