@@ -15,13 +15,19 @@ def default_bg_radius(box: int) -> float:
 
 
 @lru_cache(maxsize=16)
-def _background(box: int, bg_radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """Background pixel mask and the pseudo-inverse of the plane design matrix [1, x, y] on it."""
+def _background(box: int, bg_radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The background's moments as matrices over all pixels, so a batch's statistics are matrix products.
+
+    Returns ``weights`` (box², 3): the background mask times 1, x and y, so that ``images @ weights`` is
+    Dᵀb for the plane design D = [1, x, y] on the background; ``gram`` = DᵀD (3, 3); and ``basis`` (3, box²):
+    1, x, y at every pixel, to draw a fitted plane.
+    """
     c = box // 2  # RELION's image origin for even and odd boxes
     y, x = np.mgrid[:box, :box] - c
-    mask = (x**2 + y**2) > bg_radius**2
-    design = np.stack([np.ones(mask.sum()), x[mask], y[mask]], axis=1).astype(np.float64)
-    return mask, np.linalg.pinv(design)
+    mask = ((x**2 + y**2) > bg_radius**2).reshape(-1).astype(np.float64)
+    basis = np.stack([np.ones(box * box), x.reshape(-1), y.reshape(-1)]).astype(np.float64)
+    weights = (basis * mask).T
+    return weights, basis @ weights, basis
 
 
 def normalise(images: np.ndarray, bg_radius: float | None = None, ramp: bool = True) -> np.ndarray:
@@ -37,18 +43,28 @@ def normalise(images: np.ndarray, bg_radius: float | None = None, ramp: bool = T
     radius = default_bg_radius(box) if bg_radius is None else float(bg_radius)
     if not 0 < radius < box / np.sqrt(2):
         raise ValueError(f"background radius {radius} px leaves no background in a {box} px box")
-    mask, pinv = _background(box, round(radius, 6))
-    flat = images.reshape(-1, box, box)
-    bg = flat[:, mask].astype(np.float64)  # (B, n_bg)
+    weights, gram, basis = _background(box, round(radius, 6))
+    flat = images.reshape(-1, box * box)
+    wide = flat.astype(np.float64)
+    # Sums over the background as matrix products (no gathered copy of the background pixels): Dᵀb and Σb².
+    moments = wide @ weights  # (B, 3)
+    squares = (wide * wide) @ weights[:, 0]
+    n_bg = gram[0, 0]
     if ramp:
-        c = box // 2
-        y, x = np.mgrid[:box, :box] - c
-        coef = bg @ pinv.T  # (B, 3): per-image plane a + b x + c y, least squares on the background
-        plane = coef[:, 0, None, None] + coef[:, 1, None, None] * x + coef[:, 2, None, None] * y
-        flat = flat - plane.astype(np.float32)
-        bg = flat[:, mask].astype(np.float64)
-    mean = bg.mean(axis=1)
-    std = bg.std(axis=1)
+        # Least-squares plane on the background: coef = (DᵀD)⁻¹ Dᵀb; its residual sums to 0 (the plane has an
+        # intercept) and Σr² = Σb² − coef · Dᵀb.
+        coef = np.linalg.solve(gram, moments.T).T
+        level = coef @ basis  # (B, box²): the plane at every pixel
+        mean = np.zeros(len(flat))
+        var = (squares - np.einsum("bk,bk->b", coef, moments)) / n_bg
+    else:
+        level = None
+        mean = moments[:, 0] / n_bg
+        var = squares / n_bg - mean**2
+    # Rounding leaves a constant (or exactly planar) background a variance of ~1e-16 of its square, not 0.
+    scale = squares / n_bg
+    std = np.sqrt(np.where(var > 1e-12 * scale, var, 0.0))
     std[std == 0] = 1.0
-    out = (flat - mean[:, None, None].astype(np.float32)) / std[:, None, None].astype(np.float32)
+    offset = mean[:, None] if level is None else level + mean[:, None]
+    out = (flat - offset.astype(np.float32)) / std[:, None].astype(np.float32)
     return out.reshape(images.shape).astype(np.float32, copy=False)

@@ -38,6 +38,28 @@ def test_constant_image_does_not_divide_by_zero():
     assert np.all(out == 0)
 
 
+@pytest.mark.parametrize("ramp", [True, False])
+def test_flat_background_is_not_blown_up_from_rounding_errors(ramp):
+    # A constant (and, with the ramp, a planar) background has a variance of rounding errors only: it must be
+    # treated as 0 (divide by 1), not amplified into values of order 1.
+    y, x = np.mgrid[:16, :16]
+    image = (3.0 + (0.37 * x - 0.11 * y if ramp else 0 * x))[None].astype(np.float32) + 1000.0
+    out = normalise(image, ramp=ramp)
+    assert np.abs(out).max() < 1e-3
+
+
+def test_batch_statistics_match_each_image_alone():
+    rng = np.random.default_rng(3)
+    y, x = np.mgrid[:33, :33]
+    imgs = (rng.normal(0, 1, size=(5, 33, 33)) * rng.uniform(0.5, 20, (5, 1, 1)) + rng.uniform(-1e3, 1e3, (5, 1, 1))
+            + rng.normal(size=(5, 1, 1)) * x + rng.normal(size=(5, 1, 1)) * y).astype(np.float32)
+    together = normalise(imgs)
+    for k in range(5):
+        np.testing.assert_allclose(together[k], normalise(imgs[k:k + 1])[0], atol=1e-5)
+        bg = together[k][_background(33)]
+        assert abs(bg.mean()) < 1e-4 and abs(bg.std() - 1) < 1e-4
+
+
 def test_radius_must_leave_background():
     with pytest.raises(ValueError, match="no background"):
         normalise(np.zeros((1, 16, 16), np.float32), bg_radius=20)
