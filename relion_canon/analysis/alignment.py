@@ -139,8 +139,11 @@ class _Accumulator:
     """Sums of CTF-weighted particles turned back to the canonical frame, for two half-sets."""
 
     def __init__(self, box: int, n_rings: int):
-        self.num = torch.zeros(2, box, box // 2 + 1, dtype=torch.complex64)
+        # Real-space sums: the Fourier transform is linear, so one rfft2 of each sum (in ``reference``)
+        # replaces one per particle.
+        self.num = torch.zeros(2, box * box, dtype=torch.float64)
         self.den = torch.zeros(2, n_rings, dtype=torch.float64)
+        self.box = box
 
     def add(self, indices: np.ndarray, weighted: torch.Tensor, ctf2_rings: torch.Tensor, psi: torch.Tensor,
             shift: torch.Tensor) -> None:
@@ -148,19 +151,18 @@ class _Accumulator:
         cos, sin = torch.cos(psi), torch.sin(psi)
         back_shift = -torch.stack([cos * shift[:, 0] - sin * shift[:, 1], sin * shift[:, 0] + cos * shift[:, 1]], dim=-1)
         canonical = rotate(weighted, -psi, back_shift)
-        spectra = torch.fft.rfft2(canonical)
+        # (2, b) one-hot half-set membership: one matrix product sums each half.
         half = torch.from_numpy(np.asarray(indices) % 2)
-        for h in (0, 1):
-            sel = half == h
-            if sel.any():
-                self.num[h] += spectra[sel].sum(dim=0)
-                self.den[h] += ctf2_rings[sel].sum(dim=0).double()
+        member = torch.stack([half == 0, half == 1]).to(canonical.dtype)
+        self.num += (member @ canonical.reshape(len(half), -1)).double()
+        self.den += (member.double() @ ctf2_rings.double())
 
     def reference(self, rings: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
         """Wiener-filtered canonical average (real space, masked) and the half-set FRC."""
         n_rings = self.den.shape[1]
         den = self.den.clamp(min=1e-6).float()
-        halves = self.num / den[:, rings]
+        num = torch.fft.rfft2(self.num.reshape(2, self.box, self.box)).to(torch.complex64)
+        halves = num / den[:, rings]
         a, b = halves[0], halves[1]
         cross = _ring_mean((a * b.conj()).real, rings, n_rings)
         pa = _ring_mean(a.abs() ** 2, rings, n_rings)
@@ -169,7 +171,7 @@ class _Accumulator:
         f = frc.clamp(1e-3, 0.999)
         ssnr = 2 * f / (1 - f)  # of the full average: twice the half-set SSNR
         gain = ssnr / (1 + ssnr)
-        full = self.num.sum(dim=0) / self.den.sum(dim=0).clamp(min=1e-6).float()[rings]
+        full = num.sum(dim=0) / self.den.sum(dim=0).clamp(min=1e-6).float()[rings]
         ref = torch.fft.irfft2(full * gain[rings], s=mask.shape) * mask
         return ref, frc.numpy()
 
@@ -238,12 +240,12 @@ def align_particles(
         if cache:
             yield from cache
             return
-        for idx, images in (raw if fits else batches()):
+        source = _drain(raw) if fits else batches()
+        for idx, images in source:
             item = prepare(idx, images)
             if cache is not None:
                 cache.append(item)
             yield item
-        raw.clear()
 
     acc = _Accumulator(box, n_rings)
     for idx, weighted, _, ctf2 in prepared():
@@ -274,7 +276,9 @@ def align_particles(
                 centres = _shift_peak(cc, config.max_shift)
                 shift[t] = centres
             polar = _sample_polar(whitened, centres if off_centre else None, xy)
-            corr = torch.fft.irfft(torch.fft.rfft(polar, dim=-1).conj() * ref_fft, n=config.angular_samples, dim=-1).sum(1)
+            # Summed over rings before the inverse FFT (it is linear): one inverse transform per particle.
+            corr = torch.fft.irfft((torch.fft.rfft(polar, dim=-1).conj() * ref_fft).sum(1), n=config.angular_samples,
+                                   dim=-1)
             pos, height = _parabolic_peak(corr)
             psi[t] = pos * step
             norm = torch.sqrt((polar**2 * ring_weight).sum(dim=(1, 2))).clamp(min=1e-12)
@@ -293,6 +297,13 @@ def align_particles(
     psi_deg = (np.rad2deg(psi.numpy().astype(np.float64)) + 180.0) % 360.0 - 180.0
     return Alignment(psi_deg, shift.numpy().astype(np.float64), score.numpy().astype(np.float64),
                      reference.numpy(), frc, noise.numpy(), history)
+
+
+def _drain(items: list) -> Iterator:
+    """Yield and drop the items of a list front to back, so that each can be freed once it is used."""
+    items.reverse()
+    while items:
+        yield items.pop()
 
 
 def _resolution(frc: np.ndarray, pixel_size: float, box: int) -> float:
