@@ -53,24 +53,46 @@ def fit_defocus(
     reference = torch.from_numpy(alignment.reference).float()
     estimate = np.empty(n)
     peak = np.empty(n)
+    tables = _Tables(candidates)
     for idx, images in batches():
-        spectra = np.fft.rfft2(images.astype(np.float64))
+        spectra = torch.fft.rfft2(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)))
         turned = rotate(reference.expand(len(idx), box, box), torch.from_numpy(np.deg2rad(alignment.psi[idx])).float(),
                         torch.from_numpy(alignment.shift[idx]).float())
-        ref_spectra = np.fft.rfft2(turned.numpy().astype(np.float64))
-        cross = (spectra * ref_spectra.conj()).real / noise
-        power = np.abs(ref_spectra) ** 2 / noise
+        ref_spectra = torch.fft.rfft2(turned)
+        cross = (spectra * ref_spectra.conj()).real.numpy().astype(np.float64) / noise
+        power = (ref_spectra.abs() ** 2).numpy().astype(np.float64) / noise
         for value in np.unique(pixel_size[idx]):
             sel = pixel_size[idx] == value
             rows = idx[sel]
-            scores = _scores(cross[sel], power[sel], ctf.take(rows), float(value), box, candidates)
+            scores = _scores(cross[sel], power[sel], ctf.take(rows), float(value), box, tables)
             best = scores.argmax(axis=1)
             estimate[rows], peak[rows] = _refine(candidates, scores, best)
     return estimate, peak
 
 
+class _Tables:
+    """sin/cos(πλ d s) and sin/cos(2πλ d s) for every candidate d and bin centre s: they depend only on the
+    wavelength and the bins (the pixel size), not on the particle, so each is built once per job."""
+
+    def __init__(self, candidates: np.ndarray):
+        self.candidates = candidates
+        self._made: dict[tuple[float, float], tuple[np.ndarray, np.ndarray]] = {}
+
+    def __call__(self, wavelength: float, s_max: float) -> tuple[np.ndarray, np.ndarray]:
+        key = (wavelength, s_max)
+        if key not in self._made:
+            centres = (np.arange(N_BINS) + 0.5) / N_BINS * s_max
+            phase = np.pi * wavelength * self.candidates[:, None] * centres[None, :]  # (n_d, N_BINS): a = πλ d s
+            # Stacked so each score term is one matrix product: [sin a; cos a] and [cos 2a; −sin 2a].
+            numer = np.concatenate([np.sin(phase), np.cos(phase)], axis=1).T
+            denom = np.concatenate([np.cos(2 * phase), -np.sin(2 * phase)], axis=1).T
+            # float32: the sums run over ~10³ bins of noisy terms, far coarser than float32's rounding.
+            self._made[key] = (np.ascontiguousarray(numer, np.float32), np.ascontiguousarray(denom, np.float32))
+        return self._made[key]
+
+
 def _scores(cross: np.ndarray, power: np.ndarray, ctf: CtfParams, pixel_size: float, box: int,
-            candidates: np.ndarray) -> np.ndarray:
+            tables: _Tables) -> np.ndarray:
     """(b, n_candidates) normalised correlations for particles sharing one pixel size."""
     half = 0.5 * (ctf.defocus_u - ctf.defocus_v)
     # g: the phase at zero mean defocus (astigmatism, Cs, amplitude contrast, phase shift), per pixel.
@@ -79,9 +101,8 @@ def _scores(cross: np.ndarray, power: np.ndarray, ctf: CtfParams, pixel_size: fl
     kx = np.fft.rfftfreq(box, d=pixel_size)
     ky = np.fft.fftfreq(box, d=pixel_size)
     s = ky[:, None] ** 2 + kx[None, :] ** 2
-    s_max = s.max()
+    s_max = float(s.max())
     bins = np.minimum((s / s_max * N_BINS).astype(np.int64), N_BINS - 1).reshape(-1)
-    centres = (np.arange(N_BINS) + 0.5) / N_BINS * s_max
     envelope = np.exp(-ctf.bfactor[:, None, None] * s / 4.0)  # B-factor: does not depend on d
     cross = cross * envelope
     power = power * envelope**2
@@ -91,17 +112,21 @@ def _scores(cross: np.ndarray, power: np.ndarray, ctf: CtfParams, pixel_size: fl
         index = (np.arange(b)[:, None] * N_BINS + bins[None, :]).reshape(-1)
         return np.bincount(index, weights=values.reshape(-1), minlength=b * N_BINS).reshape(b, N_BINS)
 
-    a_sin, a_cos = binned(cross * np.cos(g)), binned(cross * np.sin(g))
-    e_cos, e_sin = binned(power * np.cos(2 * g)), binned(power * np.sin(2 * g))
+    cos_g, sin_g = np.cos(g), np.sin(g)
+    # [Σ cross·cos g, Σ cross·sin g] and [Σ|R|² cos 2g, Σ|R|² sin 2g] per bin, side by side for the products.
+    a = np.concatenate([binned(cross * cos_g), binned(cross * sin_g)], axis=1).astype(np.float32)
+    e = np.concatenate([binned(power * (cos_g**2 - sin_g**2)), binned(power * (2 * sin_g * cos_g))],
+                       axis=1).astype(np.float32)
     total = power.reshape(b, -1).sum(axis=1)
     lam = electron_wavelength(ctf.voltage)  # (b,): optics groups may differ in voltage
-    scores = np.empty((b, len(candidates)))
+    scores = np.empty((b, len(tables.candidates)))
     for value in np.unique(lam):
         sel = lam == value
-        phase = np.pi * value * candidates[:, None] * centres[None, :]  # (n_d, N_BINS): a = πλ d s
-        numer = a_sin[sel] @ np.sin(phase).T + a_cos[sel] @ np.cos(phase).T
+        numer_table, denom_table = tables(float(value), s_max)
+        # Σ cross·sin(a + g) = Σ cross (sin a cos g + cos a sin g).
+        numer = a[sel] @ numer_table
         # Σ|R|² sin²(a + g) = ½(Σ|R|² − Σ|R|² cos(2a + 2g)), cos(2a + 2g) = cos 2a cos 2g − sin 2a sin 2g.
-        cos2 = e_cos[sel] @ np.cos(2 * phase).T - e_sin[sel] @ np.sin(2 * phase).T
+        cos2 = e[sel] @ denom_table
         scores[sel] = numer / np.sqrt(np.clip(0.5 * (total[sel, None] - cos2), 1e-20, None))
     return scores
 
