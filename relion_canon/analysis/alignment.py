@@ -52,6 +52,9 @@ class AlignmentConfig:
     min_rounds: int = 2
     batch_size: int = 512
     cache_bytes: int = 1 << 30  # keep the CTF-weighted particles in memory up to this size
+    # Above this many particles, the rounds run on a random subset of this many, then two passes search
+    # every particle against the subset's reference and then the reference from all; None: always all.
+    reference_particles: int | None = 5000
     seed: int = 0
 
 
@@ -210,7 +213,16 @@ def align_particles(
 
     # Every round needs the same CTF-weighted images: keep them when they fit, else recompute per round.
     fits = n_particles * box * box * 8 <= config.cache_bytes
+    # With many particles the rounds run on a random subset (the reference is as good from it), and then every
+    # particle is searched in two passes: rounds cost a fixed amount and only the passes grow with N.
+    subset = None
+    if config.reference_particles is not None and n_particles > config.reference_particles:
+        subset = np.sort(rng.choice(n_particles, config.reference_particles, replace=False))
+    in_subset = np.zeros(n_particles, dtype=bool)
+    if subset is not None:
+        in_subset[subset] = True
     raw: list[tuple[np.ndarray, np.ndarray]] = []  # the particles as read, when they fit, until prepared
+    raw_subset: list[tuple[np.ndarray, np.ndarray]] = []  # the subset's, when all do not fit
 
     # Noise spectrum from the particles' mean power (at low SNR the power is mostly noise): used to whiten.
     power = torch.zeros(n_rings, dtype=torch.float64)
@@ -218,6 +230,9 @@ def align_particles(
         power += _ring_mean(torch.fft.rfft2(torch.from_numpy(images)).abs() ** 2, rings, n_rings).sum(0).double()
         if fits:
             raw.append((idx, images))
+        elif subset is not None and in_subset[idx].any():
+            keep = in_subset[idx]
+            raw_subset.append((idx[keep], images[keep]))
     # A floor: where the particles hold no power at all (noise-free images of a map coarser than the pixels,
     # or Fourier-padded ones) whitening would otherwise blow rounding errors up into the whole signal.
     noise = (power / n_particles).float()
@@ -237,6 +252,7 @@ def align_particles(
     cache: list | None = [] if fits else None
 
     def prepared() -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Every particle, prepared: from the cache once it is full."""
         if cache:
             yield from cache
             return
@@ -247,27 +263,37 @@ def align_particles(
                 cache.append(item)
             yield item
 
+    if subset is None:
+        rows: np.ndarray = np.arange(n_particles)
+        items: Callable[[], Iterator] = prepared
+    else:
+        rows = subset
+        if fits:  # the subset's images are copied out of the full set's, which stay for the passes
+            raw_subset = [(idx[in_subset[idx]], images[in_subset[idx]]) for idx, images in raw]
+        subset_items = [prepare(idx, images) for idx, images in raw_subset if len(idx)]
+        raw_subset.clear()
+
+        def items() -> Iterator:
+            return iter(subset_items)
+
     acc = _Accumulator(box, n_rings)
-    for idx, weighted, _, ctf2 in prepared():
+    for idx, weighted, _, ctf2 in items():
         t = torch.from_numpy(idx)
         acc.add(idx, weighted, ctf2, psi[t], shift[t])
     reference, frc = acc.reference(rings, mask)
     history: list[dict[str, float]] = []
     step = 2 * math.pi / config.angular_samples
-    for round_ in range(config.rounds):
-        if should_stop is not None and should_stop():
-            raise InterruptedError("alignment stopped on request")
+
+    def search(source: Iterator, reference: torch.Tensor, search_shift: bool) -> _Accumulator:
+        """Search every particle of ``source`` against ``reference`` (psi, shift, score updated in place) and
+        sum them, turned back by their new angles, into the next reference."""
         ref_polar = _sample_polar(reference[None], None, xy)[0]
         ref_fft = torch.fft.rfft(ref_polar * ring_weight, dim=-1)
         ref_norm = torch.sqrt((ref_polar**2 * ring_weight).sum()).clamp(min=1e-12)
-        search_shift = config.max_shift > 0 and round_ >= config.shift_from_round
         # Particles are sampled about their own centres only once any has moved off the box centre.
         off_centre = search_shift or bool(shift.any())
-        old_psi = psi.clone()
         acc = _Accumulator(box, n_rings)
-        # One pass per round: search every particle against the current reference, and sum the particles
-        # turned back by their new angles into the next reference.
-        for idx, weighted, whitened, ctf2 in prepared():
+        for idx, weighted, whitened, ctf2 in source:
             t = torch.from_numpy(idx)
             centres = shift[t]
             if search_shift:
@@ -284,16 +310,41 @@ def align_particles(
             norm = torch.sqrt((polar**2 * ring_weight).sum(dim=(1, 2))).clamp(min=1e-12)
             score[t] = height / (norm * ref_norm)
             acc.add(idx, weighted, ctf2, psi[t], shift[t])
-        change = torch.rad2deg(torch.remainder(psi - old_psi + math.pi, 2 * math.pi) - math.pi)
-        reference, frc = acc.reference(rings, mask)
+        return acc
+
+    def record(name: str, number: int, total: int, changed: np.ndarray, scored: np.ndarray, frc: np.ndarray) -> float:
+        t = torch.from_numpy(changed)
+        change = torch.rad2deg(torch.remainder(psi[t] - old_psi[t] + math.pi, 2 * math.pi) - math.pi)
+        rms = float(torch.sqrt((change**2).mean()))
         resolution = _resolution(frc, float(np.median(pixel_size)), box)
-        history.append({"round": round_ + 1, "psi_change_rms_deg": float(torch.sqrt((change**2).mean())),
-                        "mean_score": float(score.mean()), "resolution_A": resolution})
+        history.append({"round": len(history) + 1, "psi_change_rms_deg": rms,
+                        "mean_score": float(score[torch.from_numpy(scored)].mean()), "resolution_A": resolution})
         if log is not None:
-            log(f"alignment round {round_ + 1}/{config.rounds}: psi changed by {history[-1]['psi_change_rms_deg']:.2f}° rms, "
-                f"mean correlation {history[-1]['mean_score']:.3f}, reference resolution {resolution:.1f} Å (FRC 0.143)")
-        if history[-1]["psi_change_rms_deg"] < config.converged_deg and round_ + 1 >= config.min_rounds:
+            log(f"alignment {name} {number}/{total}: psi changed by {rms:.2f}° rms, mean correlation "
+                f"{history[-1]['mean_score']:.3f}, reference resolution {resolution:.1f} Å (FRC 0.143)")
+        return rms
+
+    name = "round" if subset is None else f"round (reference from {len(rows)} of {n_particles} particles)"
+    for round_ in range(config.rounds):
+        if should_stop is not None and should_stop():
+            raise InterruptedError("alignment stopped on request")
+        old_psi = psi.clone()
+        search_shift = config.max_shift > 0 and round_ >= config.shift_from_round
+        acc = search(items(), reference, search_shift)
+        reference, frc = acc.reference(rings, mask)
+        if record(name, round_ + 1, config.rounds, rows, rows, frc) < config.converged_deg \
+                and round_ + 1 >= config.min_rounds:
             break
+    if subset is not None:
+        subset_items.clear()  # the passes read (or cache) every particle anew
+        everyone = np.arange(n_particles)
+        for pass_ in range(2):
+            if should_stop is not None and should_stop():
+                raise InterruptedError("alignment stopped on request")
+            old_psi = psi.clone()
+            acc = search(prepared(), reference, config.max_shift > 0)
+            reference, frc = acc.reference(rings, mask)
+            record("pass over all particles", pass_ + 1, 2, subset if pass_ == 0 else everyone, everyone, frc)
     psi_deg = (np.rad2deg(psi.numpy().astype(np.float64)) + 180.0) % 360.0 - 180.0
     return Alignment(psi_deg, shift.numpy().astype(np.float64), score.numpy().astype(np.float64),
                      reference.numpy(), frc, noise.numpy(), history)

@@ -48,6 +48,25 @@ def test_angles_from_random_start(centred):
     assert al.reference.shape == (data.box, data.box) and np.all(np.isfinite(al.score))
 
 
+@pytest.mark.parametrize("cache_bytes", [1 << 30, 0])
+def test_reference_from_a_subset_then_every_particle_searched(centred, cache_bytes):
+    # Rounds on 100 of the 300 particles, then two passes over all: every particle is aligned as well as
+    # when all build the reference, in the initial angles' frame, whether the images are cached or re-read.
+    star, truth, data, batches = centred
+    true = truth["rlnAnglePsi"].to_numpy()
+    start = true + 40.0 + np.random.default_rng(0).normal(0, 15, len(true))
+    whole = align_particles(batches, len(data), star.ctf_params(), data.pixel_size, data.box, start)
+    al = align_particles(batches, len(data), star.ctf_params(), data.pixel_size, data.box, start,
+                         AlignmentConfig(reference_particles=100, cache_bytes=cache_bytes))
+    fit = align_angles(al.psi, true)
+    assert fit.sign == 1 and abs(fit.offset - 40.0) < 3.0
+    assert fit.rmse < 1.2 * align_angles(whole.psi, true).rmse + 0.1, (fit.rmse, align_angles(whole.psi, true).rmse)
+    # Particles outside the subset (two thirds) were searched too, not left at their 15°-noisy starting angles.
+    assert np.mean(np.abs(fit.errors) < 5.0) > 0.95
+    assert np.all(np.isfinite(al.score)) and np.all(al.score != 0)
+    assert [h["round"] for h in al.history] == list(range(1, len(al.history) + 1)) and len(al.history) >= 4
+
+
 def test_keeps_the_frame_of_the_initial_angles(centred):
     # Started from the truth + 40° (+ noise), the result stays in that frame: offset 40°, sign +1.
     star, truth, data, batches = centred
