@@ -27,6 +27,7 @@ from relion_canon.errors import InputError
 from relion_canon.io.atomic import atomic_path
 from relion_canon.io.particles import is_cryosparc, read_particles, write_results_cs
 from relion_canon.io.star import ParticleStar, write_star
+from relion_canon.threads import cpu_threads
 
 PARTICLES_STAR = "particles.star"
 SELECTED_STAR = "particles_selected.star"
@@ -106,7 +107,14 @@ def run_job(
     ``particles`` may also be a cryoSPARC particles ``.cs`` (with its ``passthrough`` ``.cs``; ``project_dir``
     is then the cryoSPARC project directory): the results are then also written as ``particles.cs``,
     ``particles_selected.cs`` and ``particles_rejected.cs`` with their ``.csg`` for "Import Result Group".
+
+    ``config.threads`` bounds every CPU thread pool of the job (torch's and the BLAS behind numpy/scikit-learn).
     """
+    with cpu_threads(config.threads):
+        return _run_job(particles, out_dir, config, resume, log, progress, should_stop, project_dir, passthrough)
+
+
+def _run_job(particles, out_dir, config, resume, log, progress, should_stop, project_dir, passthrough) -> JobResult:
     from relion_canon.analysis.report import write_figures  # matplotlib: only when a job runs
     from relion_canon.analysis.run_estimates import estimate
 

@@ -12,6 +12,7 @@ import click
 from relion_canon.io.particles import is_cryosparc, read_particles
 from relion_canon.models import MODEL_CLASSES
 from relion_canon.preprocess import PreprocessConfig
+from relion_canon.threads import cpu_threads
 from relion_canon.train.engine import TrainConfig, TrainingDiverged, resolve_device, train
 from relion_canon.workflow import predict_file
 
@@ -140,10 +141,12 @@ def predict_command(particles: Path, passthrough: Path | None, project_dir: Path
                     out_star: Path, device: str, gpu: str | None, batch_size: int, threads: int | None, workers: int,
                     quiet: bool) -> None:
     """Predict each particle's in-plane angle with a trained model."""
-    import torch
+    with cpu_threads(threads):
+        _predict(particles, passthrough, project_dir, model_path, out_star, device, gpu, batch_size, workers, quiet)
 
-    if threads:
-        torch.set_num_threads(threads)
+
+def _predict(particles, passthrough, project_dir, model_path, out_star, device, gpu, batch_size, workers,
+             quiet) -> None:
     dev = resolve_device(_device_from_gpu(gpu, device))
     # A STAR file is handed over by path, to be read a slice at a time (flat memory for any number of particles).
     source = particles if passthrough is None and not is_cryosparc(particles) else read_particles(
