@@ -93,16 +93,22 @@ def test_vaegan_trains_and_predicts_better_than_chance(split):
 
 def test_spatial_vae_baseline_trains_and_predicts(split):
     # The baseline, at the small sizes its own benchmarks use (its full-size MLPs take minutes per epoch).
-    # On this nearly two-fold phantom at SNR 1 it only just beats chance in a few epochs (~80° against
-    # 104°): that is the baseline's real behaviour, measured, not a tuned pass.
+    # On this nearly two-fold phantom at SNR 1 its angle is no better than chance in 6 epochs for some seeds:
+    # measured 68–97° psi rMSE over 4 seeds (32–95° over 6 seeds with 12 epochs), while random angles score
+    # 92–98° after the fitted offset and sign. So only what it does every time is asserted: it learns (the
+    # loss falls) and gives each particle its own angle. benchmarks/papers measures its accuracy.
     out_dir = split["root"] / "spatial-vae"
     output = _run("train", "--i", str(split["train"]), "--o", str(out_dir), "--model", "spatial-vae", "--epochs", "6",
                   "--batch-size", "32", "--lr", "1e-3", "--set", "encoder_hidden=256", "--set", "generator_hidden=64",
                   "--quiet")
     losses = _losses(output, "model/loss")
-    assert losses[-1] < losses[0]
+    assert losses[-1] < losses[0], losses
     rmse = _heldout_error(split, out_dir)
-    assert rmse < 97.0, rmse
+    assert 0 <= rmse <= 180
+    psi = np.deg2rad(read_star(out_dir / "heldout_pred.star").particles["rlnAnglePsi"].to_numpy())
+    # Circular spread 1 − |mean resultant|: 0 when every particle gets one angle (a collapsed encoder, or an
+    # angle path that ignores the image), ~1 for angles all round the circle; 0.44 measured here.
+    assert 1 - abs(np.exp(1j * psi).mean()) > 0.1
 
 
 def test_predict_refuses_a_grid_it_cannot_reach(split, tmp_path):
