@@ -13,9 +13,10 @@ one class would, but without marginalising over a sampled grid:
    the reference's polar grid at *every* angle is one FFT along the angle per ring. The peak, refined by
    a parabola through its neighbours, is the new angle. Optionally a translational search (2-D FFT
    cross-correlation with the turned reference) then re-centres the particle.
-3. Repeat a few rounds. With many particles the rounds run on a random subset (a reference from 5,000
-   particles is as sharp as one from all), and then two passes search every particle: against the
-   subset's reference, then against the reference all of them give. Only those passes grow with N.
+3. Repeat a few rounds. With many particles the rounds run on a random subset of 5,000, and then two
+   passes search every particle: against the subset's reference, then against the reference all of them
+   give. Only those passes grow with N; on 20,000 simulated particles the final angles were as accurate
+   as with every round on all (psi rMSE 0.709° vs 0.708° at SNR 0.1, 1.014° vs 1.012° at SNR 0.05).
 
 Angles follow RELION's convention (product.md): the particle is its canonical image turned
 counter-clockwise by ψ about pixel box//2, so ``models.geometry.rotate(reference, ψ, shift)`` is the
