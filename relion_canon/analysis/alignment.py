@@ -216,8 +216,8 @@ def align_particles(
 
     # Every round needs the same CTF-weighted images: keep them when they fit, else recompute per round.
     fits = n_particles * box * box * 8 <= config.cache_bytes
-    # With many particles the rounds run on a random subset (the reference is as good from it), and then every
-    # particle is searched in two passes: rounds cost a fixed amount and only the passes grow with N.
+    # With many particles the rounds run on a random subset, and then every particle is searched in two
+    # passes: rounds cost a fixed amount and only the passes grow with N (accuracy: see the module docstring).
     subset = None
     if config.reference_particles is not None and n_particles > config.reference_particles:
         subset = np.sort(rng.choice(n_particles, config.reference_particles, replace=False))
