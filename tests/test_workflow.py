@@ -95,7 +95,7 @@ def test_spatial_vae_baseline_trains_and_predicts(split):
     # The baseline, at the small sizes its own benchmarks use (its full-size MLPs take minutes per epoch).
     # On this nearly two-fold phantom at SNR 1 its angle is no better than chance in 6 epochs for some seeds:
     # measured 68–97° psi rMSE over 4 seeds (32–95° over 6 seeds with 12 epochs), while random angles score
-    # 92–98° after the fitted offset and sign. So only what it does every time is asserted: it learns (the
+    # 93–98° after the fitted offset and sign (1st percentile to median). So only what it does every time is asserted: it learns (the
     # loss falls) and gives each particle its own angle. benchmarks/papers measures its accuracy.
     out_dir = split["root"] / "spatial-vae"
     output = _run("train", "--i", str(split["train"]), "--o", str(out_dir), "--model", "spatial-vae", "--epochs", "6",
