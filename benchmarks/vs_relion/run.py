@@ -178,12 +178,10 @@ def _auc(labels: np.ndarray, score: np.ndarray) -> float | None:
 
 def network_alone(project: Path, threads: int) -> None:
     """Apply the network the job trained, alone, to every particle (untimed: it only scores a step)."""
-    import torch
-
+    from relion_canon.threads import cpu_threads
     from relion_canon.workflow import predict_file
 
-    torch.set_num_threads(threads)
-    with _cwd(project):
+    with _cwd(project), cpu_threads(threads):
         predict_file(Path("Input/particles.star"), Path(JOB_DIR) / "model.pt", Path(NETWORK_STAR), progress=False)
 
 

@@ -64,11 +64,7 @@ def run_command(particles: Path, out_dir: Path, model: str, model_path: Path | N
         defocus_range=tuple(defocus_range) if defocus_range else None, per_class=per_class,
         write_canonical=write_canonical, device=device, threads=threads, seed=seed,
     )
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    try:
+    try:  # run_job bounds torch's and the BLAS's threads to config.threads
         run_job(particles, out_dir, config, resume=not no_resume, log=click.echo, progress=not quiet,
                 project_dir=project_dir, passthrough=passthrough)
     except TrainingDiverged as exc:

@@ -54,17 +54,15 @@ def normalise(images: np.ndarray, bg_radius: float | None = None, ramp: bool = T
         # Least-squares plane on the background: coef = (DᵀD)⁻¹ Dᵀb; its residual sums to 0 (the plane has an
         # intercept) and Σr² = Σb² − coef · Dᵀb.
         coef = np.linalg.solve(gram, moments.T).T
-        level = coef @ basis  # (B, box²): the plane at every pixel
-        mean = np.zeros(len(flat))
+        offset = coef @ basis  # (B, box²): the plane at every pixel
         var = (squares - np.einsum("bk,bk->b", coef, moments)) / n_bg
     else:
-        level = None
         mean = moments[:, 0] / n_bg
+        offset = mean[:, None]
         var = squares / n_bg - mean**2
     # Rounding leaves a constant (or exactly planar) background a variance of ~1e-16 of its square, not 0.
     scale = squares / n_bg
     std = np.sqrt(np.where(var > 1e-12 * scale, var, 0.0))
     std[std == 0] = 1.0
-    offset = mean[:, None] if level is None else level + mean[:, None]
     out = (flat - offset.astype(np.float32)) / std[:, None].astype(np.float32)
     return out.reshape(images.shape).astype(np.float32, copy=False)
