@@ -4,9 +4,9 @@ from relion_canon.simulate.dataset import (
     SimulationConfig,
     SimulationResult,
     draw_plan,
-    read_ground_truth,
     simulate_dataset,
 )
+from relion_canon.io.ground_truth import read_ground_truth
 from relion_canon.simulate.junk import JUNK_KINDS, canonicalise, rotate_images
 from relion_canon.simulate.phantom import phantom_volume
 from relion_canon.simulate.project import FourierProjector, euler_matrix

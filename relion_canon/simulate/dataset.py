@@ -39,7 +39,8 @@ from relion_canon.errors import InputError
 from relion_canon.io.atomic import atomic_path
 from relion_canon.io.imagename import format_image_name
 from relion_canon.io.mrc import stack_writer
-from relion_canon.io.star import VERSION_31, read_star, write_star
+from relion_canon.io.ground_truth import GROUND_TRUTH_STAR
+from relion_canon.io.star import VERSION_31, write_star
 from relion_canon.simulate.junk import (
     DISPLACEMENT_RANGE,
     JUNK_KINDS,
@@ -60,7 +61,6 @@ from relion_canon.simulate.sources import Volume, load_source
 
 PARTICLES_STAR = "particles.star"
 PARTICLES_STACK = "particles.mrcs"
-GROUND_TRUTH_STAR = "ground_truth.star"
 CLEAN_STACK = "ground_truth_clean.mrcs"
 SIMULATION_JSON = "simulation.json"
 OUTPUT_FILES = (PARTICLES_STACK, CLEAN_STACK, GROUND_TRUTH_STAR, SIMULATION_JSON, PARTICLES_STAR)
@@ -666,20 +666,6 @@ def _tables(
         }
     )
     return gt, particles, optics
-
-
-def read_ground_truth(path: str | Path) -> pd.DataFrame:
-    """The ground-truth particle table of a simulated set, from its folder or its ``ground_truth.star``."""
-    path = Path(path)
-    star = path / GROUND_TRUTH_STAR if path.is_dir() else path
-    table = read_star(star).particles.copy()
-    required = ("rlnAnglePsi", "rlnCanonIsJunk", "rlnCanonJunkKind")
-    missing = [c for c in required if c not in table.columns]
-    if missing:
-        raise InputError(f"not a simulation ground truth (missing {', '.join(missing)})", star)
-    table["rlnCanonIsJunk"] = table["rlnCanonIsJunk"].astype(int)
-    table["rlnCanonJunkKind"] = table["rlnCanonJunkKind"].astype(str)
-    return table
 
 
 def junk_kinds_from_text(text: str | Sequence[str]) -> tuple[str, ...]:

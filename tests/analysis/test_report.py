@@ -21,7 +21,7 @@ from relion_canon.analysis.report import (
     write_figures,
 )
 from relion_canon.analysis.run_estimates import Estimates
-from tests.analysis.test_evaluation import fake_job, relion_reference, simulated_set
+from tests.analysis.evaluation.helpers import fake_job, relion_reference, simulated_set
 
 
 def _pages(pdf: Path) -> int:

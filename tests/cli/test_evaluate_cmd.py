@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from relion_canon.cli.main import cli
 from relion_canon.io.star import read_star, write_star
-from tests.analysis.test_evaluation import fake_job, relion_reference, simulated_set
+from tests.analysis.evaluation.helpers import fake_job, relion_reference, simulated_set
 
 
 @pytest.fixture(scope="module")

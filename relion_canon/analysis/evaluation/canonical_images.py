@@ -1,0 +1,123 @@
+"""The canonical-image metric of a job against a simulation (paper A, Table 1): the job's canonical images
+read beside the truth's clean images, the learned frame fitted and removed (:mod:`.frame`), the per-image MSE,
+and the examples and worst cases the figures show."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from relion_canon.analysis.evaluation.frame import (
+    NORMALISATION,
+    PairReader,
+    fit_frame,
+    frame_errors,
+    spread_indices,
+    to_truth_frame,
+)
+from relion_canon.analysis.evaluation.metrics import CanonicalMetrics
+from relion_canon.errors import InputError
+from relion_canon.io.source import ParticleSource
+from relion_canon.io.star import ParticleStar
+
+JOB_CANONICAL_STACK = "canonical.mrcs"
+CANONICAL_COLUMN = "rlnCanonCanonicalImage"
+CLEAN_COLUMN = "rlnCanonCleanImageName"
+
+
+@dataclass(frozen=True)
+class _Sources:
+    """Each in its STAR's row order: the job's canonical images, the truth's clean images, the job's inputs."""
+
+    canonical: ParticleSource
+    clean: ParticleSource
+    inputs: ParticleSource | None  # None when the input images cannot be found (they are only shown)
+
+
+def canonical_metrics(
+    job_star: ParticleStar,
+    truth_star: ParticleStar,
+    truth_idx: np.ndarray,
+    rows: np.ndarray,
+    project_dir: str | Path | None,
+    n_examples: int,
+    n_worst: int,
+    notes: list[str],
+) -> CanonicalMetrics | None:
+    """The canonical MSE of the job's 0-based STAR ``rows`` (their truth rows: ``truth_idx[rows]``) after the
+    frame fit, with ``n_examples`` spread examples and the ``n_worst`` worst images for the figures; None
+    (said in ``notes``) when the job wrote no canonical images."""
+    sources = _sources(job_star, truth_star, project_dir, notes)
+    if sources is None:
+        notes.append("The job wrote no canonical images (run it with write_canonical): no canonical metric.")
+        return None
+    box = sources.canonical.box
+    if sources.clean.box != box:
+        notes.append(f"Truth images ({sources.clean.box} px) Fourier-resampled to the job's canonical box ({box} px).")
+    read_pairs = _pair_reader(sources, truth_idx[rows], rows, box)
+    rotation, mirrored = fit_frame(read_pairs, rows.size)
+    mse = frame_errors(read_pairs, rows.size, rotation, mirrored)
+
+    def images(positions: np.ndarray) -> dict[str, np.ndarray]:
+        canon, truth = read_pairs(positions)
+        out = {"canonical": to_truth_frame(canon, rotation, mirrored), "truth": truth}
+        if sources.inputs is not None:
+            out = {"input": sources.inputs.read(rows[positions]), **out}
+        return out
+
+    worst_order = np.argsort(mse)[::-1][: max(n_worst, 1)]
+    example_positions = spread_indices(rows.size, n_examples)
+    return CanonicalMetrics(
+        n=int(rows.size), mean_mse=float(mse.mean()), worst_mse=float(mse.max()),
+        worst_row=int(rows[worst_order[0]] + 1),
+        rotation_deg=rotation, mirrored=mirrored, box=int(box), normalisation=NORMALISATION, mse=mse,
+        examples=images(example_positions), example_rows=rows[example_positions] + 1,
+        worst=images(worst_order), worst_rows=rows[worst_order] + 1,
+    )
+
+
+def _pair_reader(sources: _Sources, truth_rows: np.ndarray, job_rows: np.ndarray, box: int) -> PairReader:
+    """Positions into ``job_rows`` → (the job's canonical images, the clean truth resampled to ``box``)."""
+    from relion_canon.preprocess.fourier import fourier_resample
+
+    def read_pairs(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        truth = sources.clean.read(truth_rows[positions])
+        if truth.shape[-1] != box:
+            truth = fourier_resample(truth, box)
+        return sources.canonical.read(job_rows[positions]), truth
+
+    return read_pairs
+
+
+def _sources(
+    job_star: ParticleStar, truth_star: ParticleStar, project_dir: str | Path | None, notes: list[str]
+) -> _Sources | None:
+    """The images to compare, or None when the job wrote no canonical images."""
+
+    def source_for(star: ParticleStar, column: str) -> ParticleSource:
+        table = pd.DataFrame({"rlnImageName": star.particles[column].astype(str)})
+        return ParticleSource.from_star(star.with_particles(table), project_dir)
+
+    if CANONICAL_COLUMN in job_star.particles.columns:
+        canonical = source_for(job_star, CANONICAL_COLUMN)
+    else:
+        stack = job_star.path.parent / JOB_CANONICAL_STACK
+        if not stack.is_file():
+            return None
+        canonical = ParticleSource.from_stack(stack)
+        if len(canonical) != len(job_star):
+            raise InputError(f"{len(canonical)} canonical images for {len(job_star)} particles in {job_star.path} "
+                             f"and no {CANONICAL_COLUMN} column to match them", stack)
+        notes.append(f"No {CANONICAL_COLUMN} column: canonical images taken from {stack} in STAR order.")
+    if CLEAN_COLUMN not in truth_star.particles.columns:
+        raise InputError(f"the ground truth has no {CLEAN_COLUMN} column (clean images)", truth_star.path)
+    clean = source_for(truth_star, CLEAN_COLUMN)
+    try:
+        inputs = ParticleSource.from_star(job_star, project_dir)
+    except InputError as exc:
+        notes.append(f"Input images not shown ({exc}).")
+        inputs = None
+    return _Sources(canonical, clean, inputs)
