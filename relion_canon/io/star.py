@@ -209,6 +209,8 @@ def read_star(path: str | Path) -> ParticleStar:
         raise InputError(f"line {cr_line} holds a carriage return without a line feed (a corrupt file?)", path)
     # starfile reads lines through the global ``linecache`` and clears it only when parsing succeeds: after a
     # failure the old text would be served for this path again, even once the file has been fixed or replaced.
+    # This and the checks for a lone CR and for text that is not UTF-8 rest on how starfile reads lines, pinned
+    # by tests/io/test_starfile_reader_assumptions.py; setup.cfg bounds starfile to the versions tested.
     linecache.clearcache()
     try:
         with warnings.catch_warnings():
