@@ -16,11 +16,11 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 import starfile
-from starfile.writer import loop_block, simple_block
 
 from relion_canon.ctf import CtfParams
 from relion_canon.errors import InputError
 from relion_canon.io.atomic import atomic_path
+from relion_canon.io.star_writer import star_text
 
 # Block names RELION has used for the particle table, newest first.
 PARTICLE_BLOCK_NAMES = ("particles", "images", "")
@@ -209,6 +209,8 @@ def read_star(path: str | Path) -> ParticleStar:
         raise InputError(f"line {cr_line} holds a carriage return without a line feed (a corrupt file?)", path)
     # starfile reads lines through the global ``linecache`` and clears it only when parsing succeeds: after a
     # failure the old text would be served for this path again, even once the file has been fixed or replaced.
+    # This and the checks for a lone CR and for text that is not UTF-8 rest on how starfile reads lines, pinned
+    # by tests/io/test_starfile_reader_assumptions.py; setup.cfg bounds starfile to the versions tested.
     linecache.clearcache()
     try:
         with warnings.catch_warnings():
@@ -381,10 +383,6 @@ def _pixel_size_from_magnification(parts: pd.DataFrame) -> pd.Series | None:
     return None
 
 
-def _format_float(x: float) -> str:
-    return repr(float(x))
-
-
 def write_star(star: ParticleStar | Mapping[str, pd.DataFrame | dict], path: str | Path, version: int | None = None) -> Path:
     """Write blocks to ``path`` atomically, each preceded by RELION's ``# version`` line.
 
@@ -399,16 +397,7 @@ def write_star(star: ParticleStar | Mapping[str, pd.DataFrame | dict], path: str
             version = star.version if star.version is not None else (VERSION_31 if star.optics_table is not None else None)
     else:
         blocks = dict(star)
-    lines: list[str] = ["", "# Created by relion_canon", ""]
-    for name, block in blocks.items():
-        if version is not None:
-            lines.append(f"# version {version}")
-            lines.append("")
-        if isinstance(block, pd.DataFrame):
-            lines.extend(loop_block(name, block, float_format=_format_float, separator="\t", na_rep="<NA>"))
-        else:
-            lines.extend(simple_block(name, block))
     path = Path(path)
     with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+        tmp.write_text(star_text(blocks, version))
     return path

@@ -18,7 +18,6 @@ from typing import IO, Callable, Iterator
 
 import numpy as np
 import pandas as pd
-from starfile.writer import loop_block, simple_block
 
 from relion_canon.errors import InputError
 from relion_canon.io.atomic import atomic_path
@@ -26,8 +25,15 @@ from relion_canon.io.star import (
     PARTICLE_BLOCK_NAMES,
     VERSION_31,
     ParticleStar,
-    _format_float,
     read_star,
+)
+from relion_canon.io.star_writer import (
+    BLOCK_END,
+    FILE_HEADER,
+    block_text,
+    loop_header_text,
+    loop_rows_text,
+    version_text,
 )
 
 # Rows per slice: parsing costs ~1.3 KB per row at its peak, so 20,000 rows add ~25 MB.
@@ -206,40 +212,28 @@ class _ChunkWriter:
 
     def write(self, star: ParticleStar) -> None:
         table = star.particles
-        lines = list(loop_block(star.particles_block, table, float_format=_format_float, separator="\t", na_rep="<NA>"))
         if self.columns is None:
             if self.version is None and (star.version is not None or star.optics_table is not None):
                 self.version = star.version if star.version is not None else VERSION_31
-            self.fh.write("\n# Created by relion_canon\n\n")
+            self.fh.write(FILE_HEADER)
             names = list(star.blocks)
             here = names.index(star.particles_block)
             for name in names[:here]:
                 self._block(name, star.blocks[name])
             self.block, self.columns = star.particles_block, list(table.columns)
             self.after = [(name, star.blocks[name]) for name in names[here + 1 :]]
-            self._version_line()
-            rows = lines[:-2]  # the header too; the loop's closing blank lines come in finish()
-        else:
-            if list(table.columns) != self.columns or star.particles_block != self.block:
-                raise ValueError(f"{self.path}: a slice's columns differ from the first slice's")
-            rows = lines[3 + len(self.columns) : -2]  # past "data_…", "", "loop_" and the labels
-        self.fh.write("\n".join(rows) + "\n")
+            self.fh.write(version_text(self.version) + loop_header_text(self.block, self.columns))
+        elif list(table.columns) != self.columns or star.particles_block != self.block:
+            raise ValueError(f"{self.path}: a slice's columns differ from the first slice's")
+        # The loop's closing blank lines come in finish().
+        self.fh.write(loop_rows_text(table))
 
     def finish(self) -> None:
         if self.columns is None:
             raise ValueError(f"{self.path}: no particles were written")
-        self.fh.write("\n\n")
+        self.fh.write(BLOCK_END)
         for name, block in self.after:
             self._block(name, block)
 
-    def _version_line(self) -> None:
-        if self.version is not None:
-            self.fh.write(f"# version {self.version}\n\n")
-
     def _block(self, name: str, block: pd.DataFrame | dict) -> None:
-        self._version_line()
-        if isinstance(block, pd.DataFrame):
-            lines = loop_block(name, block, float_format=_format_float, separator="\t", na_rep="<NA>")
-        else:
-            lines = simple_block(name, block)
-        self.fh.write("\n".join(lines) + "\n")
+        self.fh.write(version_text(self.version) + block_text(name, block))
