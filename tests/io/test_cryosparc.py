@@ -10,7 +10,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from relion_canon.errors import InputError
-from relion_canon.io import cryosparc as C
+from relion_canon.io import cryosparc_files as C
 from relion_canon.io.imagename import parse_image_name
 from relion_canon.io.source import ParticleSource
 from relion_canon.io.star import read_star
