@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from relion_canon.errors import InputError
-from relion_canon.io import cryosparc as csio
+from relion_canon.io import cryosparc_files as csio
 from relion_canon.io.particles import write_results_cs
 from relion_canon.io.star import read_star
 from relion_canon.pipeline import JobConfig, JobResult

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from relion_canon.errors import InputError
-from relion_canon.io import cryosparc
+from relion_canon.io import cryosparc_files
 from relion_canon.io.imagename import format_image_name, parse_image_name, resolve_path
 from relion_canon.io.mrc import open_stack, stack_shape
 from relion_canon.io.star import ParticleStar, read_star, write_star
@@ -45,7 +45,7 @@ def read_particles(path: str | Path | ParticleStar, passthrough: str | Path | No
             raise ValueError("a passthrough file applies to a .cs file being read, not to a read particle table")
         return path
     if is_cryosparc(path):
-        return cryosparc.read_cs(path, passthrough, project_dir)
+        return cryosparc_files.read_cs(path, passthrough, project_dir)
     if passthrough is not None:
         raise InputError("a passthrough file goes with a cryoSPARC particles .cs, not with a STAR file", passthrough)
     return read_star(path)
@@ -66,11 +66,11 @@ def write_results_cs(input_cs: str | Path | np.ndarray, passthrough: str | Path 
     Returns the files written: ``.cs`` then ``.csg`` per group.
     """
     if isinstance(input_cs, (str, os.PathLike)):
-        records = cryosparc.read_cs_records(input_cs, passthrough)
+        records = cryosparc_files.read_cs_records(input_cs, passthrough)
     else:
-        records = cryosparc.as_records(input_cs)
+        records = cryosparc_files.as_records(input_cs)
     star = _results_star(results)
-    out = cryosparc.results_to_records(records, star)
+    out = cryosparc_files.results_to_records(records, star)
     groups: list[tuple[str, str, str, np.ndarray]] = [(*RESULT_GROUPS[0], out)]
     if "rlnCanonIsOutlier" in star.particles.columns:
         flag = star.particles["rlnCanonIsOutlier"].to_numpy(np.float64) > 0.5
@@ -79,8 +79,8 @@ def write_results_cs(input_cs: str | Path | np.ndarray, passthrough: str | Path 
     out_dir = Path(out_dir)
     written: list[Path] = []
     for stem, title, description, table in groups:
-        cs_path = cryosparc.save_cs(table, out_dir / f"{stem}{CS_SUFFIX}")
-        csg = cryosparc.write_csg(out_dir / f"{stem}.csg", cs_path, table, stem, title, description)
+        cs_path = cryosparc_files.save_cs(table, out_dir / f"{stem}{CS_SUFFIX}")
+        csg = cryosparc_files.write_csg(out_dir / f"{stem}.csg", cs_path, table, stem, title, description)
         written += [cs_path, csg]
     return written
 
@@ -100,7 +100,7 @@ def convert_particles(src: str | Path, dst: str | Path, passthrough: str | Path 
     src, dst = Path(src), Path(dst)
     kinds = (src.suffix.lower(), dst.suffix.lower())
     if kinds == (CS_SUFFIX, STAR_SUFFIX):
-        star = cryosparc.read_cs(src, passthrough, project_dir, require_stacks=link_stacks)
+        star = cryosparc_files.read_cs(src, passthrough, project_dir, require_stacks=link_stacks)
         if link_stacks:
             star = _link_mrc_stacks(star, dst)
         return [write_star(star, dst)]
@@ -109,10 +109,10 @@ def convert_particles(src: str | Path, dst: str | Path, passthrough: str | Path 
             raise InputError("a passthrough file goes with a cryoSPARC .cs input, not with a STAR file", passthrough)
         star = read_star(src)
         blob_paths, box = _blob_paths(star, project_dir, strict=link_stacks)
-        records = cryosparc.star_to_records(star, blob_paths, box)
-        cs_path = cryosparc.save_cs(records, dst)
-        csg = cryosparc.write_csg(dst.with_suffix(".csg"), cs_path, records, RESULT_GROUPS[0][0],
-                                  f"Particles from {src.name}", f"Converted from the RELION STAR file {src}")
+        records = cryosparc_files.star_to_records(star, blob_paths, box)
+        cs_path = cryosparc_files.save_cs(records, dst)
+        csg = cryosparc_files.write_csg(dst.with_suffix(".csg"), cs_path, records, RESULT_GROUPS[0][0],
+                                        f"Particles from {src.name}", f"Converted from the RELION STAR file {src}")
         return [cs_path, csg]
     raise InputError(f"cannot convert {kinds[0] or 'a file without extension'} to {kinds[1] or 'no extension'}: "
                      "give a .cs and a .star (either way round)", src)

@@ -10,7 +10,7 @@ import pytest
 
 from relion_canon.cryosparc.job import DESCRIPTION, check_versions, parse_input_ref, run_external_job
 from relion_canon.errors import InputError
-from relion_canon.io import cryosparc as csio
+from relion_canon.io import cryosparc_files as csio
 from relion_canon.pipeline import JobConfig
 
 URL = "http://cryosparc.example:39000"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from relion_canon.errors import InputError
-from relion_canon.io import cryosparc as C
+from relion_canon.io import cryosparc_files as C
 from relion_canon.io.particles import convert_particles, read_particles, write_results_cs
 from relion_canon.io.star import read_star
 from relion_canon.io.validate import inspect_file
