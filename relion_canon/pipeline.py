@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,6 +27,7 @@ from relion_canon.errors import InputError
 from relion_canon.io.atomic import atomic_path
 from relion_canon.io.particles import is_cryosparc, read_particles, write_results_cs
 from relion_canon.io.star import ParticleStar, write_star
+from relion_canon.options import BOOL, EXTERNAL, FLOAT, INT, PAIRS, PATH, RANGE, TEXT, option
 from relion_canon.threads import cpu_threads
 
 PARTICLES_STAR = "particles.star"
@@ -40,33 +41,76 @@ DEFAULT_EPOCHS = 1
 FAST_ROTINV_AE = {"width": 16, "max_width": 128, "lambda_adv": 0.0, "predict_rotations": 1}
 
 
+def _model_names() -> tuple[str, ...]:
+    from relion_canon.models import MODEL_CLASSES  # imports torch: only when a front door lists the choices
+
+    return tuple(MODEL_CLASSES)
+
+
+_NO_DEVICE_PARAM = "the gpu param chooses the device (and trains on several GPUs, one process each)"
+_NO_THREADS_PARAM = "RELION's own --j (Running tab: Number of threads) sets it"
+
+
 @dataclass
 class JobConfig:
-    """Everything a user can choose for one job; the defaults are what pressing Run gives."""
+    """Everything a user can choose for one job; the defaults are what pressing Run gives.
 
-    model: str = "rotinv-ae"
-    model_path: str | None = None  # apply this trained model (file or training folder) instead of training
-    epochs: int | None = None  # None: 1 (the refinement, not the network, sets the final accuracy)
-    train_particles: int | None = 500  # train on a random subset of this many particles (None: all)
-    box: int | None = None  # refinement works on particles Fourier-cropped to this box (px); None: as they are
-    model_box: int | None = 32  # the network sees particles Fourier-cropped to this box; None: the working box
-    labels: bool = False  # learn psi from the input's rlnAnglePsi (e.g. after Class2D)
-    refine: bool = True  # refine each particle's psi against the learned canonical image
-    max_shift_px: float = 0.0  # refinement: translational search range (px at the working box); 0 = none
-    outlier_method: str = "ensemble"  # iforest | lof | covariance | ensemble
-    # Flag particles with rlnParticleSelectZScore above this. 2.5 measured on the realistic set (2,000 particles,
-    # SNR 0.1, 10 % junk): precision 0.90, recall 0.985; 2.0: 0.78 / 0.99; 3.0: 0.96 / 0.75.
-    outlier_threshold: float = 2.5
-    defocus_range: tuple[float, float] | None = None  # Å, for paper B's quartile mapping; None: the STAR's
-    per_class: bool = False  # estimate per rlnClassNumber and align each class's frame to the input's psi
-    write_canonical: bool = False  # write canonical images (and per-class averages) as stacks
-    device: str = "auto"
-    threads: int | None = None
-    batch_size: int = 64
-    seed: int = 0
+    Each field's :func:`~relion_canon.options.option` is how the front doors (``relion-canon run``, the RELION
+    External job, ``relion-canon cryosparc-job``) offer it: see :mod:`relion_canon.options`.
+    """
+
+    model: str = option("rotinv-ae", kind=TEXT, choices=_model_names, help="The network to train.")
+    model_path: str | None = option(
+        None, kind=PATH, help="Apply this trained model (model.pt or its folder) instead of training one.")
+    # None: 1 epoch (the refinement, not the network, sets the final accuracy)
+    epochs: int | None = option(None, kind=INT, minimum=1,
+                                help="Training epochs (default: 1; the refinement sets the accuracy).")
+    train_particles: int | None = option(
+        500, kind=INT, minimum=10, none_words=("all", "0"),
+        help="Train on a random subset of this many particles (0 or all: every particle).")
+    # None: refinement works on the particles as they are
+    box: int | None = option(None, kind=INT, minimum=8,
+                             help="Fourier-crop the particles to this box (px) first.")
+    # None: the network sees the working box
+    model_box: int | None = option(
+        32, kind=INT, minimum=8,
+        help="The box (px) the network trains at, Fourier-cropped (never larger than the working box).")
+    labels: bool = option(
+        False, kind=BOOL, cli_flag="--labels/--no-labels",
+        help="Learn psi from the input's own angles (rlnAnglePsi, or cryoSPARC's poses), e.g. after Class2D.")
+    refine: bool = option(True, kind=BOOL, cli_flag="--refine/--no-refine",
+                          help="Refine every angle against the learnt canonical image (and fit defocus to it).")
+    # px at the working box
+    max_shift_px: float = option(0.0, kind=FLOAT, minimum=0.0, cli_flag="--max-shift",
+                                 help="Refinement: translational search range in px (0: none).")
+    outlier_method: str = option(
+        "ensemble", kind=TEXT, choices=("ensemble", "iforest", "lof", "covariance"), cli_flag="--outliers",
+        help="How junk is scored (iforest: isolation forest, lof: local outlier factor, covariance: robust "
+             "covariance, ensemble: all three).")
+    # 2.5 measured on the realistic set (2,000 particles, SNR 0.1, 10 % junk): precision 0.90, recall 0.985;
+    # 2.0: 0.78 / 0.99; 3.0: 0.96 / 0.75.
+    outlier_threshold: float = option(2.5, kind=FLOAT,
+                                      help="Flag particles with rlnParticleSelectZScore above this.")
+    # None: the STAR's own defocus
+    defocus_range: tuple[float, float] | None = option(
+        None, kind=RANGE,
+        help="Defocus range in Å, min and max (5000 25000; as a RELION param 5000,25000), for paper B's "
+             "quantile mapping (default: the input's own defocus).")
+    per_class: bool = option(False, kind=BOOL,
+                             help="Refine and estimate per rlnClassNumber, in each class's own frame.")
+    write_canonical: bool = option(False, kind=BOOL,
+                                   help="Also write canonical.mrcs (one canonical image per particle).")
+    device: str = option("auto", kind=TEXT, not_in={EXTERNAL: _NO_DEVICE_PARAM},
+                         help="auto, cpu, cuda or cuda:N.")
+    threads: int | None = option(None, kind=INT, minimum=1, cli_flag="--j", not_in={EXTERNAL: _NO_THREADS_PARAM},
+                                 help="CPU threads.")
+    batch_size: int = option(64, kind=INT, minimum=1, help="Training batch size.")
+    seed: int = option(0, kind=INT, minimum=0, help="Random seed (training subset, network, outlier scores).")
     # The network only seeds the refinement with angles and gives a latent, so the job's default network is
     # small and trains fast; options given here are added to (and override) these for rotinv-ae.
-    model_options: dict[str, Any] = field(default_factory=dict)
+    model_options: dict[str, Any] = option(
+        kind=PAIRS, default_factory=dict, cli_flag="--set", external_param="set",
+        help="A model option as KEY=VALUE, e.g. latent_dim=8 (repeatable).")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

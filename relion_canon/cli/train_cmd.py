@@ -13,7 +13,7 @@ from relion_canon.io.particles import is_cryosparc, read_particles
 from relion_canon.models import MODEL_CLASSES
 from relion_canon.preprocess import PreprocessConfig
 from relion_canon.threads import cpu_threads
-from relion_canon.train.engine import TrainConfig, TrainingDiverged, resolve_device, train
+from relion_canon.train.engine import TrainConfig, TrainingDiverged, device_from_gpu_ids, resolve_device, train
 from relion_canon.workflow import predict_file
 
 
@@ -32,16 +32,6 @@ def _model_options(pairs: tuple[str, ...]) -> dict:
             raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--set")
         options[key.strip().replace("-", "_")] = _option_value(value.strip())
     return options
-
-
-def _device_from_gpu(gpu: str | None, device: str) -> str:
-    """``--gpu 1`` picks one GPU; an empty value keeps ``--device`` (auto honours CUDA_VISIBLE_DEVICES)."""
-    if not gpu:
-        return device
-    ids = [g for g in gpu.split(",") if g.strip()]
-    if len(ids) == 1:
-        return f"cuda:{int(ids[0])}"
-    return device
 
 
 def _relaunch_distributed(gpu: str) -> None:
@@ -105,7 +95,7 @@ def train_command(particles: Path, passthrough: Path | None, project_dir: Path |
     config = TrainConfig(
         model=model, model_options=options,
         preprocess=PreprocessConfig(box=box, phase_flip=phase_flip, mask_radius_fraction=mask_fraction),
-        epochs=epochs, batch_size=batch_size, seed=seed, device=_device_from_gpu(gpu, device), precision=precision,
+        epochs=epochs, batch_size=batch_size, seed=seed, device=device_from_gpu_ids(gpu, device), precision=precision,
         workers=workers, threads=threads,
     )
     if no_resume and (out_dir / "checkpoint.pt").exists():
@@ -147,7 +137,7 @@ def predict_command(particles: Path, passthrough: Path | None, project_dir: Path
 
 def _predict(particles, passthrough, project_dir, model_path, out_star, device, gpu, batch_size, workers,
              quiet) -> None:
-    dev = resolve_device(_device_from_gpu(gpu, device))
+    dev = resolve_device(device_from_gpu_ids(gpu, device))
     # A STAR file is handed over by path, to be read a slice at a time (flat memory for any number of particles).
     source = particles if passthrough is None and not is_cryosparc(particles) else read_particles(
         particles, passthrough, project_dir)

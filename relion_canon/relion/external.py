@@ -15,26 +15,13 @@ RELION's abort request (``RELION_JOB_ABORT_NOW``, polled per training epoch and 
 SIGTERM / SIGINT / SIGHUP end it as Aborted; exit code 0 success, 1 failure, 2 aborted.
 
 Params (GUI "Params" tab, label / value; an empty value means the default; booleans take yes/no, and a
-label with an empty value means yes):
-
-========================  ==========================================================================
-mode                      ``train`` (train on these particles, then apply; default) or ``apply``
-model                     rotinv-ae (default), vaegan, spatial-vae
-model_path                with mode apply: a model.pt (or the job folder holding it), project-relative
-epochs                    training epochs (default: 1; the refinement sets the final accuracy)
-box                       Fourier-crop the particles to this box (px) first
-outlier_method            ensemble (default), iforest, lof, covariance
-outlier_threshold         flag particles whose rlnParticleSelectZScore is above this (default: the job's)
-defocus_range             Å, ``min,max``, for the defocus read-out (default: the input's defocus range)
-per_class                 estimate per rlnClassNumber (default no)
-labels                    learn psi from the input's rlnAnglePsi, e.g. after Class2D (default no)
-gpu                       empty: automatic (honours CUDA_VISIBLE_DEVICES); ``0``; ``0,1`` (torchrun); ``cpu``
-========================  ==========================================================================
-
-and, for "Additional arguments": ``--refine``, ``--write_canonical``, ``--batch_size``, ``--seed``,
-``--train_particles`` (train on a random subset of this many; ``all``), ``--model_box`` (the network's box),
-``--max_shift_px`` (translational search of the refinement), ``--set KEY=VALUE`` (a model option,
-repeatable), ``--relion_version`` (override the version read from ``job.star``). Unknown arguments are ignored with a warning in ``run.out``.
+label with an empty value means yes): ``mode`` (``train``, the default: train on these particles, then apply;
+or ``apply``: apply the model given as ``model_path``), ``gpu`` (empty: automatic, honouring
+CUDA_VISIBLE_DEVICES; ``0``; ``0,1``: torchrun; ``cpu``), and every option of the job's one table
+(:mod:`relion_canon.options`, on the fields of ``JobConfig``) under its param name; ``--help`` lists them all
+with their help and defaults. Any of them can also go into "Additional arguments" (``--seed 1``,
+``--set KEY=VALUE``, repeatable), as can ``--relion_version`` (override the version read from ``job.star``).
+Unknown arguments are ignored with a warning in ``run.out``.
 """
 
 from __future__ import annotations
@@ -55,6 +42,20 @@ from typing import Callable, Sequence
 from relion_canon import __version__
 from relion_canon.errors import InputError
 from relion_canon.io.atomic import atomic_path
+from relion_canon.options import (
+    BOOL,
+    EXTERNAL,
+    FLOAT,
+    INT,
+    PAIRS,
+    RANGE,
+    TEXT,
+    JobOption,
+    Option,
+    build_config,
+    job_options,
+    parse_model_options,
+)
 from relion_canon.relion.exit_files import (
     ABORT_NOW,
     ExitStatus,
@@ -67,7 +68,6 @@ from relion_canon.relion.nodes import NodeKind, write_output_nodes
 
 PROG = "relion_canon_external"
 MODES = ("train", "apply")
-OUTLIER_METHODS = ("ensemble", "iforest", "lof", "covariance")
 MODEL_FILE = "model.pt"
 DDP_SETTINGS = "distributed_training.json"  # the settings handed to the torchrun processes; removed after
 
@@ -76,6 +76,16 @@ UNUSED_INPUTS = ("in_movies", "in_mics", "in_coords", "in_3dref", "in_mask")
 
 _TRUE = ("yes", "y", "true", "t", "1", "on")
 _FALSE = ("no", "n", "false", "f", "0", "off")
+
+# This front door's own params, beside the job's options: mode says whether model_path is used, gpu sets the
+# device and how many training processes run.
+MODE = JobOption("mode", (), Option(kind=TEXT, choices=MODES,
+                                    help="train: train a model on these particles, then apply it; apply: apply "
+                                         "the model given as model_path."), "train")
+GPU = JobOption("gpu", (), Option(kind=TEXT, help="Empty: automatic (the GPU when there is one, honouring "
+                                                  "CUDA_VISIBLE_DEVICES); 0: that GPU; 0,1: train on both, one "
+                                                  "process each, through torchrun; cpu: no GPU."), None)
+THREADS = JobOption("j", (), Option(kind=INT, minimum=1, help="CPU threads (RELION's 'Number of threads')."), None)
 
 
 class UsageError(InputError):
@@ -99,6 +109,34 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def external_params() -> list[JobOption]:
+    """Every param this job takes: mode, the job's options this front door offers (from the table), gpu.
+    RELION's own arguments (--o, --in_parts, --j, ...) are not params."""
+    from relion_canon.pipeline import JobConfig
+
+    return [MODE, *job_options(JobConfig, EXTERNAL), GPU]
+
+
+def params_help() -> str:
+    """The params, one paragraph each, as ``--help`` lists them."""
+    import textwrap
+
+    lines = ["Params (and Additional arguments):"]
+    for entry in external_params():
+        choices = entry.option.choice_names()
+        default = "" if entry.default in (None, {}) else f" [default: {_param_text(entry.default)}]"
+        text = entry.option.help + (f" One of: {', '.join(choices)}." if choices else "") + default
+        lines.append(f"  --{entry.external_param}")
+        lines.extend(textwrap.wrap(text, 100, initial_indent=" " * 6, subsequent_indent=" " * 6))
+    return "\n".join(lines)
+
+
+def _param_text(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The arguments exactly as RELION passes them, plus this job's params.
 
@@ -113,16 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--in_parts", help="input particle STAR file")
     for name in UNUSED_INPUTS:
         io.add_argument(f"--{name}", help=argparse.SUPPRESS)
-    io.add_argument("--j", help="CPU threads (RELION's 'Number of threads')")
+    io.add_argument("--j", help=THREADS.option.help)
     io.add_argument("--pipeline_control", help=argparse.SUPPRESS)
     io.add_argument("--relion_version", nargs="?", help="3.1, 4.0 or 5.0 (default: read from job.star)")
     par = p.add_argument_group("params")
-    for name in ("mode", "model", "model_path", "epochs", "box", "outlier_method", "outlier_threshold",
-                 "defocus_range", "gpu", "batch_size", "seed", "train_particles", "model_box", "max_shift_px"):
-        par.add_argument(f"--{name}", nargs="?")
-    for name in ("per_class", "labels", "refine", "write_canonical"):
-        par.add_argument(f"--{name}", nargs="?", const="yes")
-    par.add_argument("--set", action="append", nargs="?", default=[], metavar="KEY=VALUE")
+    for entry in external_params():
+        settings: dict = {"nargs": "?", "help": entry.option.help}
+        if entry.option.kind == BOOL:
+            settings["const"] = "yes"
+        elif entry.option.kind == PAIRS:
+            settings.update(action="append", default=[], metavar="KEY=VALUE")
+        par.add_argument(f"--{entry.external_param}", **settings)
     p.add_argument("-h", "--help", action="store_true")
     return p
 
@@ -138,10 +177,7 @@ def _text(value: str | None) -> str | None:
     return value or None
 
 
-def _bool(name: str, value: str | None, default: bool) -> bool:
-    value = _text(value)
-    if value is None:
-        return default
+def _bool(name: str, value: str) -> bool:
     if value.lower() in _TRUE:
         return True
     if value.lower() in _FALSE:
@@ -149,36 +185,41 @@ def _bool(name: str, value: str | None, default: bool) -> bool:
     raise UsageError(f"param {name}: expected yes or no, got {value!r}")
 
 
-def _int(name: str, value: str | None, minimum: int) -> int | None:
-    value = _text(value)
-    if value is None:
-        return None
+def _number(name: str, value: str, kind: type, minimum: float | None) -> int | float:
     try:
-        number = int(value)
+        number = kind(value)
     except ValueError:
-        raise UsageError(f"param {name}: expected a whole number, got {value!r}") from None
-    if number < minimum:
+        expected = "a whole number" if kind is int else "a number"
+        raise UsageError(f"param {name}: expected {expected}, got {value!r}") from None
+    if minimum is not None and number < minimum:
         raise UsageError(f"param {name}: must be at least {minimum}, got {number}")
     return number
 
 
-def _float(name: str, value: str | None) -> float | None:
-    value = _text(value)
+def param_value(entry: JobOption, text: str | list[str | None] | None):
+    """A param's value as RELION passes it (text; a list for a repeated ``--set``) → the option's value;
+    an empty value gives the option's default."""
+    name, opt = entry.external_param, entry.option
+    if opt.kind == PAIRS:
+        try:
+            return parse_model_options(text or [])
+        except ValueError as exc:
+            raise UsageError(f"--{name}: {exc}") from None
+    value = _text(text)  # type: ignore[arg-type]
     if value is None:
+        return entry.default
+    if value.lower() in opt.none_words:
         return None
+    if opt.kind == BOOL:
+        return _bool(name, value)
+    if opt.kind in (INT, FLOAT):
+        return _number(name, value, int if opt.kind == INT else float, opt.minimum)
+    if opt.kind == RANGE:
+        return parse_defocus_range(value)
     try:
-        return float(value)
-    except ValueError:
-        raise UsageError(f"param {name}: expected a number, got {value!r}") from None
-
-
-def _choice(name: str, value: str | None, choices: Sequence[str], default: str) -> str:
-    value = _text(value)
-    if value is None:
-        return default
-    if value.lower() not in choices:
-        raise UsageError(f"param {name}: {value!r} is not one of {', '.join(choices)}")
-    return value.lower()
+        return opt.choose(value)
+    except ValueError as exc:
+        raise UsageError(f"param {name}: {exc}") from None
 
 
 def parse_defocus_range(value: str | None) -> tuple[float, float] | None:
@@ -211,31 +252,15 @@ def parse_gpu(value: str | None) -> list[str] | None:
     return ids
 
 
-def _model_options(pairs: Sequence[str | None]) -> dict:
-    options: dict = {}
-    for pair in pairs:
-        pair = _text(pair)
-        if pair is None:
-            continue
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--set: expected KEY=VALUE, got {pair!r}")
-        try:
-            options[key.strip().replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.strip().replace("-", "_")] = value.strip()
-    return options
-
-
 def config_from_args(args: argparse.Namespace):
     """The :class:`~relion_canon.pipeline.JobConfig` the user's params ask for, and the GPU ids (None: CPU)."""
-    from relion_canon.cli.train_cmd import _device_from_gpu
-    from relion_canon.models import MODEL_CLASSES
     from relion_canon.pipeline import JobConfig
+    from relion_canon.train.engine import device_from_gpu_ids
 
-    defaults = JobConfig()
-    mode = _choice("mode", args.mode, MODES, "train")
-    model_path = _text(args.model_path)
+    values = {entry.name: param_value(entry, getattr(args, entry.external_param))
+              for entry in job_options(JobConfig, EXTERNAL)}
+    mode = param_value(MODE, args.mode)
+    model_path = values["model_path"]
     if mode == "apply" and model_path is None:
         raise UsageError("mode is apply but no model_path is given (a model.pt, or the job folder that holds it)")
     if mode == "train" and model_path is not None:
@@ -243,48 +268,14 @@ def config_from_args(args: argparse.Namespace):
                          "or clear model_path to train a new one")
     gpu_ids = parse_gpu(args.gpu)
     if gpu_ids is None:
-        device = "cpu"
+        values["device"] = "cpu"
     elif len(gpu_ids) == 1:
-        device = _device_from_gpu(gpu_ids[0], "auto")
+        values["device"] = device_from_gpu_ids(gpu_ids[0], "auto")
     else:
-        device = "auto"  # several GPUs: each training process takes its own; see ExternalJob._train_distributed
-    config = JobConfig(
-        model=_choice("model", args.model, tuple(MODEL_CLASSES), defaults.model),
-        model_path=model_path,
-        epochs=_int("epochs", args.epochs, 1),
-        box=_int("box", args.box, 8),
-        labels=_bool("labels", args.labels, defaults.labels),
-        refine=_bool("refine", args.refine, defaults.refine),
-        outlier_method=_choice("outlier_method", args.outlier_method, OUTLIER_METHODS, defaults.outlier_method),
-        outlier_threshold=(_float("outlier_threshold", args.outlier_threshold)
-                           if _text(args.outlier_threshold) is not None else defaults.outlier_threshold),
-        defocus_range=parse_defocus_range(args.defocus_range),
-        per_class=_bool("per_class", args.per_class, defaults.per_class),
-        write_canonical=_bool("write_canonical", args.write_canonical, defaults.write_canonical),
-        device=device,
-        threads=_int("j", args.j, 1),
-        batch_size=_int("batch_size", args.batch_size, 1) or defaults.batch_size,
-        seed=_int("seed", args.seed, 0) if _text(args.seed) is not None else defaults.seed,
-        model_options=_model_options(args.set),
-        **_speed_settings(args),
-    )
-    return config, gpu_ids
-
-
-def _speed_settings(args: argparse.Namespace) -> dict:
-    """The job's speed/accuracy knobs, passed on only when given, so that the job's own defaults apply."""
-    settings: dict = {}
-    if _text(args.train_particles) is not None:
-        value = _text(args.train_particles)
-        settings["train_particles"] = None if value.lower() == "all" else _int("train_particles", value, 10)
-    if _text(args.model_box) is not None:
-        settings["model_box"] = _int("model_box", args.model_box, 8)
-    if _text(args.max_shift_px) is not None:
-        shift = _float("max_shift_px", args.max_shift_px)
-        if shift < 0:
-            raise UsageError(f"param max_shift_px: must be >= 0, got {shift}")
-        settings["max_shift_px"] = shift
-    return settings
+        # Several GPUs: each training process takes its own; see ExternalJob._train_distributed.
+        values["device"] = "auto"
+    values["threads"] = param_value(THREADS, args.j)
+    return build_config(JobConfig, values), gpu_ids
 
 
 def distributed_train_command(settings_path: str, n_processes: int) -> list[str]:
@@ -545,6 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         print(__doc__)
+        print(params_help())
         return 0
     # Line-buffered: RELION's GUI shows run.out while the job runs.
     for stream in (sys.stdout, sys.stderr):

@@ -94,6 +94,17 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+def device_from_gpu_ids(gpu: str | None, device: str) -> str:
+    """The device a ``--gpu`` value picks: one id is that GPU; empty or several ids keep ``device`` (``auto``
+    honours CUDA_VISIBLE_DEVICES; several GPUs are one process each, every one on its own GPU)."""
+    if not gpu:
+        return device
+    ids = [g for g in gpu.split(",") if g.strip()]
+    if len(ids) == 1:
+        return f"cuda:{int(ids[0])}"
+    return device
+
+
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for plain float32."""
     if name == "auto":
