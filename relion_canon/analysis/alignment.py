@@ -19,7 +19,7 @@ one class would, but without marginalising over a sampled grid:
    as with every round on all (psi rMSE 0.709° vs 0.708° at SNR 0.1, 1.014° vs 1.012° at SNR 0.05).
 
 Angles follow RELION's convention (product.md): the particle is its canonical image turned
-counter-clockwise by ψ about pixel box//2, so ``models.geometry.rotate(reference, ψ, shift)`` is the
+counter-clockwise by ψ about pixel box//2, so ``geometry.rotate(reference, ψ, shift)`` is the
 particle's noise-free, CTF-free image. The frame is the initial angles' frame: starting from a model's
 predictions keeps the model's canonical frame.
 """
@@ -32,11 +32,23 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from relion_canon.ctf import CtfParams
-from relion_canon.models.geometry import rotate
-from relion_canon.preprocess.mask import soft_circular_mask
+from relion_canon.geometry import (
+    canonicalising_shift_px,
+    fourier_ring_correlation,
+    periodic_peak,
+    polar_grid,
+    resolution_at_threshold_A,
+    ring_index,
+    ring_mean,
+    rotate,
+    sample_polar,
+    shift_peak,
+    soft_circular_mask,
+    wrap_deg,
+    wrap_rad,
+)
 
 ImageBatches = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
 """Called once per round; yields (indices (b,), images (b, B, B) float32) covering every particle once."""
@@ -72,75 +84,6 @@ class Alignment:
     history: list[dict[str, float]] = field(default_factory=list)  # per round: psi change, score, resolution
 
 
-def _radial_index(box: int) -> torch.Tensor:
-    """Ring number of every coefficient of a (box, box//2 + 1) rfft2 grid."""
-    ky = torch.fft.fftfreq(box) * box
-    kx = torch.fft.rfftfreq(box) * box
-    r = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)
-    return torch.round(r).long().clamp(max=box // 2)
-
-
-def _ring_mean(values: torch.Tensor, rings: torch.Tensor, n_rings: int) -> torch.Tensor:
-    """Mean over each ring of (..., H, W//2+1) values → (..., n_rings)."""
-    flat = values.reshape(*values.shape[:-2], -1)
-    idx = rings.reshape(-1).expand_as(flat)
-    sums = torch.zeros(*flat.shape[:-1], n_rings, dtype=flat.dtype).scatter_add_(-1, idx, flat)
-    counts = torch.bincount(rings.reshape(-1), minlength=n_rings).to(flat.dtype)
-    return sums / counts.clamp(min=1)
-
-
-def _polar_grid(box: int, radius: float, n_angles: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ring radii (px) and the (n_rings, n_angles, 2) ``grid_sample`` coordinates of the rings about box//2."""
-    radii = torch.arange(1, int(radius) + 1, dtype=torch.float32)
-    theta = torch.arange(n_angles, dtype=torch.float32) * (2 * math.pi / n_angles)
-    c = box // 2
-    x = c + radii[:, None] * torch.cos(theta)
-    y = c + radii[:, None] * torch.sin(theta)
-    # grid_sample's normalised coordinates: -1 and 1 are the centres of the corner pixels (align_corners=True).
-    return radii, torch.stack([x / (box - 1) * 2 - 1, y / (box - 1) * 2 - 1], dim=-1)
-
-
-def _sample_polar(images: torch.Tensor, centres: torch.Tensor | None, grid: torch.Tensor) -> torch.Tensor:
-    """(b, H, W) images sampled on the polar ``grid`` moved by ``centres`` (b, 2) px → (b, n_rings, n_angles)."""
-    b, h, w = images.shape
-    g = grid.expand(b, *grid.shape)
-    if centres is not None:
-        g = g + (centres * (2.0 / (w - 1)))[:, None, None, :]
-    return F.grid_sample(images[:, None], g, mode="bilinear", padding_mode="zeros", align_corners=True)[:, 0]
-
-
-def _parabolic_peak(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sub-sample position and height of the maximum of each row of a periodic (b, n) signal."""
-    n = values.shape[-1]
-    i = values.argmax(dim=-1)
-    rows = torch.arange(values.shape[0])
-    y0, ym, yp = values[rows, i], values[rows, (i - 1) % n], values[rows, (i + 1) % n]
-    denom = ym - 2 * y0 + yp
-    delta = torch.where(denom < 0, 0.5 * (ym - yp) / denom, torch.zeros_like(denom)).clamp(-0.5, 0.5)
-    height = y0 - 0.25 * (ym - yp) * delta
-    return i.to(values.dtype) + delta, height
-
-
-def _shift_peak(cc: torch.Tensor, max_shift: float) -> torch.Tensor:
-    """(b, H, W) circular cross-correlation → (b, 2) shift (x, y) of its peak within ``max_shift`` px."""
-    b, h, w = cc.shape
-    r = torch.fft.fftfreq(h) * h
-    allowed = (r[:, None] ** 2 + r[None, :] ** 2) <= max_shift**2
-    masked = cc.masked_fill(~allowed, float("-inf")).reshape(b, -1)
-    k = masked.argmax(dim=-1)
-    iy, ix = k // w, k % w
-    rows = torch.arange(b)
-
-    def refine(get) -> torch.Tensor:  # 1-D parabola along one axis through the peak
-        y0, ym, yp = get(0), get(-1), get(1)
-        denom = ym - 2 * y0 + yp
-        return torch.where(denom < 0, 0.5 * (ym - yp) / denom, torch.zeros_like(denom)).clamp(-0.5, 0.5)
-
-    dx = refine(lambda d: cc[rows, iy, (ix + d) % w])
-    dy = refine(lambda d: cc[rows, (iy + d) % h, ix])
-    return torch.stack([r[ix] + dx, r[iy] + dy], dim=-1)
-
-
 class _Accumulator:
     """Sums of CTF-weighted particles turned back to the canonical frame, for two half-sets."""
 
@@ -153,10 +96,8 @@ class _Accumulator:
 
     def add(self, indices: np.ndarray, weighted: torch.Tensor, ctf2_rings: torch.Tensor, psi: torch.Tensor,
             shift: torch.Tensor) -> None:
-        # Canonical image q ↦ particle(M(ψ)q + s) = rotate(particle, −ψ, −M(ψ)s), M(ψ) = rotation by ψ.
-        cos, sin = torch.cos(psi), torch.sin(psi)
-        back_shift = -torch.stack([cos * shift[:, 0] - sin * shift[:, 1], sin * shift[:, 0] + cos * shift[:, 1]], dim=-1)
-        canonical = rotate(weighted, -psi, back_shift)
+        # The particle is rotate(canonical, ψ, s): its origin is −s, which canonicalisation undoes.
+        canonical = rotate(weighted, -psi, canonicalising_shift_px(psi, -shift))
         # (2, b) one-hot half-set membership: one matrix product sums each half.
         half = torch.from_numpy(np.asarray(indices) % 2)
         member = torch.stack([half == 0, half == 1]).to(canonical.dtype)
@@ -169,11 +110,7 @@ class _Accumulator:
         den = self.den.clamp(min=1e-6).float()
         num = torch.fft.rfft2(self.num.reshape(2, self.box, self.box)).to(torch.complex64)
         halves = num / den[:, rings]
-        a, b = halves[0], halves[1]
-        cross = _ring_mean((a * b.conj()).real, rings, n_rings)
-        pa = _ring_mean(a.abs() ** 2, rings, n_rings)
-        pb = _ring_mean(b.abs() ** 2, rings, n_rings)
-        frc = (cross / torch.sqrt(pa * pb).clamp(min=1e-20)).clamp(-1, 1)
+        frc = fourier_ring_correlation(halves[0], halves[1], rings, n_rings)
         f = frc.clamp(1e-3, 0.999)
         ssnr = 2 * f / (1 - f)  # of the full average: twice the half-set SSNR
         gain = ssnr / (1 + ssnr)
@@ -207,10 +144,10 @@ def align_particles(
     shift = torch.zeros(n_particles, 2)
     score = torch.zeros(n_particles)
     n_rings = box // 2 + 1
-    rings = _radial_index(box)
+    rings = ring_index(box)
     radius = config.mask_radius_fraction * box / 2
     mask = torch.from_numpy(np.array(soft_circular_mask(box, radius, 3.0)))
-    radii, xy = _polar_grid(box, radius, config.angular_samples)
+    radii, xy = polar_grid(box, radius, config.angular_samples)
     ring_weight = radii[:, None]  # area element ρ dρ dθ of the polar sum
     pixel_size = np.broadcast_to(np.asarray(pixel_size, dtype=np.float64), (n_particles,))
 
@@ -230,7 +167,7 @@ def align_particles(
     # Noise spectrum from the particles' mean power (at low SNR the power is mostly noise): used to whiten.
     power = torch.zeros(n_rings, dtype=torch.float64)
     for idx, images in batches():
-        power += _ring_mean(torch.fft.rfft2(torch.from_numpy(images)).abs() ** 2, rings, n_rings).sum(0).double()
+        power += ring_mean(torch.fft.rfft2(torch.from_numpy(images)).abs() ** 2, rings, n_rings).sum(0).double()
         if fits:
             raw.append((idx, images))
         elif subset is not None and in_subset[idx].any():
@@ -250,7 +187,7 @@ def align_particles(
             c = torch.ones(len(idx), box, box // 2 + 1)
         weighted = spectra * c
         return (idx, torch.fft.irfft2(weighted, s=(box, box)), torch.fft.irfft2(weighted / noise[rings], s=(box, box)),
-                _ring_mean(c**2, rings, n_rings))
+                ring_mean(c**2, rings, n_rings))
 
     cache: list | None = [] if fits else None
 
@@ -290,7 +227,7 @@ def align_particles(
     def search(source: Iterator, reference: torch.Tensor, search_shift: bool) -> _Accumulator:
         """Search every particle of ``source`` against ``reference`` (psi, shift, score updated in place) and
         sum them, turned back by their new angles, into the next reference."""
-        ref_polar = _sample_polar(reference[None], None, xy)[0]
+        ref_polar = sample_polar(reference[None], xy)[0]
         ref_fft = torch.fft.rfft(ref_polar * ring_weight, dim=-1)
         ref_norm = torch.sqrt((ref_polar**2 * ring_weight).sum()).clamp(min=1e-12)
         # Particles are sampled about their own centres only once any has moved off the box centre.
@@ -302,13 +239,13 @@ def align_particles(
             if search_shift:
                 turned = rotate(reference.expand(len(idx), box, box), psi[t])
                 cc = torch.fft.irfft2(torch.fft.rfft2(whitened) * torch.fft.rfft2(turned).conj(), s=(box, box))
-                centres = _shift_peak(cc, config.max_shift)
+                centres = shift_peak(cc, config.max_shift)
                 shift[t] = centres
-            polar = _sample_polar(whitened, centres if off_centre else None, xy)
+            polar = sample_polar(whitened, xy, centres if off_centre else None)
             # Summed over rings before the inverse FFT (it is linear): one inverse transform per particle.
             corr = torch.fft.irfft((torch.fft.rfft(polar, dim=-1).conj() * ref_fft).sum(1), n=config.angular_samples,
                                    dim=-1)
-            pos, height = _parabolic_peak(corr)
+            pos, height = periodic_peak(corr)
             psi[t] = pos * step
             norm = torch.sqrt((polar**2 * ring_weight).sum(dim=(1, 2))).clamp(min=1e-12)
             score[t] = height / (norm * ref_norm)
@@ -317,9 +254,9 @@ def align_particles(
 
     def record(name: str, number: int, total: int, changed: np.ndarray, scored: np.ndarray, frc: np.ndarray) -> float:
         t = torch.from_numpy(changed)
-        change = torch.rad2deg(torch.remainder(psi[t] - old_psi[t] + math.pi, 2 * math.pi) - math.pi)
+        change = torch.rad2deg(wrap_rad(psi[t] - old_psi[t]))
         rms = float(torch.sqrt((change**2).mean()))
-        resolution = _resolution(frc, float(np.median(pixel_size)), box)
+        resolution = resolution_at_threshold_A(frc, float(np.median(pixel_size)), box)
         history.append({"round": len(history) + 1, "psi_change_rms_deg": rms,
                         "mean_score": float(score[torch.from_numpy(scored)].mean()), "resolution_A": resolution})
         if log is not None:
@@ -348,7 +285,7 @@ def align_particles(
             acc = search(prepared(), reference, config.max_shift > 0)
             reference, frc = acc.reference(rings, mask)
             record("pass over all particles", pass_ + 1, 2, subset if pass_ == 0 else everyone, everyone, frc)
-    psi_deg = (np.rad2deg(psi.numpy().astype(np.float64)) + 180.0) % 360.0 - 180.0
+    psi_deg = wrap_deg(np.rad2deg(psi.numpy().astype(np.float64)))
     return Alignment(psi_deg, shift.numpy().astype(np.float64), score.numpy().astype(np.float64),
                      reference.numpy(), frc, noise.numpy(), history)
 
@@ -359,9 +296,3 @@ def _drain(items: list) -> Iterator:
     while items:
         yield items.pop()
 
-
-def _resolution(frc: np.ndarray, pixel_size: float, box: int) -> float:
-    """Resolution (Å) where the half-set FRC first drops below 0.143."""
-    below = np.flatnonzero(frc[1:] < 0.143)
-    ring = (below[0] + 1) if below.size else len(frc) - 1
-    return float(box * pixel_size / max(ring, 1))

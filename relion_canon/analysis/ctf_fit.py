@@ -21,9 +21,9 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from relion_canon.analysis.alignment import Alignment, _radial_index
+from relion_canon.analysis.alignment import Alignment
 from relion_canon.ctf import CtfParams, ctf_2d, electron_wavelength
-from relion_canon.models.geometry import rotate
+from relion_canon.geometry import parabolic_height, parabolic_offset, ring_index, rotate
 
 N_BINS = 1024  # bins of k²: πλ·d·Δs stays below 0.1 rad for d up to 5 µm at Nyquist
 
@@ -48,7 +48,7 @@ def fit_defocus(
     if search is None:
         search = (max(0.0, float(mean_in.min()) - 5000.0), float(mean_in.max()) + 5000.0)
     candidates = np.arange(search[0], search[1] + step, step)
-    rings = _radial_index(box)
+    rings = ring_index(box)
     noise = torch.from_numpy(alignment.noise).float().clamp(min=1e-12)[rings].numpy()
     reference = torch.from_numpy(alignment.reference).float()
     estimate = np.empty(n)
@@ -136,9 +136,9 @@ def _refine(candidates: np.ndarray, scores: np.ndarray, best: np.ndarray) -> tup
     rows = np.arange(len(best))
     inner = (best > 0) & (best < len(candidates) - 1)
     i = np.clip(best, 1, len(candidates) - 2)
-    ym, y0, yp = scores[rows, i - 1], scores[rows, i], scores[rows, i + 1]
-    denom = ym - 2 * y0 + yp
-    delta = np.where(inner & (denom < 0), 0.5 * (ym - yp) / np.where(denom < 0, denom, -1.0), 0.0).clip(-0.5, 0.5)
+    ym, y0, yp = (torch.from_numpy(np.ascontiguousarray(scores[rows, j], dtype=np.float64)) for j in (i - 1, i, i + 1))
+    delta = parabolic_offset(ym, y0, yp)
+    height = parabolic_height(ym, y0, yp, delta).numpy()
+    delta = np.where(inner, delta.numpy(), 0.0)
     step = candidates[1] - candidates[0] if len(candidates) > 1 else 0.0
-    height = scores[rows, best] - np.where(inner, 0.25 * (ym - yp) * delta, 0.0)
-    return candidates[best] + np.where(inner, delta, 0.0) * step, height
+    return candidates[best] + delta * step, np.where(inner, height, scores[rows, best])

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from relion_canon.geometry import wrap_deg
 
-def wrap_degrees(a: np.ndarray) -> np.ndarray:
-    """Wrap to [−180, 180)."""
-    return (np.asarray(a, dtype=np.float64) + 180.0) % 360.0 - 180.0
+# The old name, kept for the modules that still import it from here.
+wrap_degrees = wrap_deg
 
 
 @dataclass(frozen=True)
@@ -45,15 +45,15 @@ def align_angles(predicted_deg: np.ndarray, true_deg: np.ndarray, allow_sign: bo
         raise ValueError("predicted and true angles must be non-empty 1-D arrays of equal length")
     best: AngleAlignment | None = None
     for sign in (1, -1) if allow_sign else (1,):
-        diff = wrap_degrees(sign * pred - true)
+        diff = wrap_deg(sign * pred - true)
         start = np.rad2deg(np.angle(np.mean(np.exp(1j * np.deg2rad(diff)))))
 
         def rmse(offset: float) -> float:
-            return float(np.mean(wrap_degrees(diff - offset) ** 2))
+            return float(np.mean(wrap_deg(diff - offset) ** 2))
 
         res = minimize_scalar(rmse, bounds=(start - 45.0, start + 45.0), method="bounded", options={"xatol": 1e-4})
-        offset = float(wrap_degrees(res.x))
-        candidate = AngleAlignment(wrap_degrees(diff - offset), offset, sign)
+        offset = float(wrap_deg(res.x))
+        candidate = AngleAlignment(wrap_deg(diff - offset), offset, sign)
         if best is None or candidate.rmse < best.rmse:
             best = candidate
     assert best is not None

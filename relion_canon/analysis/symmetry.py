@@ -66,7 +66,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
+
+from relion_canon.geometry import sample_rings
 
 DEFAULT_THRESHOLD = 0.8
 # Below this share of non-radial power in the image's structure the image is round: no evidence.
@@ -110,17 +111,12 @@ class SymmetryResult:
 
 def _polar_rings(image: np.ndarray, r_max: int) -> tuple[np.ndarray, np.ndarray]:
     """Rings r = MIN_RING … r_max (px) sampled about (H//2, W//2); returns (radii, (R, T) samples)."""
-    cy, cx = image.shape[0] // 2, image.shape[1] // 2
     # At least one sample per pixel of arc on the outer ring, a power of two for the FFT.
     n_theta = int(max(64, 2 ** np.ceil(np.log2(2 * np.pi * r_max))))
     radii = np.arange(MIN_RING, r_max + 1, dtype=np.float64)
-    theta = 2 * np.pi * np.arange(n_theta) / n_theta
-    y = cy + radii[:, None] * np.sin(theta)[None, :]
-    x = cx + radii[:, None] * np.cos(theta)[None, :]
     # Cubic spline with its prefilter: smooth signal is reproduced faithfully; what it does to noise (it
     # damps harmonics near the ring's pixel Nyquist) is calibrated by _noise_template.
-    rings = ndimage.map_coordinates(image, [y.ravel(), x.ravel()], order=3, mode="nearest")
-    return radii, rings.reshape(radii.size, n_theta)
+    return radii, sample_rings(image, radii, n_theta, order=3)
 
 
 def _ring_spectra(image: np.ndarray, r_max: int) -> tuple[np.ndarray, np.ndarray]:

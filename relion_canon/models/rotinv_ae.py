@@ -45,7 +45,8 @@ import torch
 from torch import nn
 
 from relion_canon.models.base import Batch, CanonModel, ModelConfig
-from relion_canon.models.geometry import apply_ctf, rotate, wrap_angle
+from relion_canon.geometry import circular_mask, rotate, wrap_rad
+from relion_canon.models.ctf_modulation import apply_ctf
 from relion_canon.models.layers import ConvDecoder, ConvEncoder
 
 ANGLE_MODES = ("labels", "self")
@@ -97,15 +98,8 @@ class RotInvAEConfig(ModelConfig):
 
 def angle_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Paper A's eq. 1, per element: exp(|Δθ|) − 1 with Δθ = pred − target wrapped to (−π, π], in float32."""
-    delta = wrap_angle(pred.float() - target.float())
+    delta = wrap_rad(pred.float() - target.float())
     return torch.expm1(delta.abs())
-
-
-def circular_mask(box: int, radius: float, device=None, dtype=torch.float32) -> torch.Tensor:
-    """(box, box) mask, 1 inside ``radius`` px of RELION's origin (box//2, box//2), falling to 0 over one pixel."""
-    r = torch.arange(box, device=device, dtype=torch.float32) - box // 2
-    dist = torch.sqrt(r[:, None] ** 2 + r[None, :] ** 2)
-    return (radius + 0.5 - dist).clamp(0.0, 1.0).to(dtype)
 
 
 def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -209,7 +203,7 @@ class RotInvAE(CanonModel):
         if origin is None:
             return x
         zero = torch.zeros(x.shape[0], device=x.device, dtype=torch.float32)
-        return rotate(x, zero, shift=origin)
+        return rotate(x, zero, shift_px=origin)
 
     # ---------------------------------------------------------------- forward
     def forward(self, batch: Batch, phase: str) -> dict[str, torch.Tensor]:
@@ -281,7 +275,7 @@ class RotInvAE(CanonModel):
         cos, sin = torch.cos(psi), torch.sin(psi)
         o = origin.float()
         shift = torch.stack([cos * o[:, 0] - sin * o[:, 1], sin * o[:, 0] + cos * o[:, 1]], dim=1)
-        return rotate(x, -psi, shift=shift)
+        return rotate(x, -psi, shift_px=shift)
 
     def _critic_pair(self, batch: Batch, v: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(real, fake) images for the critic, both in the same frame and masked."""
@@ -342,10 +336,10 @@ class RotInvAE(CanonModel):
             beta = beta.repeat_interleave(b)
             turned = torch.cat([images] + [rotate(images, beta[i * b : (i + 1) * b]) for i in range(1, k_rot)])
             z_all, theta_all, _ = self.encode(turned)
-            est = wrap_angle(theta_all - beta).view(k_rot, b)
+            est = wrap_rad(theta_all - beta).view(k_rot, b)
             theta = torch.atan2(torch.sin(est).mean(0), torch.cos(est).mean(0))
             z = z_all.view(k_rot, b, -1).mean(0)
-        out = {"psi": wrap_angle(theta.float()), "latent": z.float()}
+        out = {"psi": wrap_rad(theta.float()), "latent": z.float()}
         if canonical:
             out["canonical"] = self.decoder(z).float()[:, 0]
         return out

@@ -13,7 +13,7 @@ f(R(θ)·x + Δx, z) evaluated at every pixel's coordinate x. As in the original
 * MLP inference network and generator, 2 hidden layers of 500, tanh (all configurable; a conv inference
   network is also offered).
 
-Direction of θ: pixel coordinates here are (x right, y down), as in :mod:`relion_canon.models.geometry`,
+Direction of θ: pixel coordinates here are (x right, y down), as in :mod:`relion_canon.geometry`,
 and the generator samples its canonical image at R(θ)x with R(θ) = [[cos, −sin], [sin, cos]], which is
 exactly what ``geometry.rotate(canonical, θ)`` does. So the image decoded with angle θ is the canonical
 image turned counter-clockwise by θ, RELION's psi convention, and ``predict``'s ``"psi"`` is directly a
@@ -42,7 +42,8 @@ import torch
 from torch import nn
 
 from relion_canon.models.base import Batch, CanonModel, ModelConfig
-from relion_canon.models.geometry import apply_ctf, rotate, wrap_angle
+from relion_canon.geometry import rotate, wrap_rad
+from relion_canon.models.ctf_modulation import apply_ctf
 from relion_canon.models.layers import ConvEncoder
 
 ACTIVATIONS = {"tanh": nn.Tanh, "leakyrelu": nn.LeakyReLU, "relu": nn.ReLU}
@@ -218,7 +219,7 @@ class SpatialVAE(CanonModel):
             theta, dx, z = self.split(mu)
             out = {"latent": z.float()}
             if self.config.rotate:
-                out["psi"] = wrap_angle(theta.float())
+                out["psi"] = wrap_rad(theta.float())
             if self.config.translate:
                 out["shift"] = self.shift_pixels(theta, dx).float()
             if canonical:

@@ -46,7 +46,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from relion_canon.models.base import Batch, CanonModel, ModelConfig
-from relion_canon.models.geometry import apply_ctf
+from relion_canon.models.ctf_modulation import apply_ctf
 from relion_canon.models.layers import ConvDecoder, ConvEncoder
 
 GAN_LOSSES = ("nonsaturating", "standard")

@@ -36,6 +36,7 @@ import torch
 from relion_canon import __version__
 from relion_canon.ctf import ctf_2d
 from relion_canon.errors import InputError
+from relion_canon.geometry import canonicalise, wrap_deg
 from relion_canon.io.atomic import atomic_path
 from relion_canon.io.imagename import format_image_name
 from relion_canon.io.mrc import stack_writer
@@ -45,7 +46,6 @@ from relion_canon.simulate.junk import (
     DISPLACEMENT_RANGE,
     JUNK_KINDS,
     NOT_JUNK,
-    canonicalise,
     carbon_edge,
     displace,
 )
@@ -188,10 +188,6 @@ class SimulationResult:
     info: dict = field(default_factory=dict)
 
 
-def _wrap180(a: np.ndarray) -> np.ndarray:
-    return (np.asarray(a) + 180.0) % 360.0 - 180.0
-
-
 def _uniform_sphere(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(rot, tilt) of directions uniform on the sphere."""
     rot = rng.uniform(-180.0, 180.0, n)
@@ -260,16 +256,16 @@ def draw_plan(config: SimulationConfig) -> dict[str, np.ndarray]:
     grad_dir = rng.uniform(0.0, 360.0, n)
 
     plan.update(
-        rot=_wrap180(rot),
+        rot=wrap_deg(rot),
         tilt=np.asarray(tilt, dtype=np.float64),
-        psi=_wrap180(psi),
+        psi=wrap_deg(psi),
         origin=origin,
         view_id=view_id,
         defocus_u=defocus + config.astigmatism / 2,
         defocus_v=defocus - config.astigmatism / 2,
         defocus_angle=astig_angle,
         kind=kind,
-        j_rot=_wrap180(j_rot),
+        j_rot=wrap_deg(j_rot),
         j_tilt=j_tilt,
         j_psi=j_psi,
         j_dir=j_dir,

@@ -13,7 +13,11 @@ Kinds:
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
+
+# Re-exported: the simulator's public API has always offered them (implemented in relion_canon.geometry).
+from relion_canon.geometry import canonicalise, rotate_images
+
+__all__ = ["DISPLACEMENT_RANGE", "JUNK_KINDS", "NOT_JUNK", "canonicalise", "carbon_edge", "displace", "rotate_images"]
 
 JUNK_KINDS: tuple[str, ...] = ("noise", "other_molecule", "carbon_edge", "off_centre", "aggregate")
 NOT_JUNK = "none"
@@ -62,46 +66,3 @@ def carbon_edge(
     edge = np.asarray(step)[:, None, None] / (1.0 + np.exp(-d / np.asarray(width)[:, None, None]))
     ramp = np.asarray(gradient)[:, None, None] * along(gradient_deg) / (length or box)
     return (edge + ramp).astype(np.float32)
-
-
-def rotate_images(images: np.ndarray, psi_deg: np.ndarray, order: int = 1) -> np.ndarray:
-    """Rotate each image counter-clockwise (as displayed with row 0 at the top) by ``psi_deg`` about pixel
-    ``box // 2``, the centre RELION rotates about; this is the rotation the psi angle applies.
-
-    ``scipy.ndimage.rotate(img, psi, reshape=False)`` turns the same way but about ``(box - 1) / 2``,
-    half a pixel off for even boxes.
-    """
-    out = np.empty_like(images)
-    box = images.shape[-1]
-    centre = np.array([box // 2, box // 2], dtype=np.float64)
-    for i, angle in enumerate(np.deg2rad(np.asarray(psi_deg, dtype=np.float64))):
-        c, s = np.cos(angle), np.sin(angle)
-        # affine_transform maps output (row, col) to input coordinates: input = m @ output + offset.
-        m = np.array([[c, s], [-s, c]])
-        out[i] = ndimage.affine_transform(images[i], m, offset=centre - m @ centre, order=order, mode="constant")
-    return out
-
-
-def canonicalise(
-    images: np.ndarray, psi_deg: np.ndarray, origin_px: np.ndarray, order: int = 1, out_size: int | None = None
-) -> np.ndarray:
-    """Undo origin and psi (product convention): shift by +origin, then rotate by −psi, about ``box // 2``.
-
-    ``out_size`` crops the result to the central ``out_size``² (computed directly, not cropped afterwards).
-    """
-    n, box = len(images), images.shape[-1]
-    size = out_size or box
-    out = np.empty((n, size, size), dtype=images.dtype)
-    centre_in = np.array([box // 2, box // 2], dtype=np.float64)
-    centre_out = np.array([size // 2, size // 2], dtype=np.float64)
-    for i, angle in enumerate(np.deg2rad(-np.asarray(psi_deg, dtype=np.float64))):
-        c, s = np.cos(angle), np.sin(angle)
-        m = np.array([[c, s], [-s, c]])
-        # Output pixel o (row, col) reads the rotated-back image at m (o − centre) + centre, and that image is
-        # the input moved by +origin, i.e. it reads the input at that point − (origin_y, origin_x).
-        shift = np.array([origin_px[i, 1], origin_px[i, 0]])
-        offset = centre_in - m @ centre_out - shift
-        out[i] = ndimage.affine_transform(
-            images[i], m, offset=offset, output_shape=(size, size), order=order, mode="constant"
-        )
-    return out

@@ -8,19 +8,9 @@ from scipy import ndimage
 
 from relion_canon.analysis.latent_angle import polar_readout
 from relion_canon.analysis.symmetry import DEFAULT_THRESHOLD, detect_symmetry, symmetry_from_angles
+from relion_canon.geometry import rotate_images
 
 BOX = 64
-
-
-def rotate_images(images: np.ndarray, psi_deg: np.ndarray, order: int = 1) -> np.ndarray:
-    """Rotate each image counter-clockwise by psi about pixel box//2 (RELION's centre). The simulator has
-    the same helper, but importing relion_canon.simulate loads torch, seconds these tests need not spend."""
-    out = np.empty_like(images)
-    centre = np.full(2, images.shape[-1] // 2, dtype=np.float64)
-    for i, angle in enumerate(np.deg2rad(psi_deg)):
-        m = np.array([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]])
-        out[i] = ndimage.affine_transform(images[i], m, offset=centre - m @ centre, order=order)
-    return out
 
 
 def _molecule(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -16,8 +16,8 @@ import torch
 from relion_canon.analysis.metrics import align_angles
 from relion_canon.ctf import ctf_2d
 from relion_canon.models import model_class
-from relion_canon.models.geometry import rotate
-from relion_canon.models.rotinv_ae import RotInvAE, RotInvAEConfig, angle_loss, circular_mask, gradient_penalty
+from relion_canon.geometry import circular_mask, rotate
+from relion_canon.models.rotinv_ae import RotInvAE, RotInvAEConfig, angle_loss, gradient_penalty
 from relion_canon.preprocess.normalise import normalise
 from relion_canon.simulate import FourierProjector, phantom_volume
 
@@ -195,14 +195,14 @@ def test_labels_target_applies_origin_then_psi(projector):
     canonical = torch.from_numpy(projector.project(0.0, 0.0, 0.0))[:, None].expand(3, 1, BOX, BOX)
     psi = torch.tensor([0.4, -2.0, 3.0])
     origin = torch.tensor([[1.5, -2.0], [0.0, 3.0], [-2.5, 0.5]])
-    particle = rotate(canonical, psi, shift=-origin)
+    particle = rotate(canonical, psi, shift_px=-origin)
     model = RotInvAE(RotInvAEConfig(box=BOX, angle_mode="labels", width=8))
     back = model._canonicalise(particle, psi, origin)
     inner = circular_mask(BOX, BOX / 2 - 4)
     for i in range(3):
         assert masked_corr(back[i, 0], canonical[i, 0], inner) > 0.99
     # A wrong order (turn back first, then shift) would not be.
-    wrong = rotate(rotate(particle, -psi), torch.zeros(3), shift=origin)
+    wrong = rotate(rotate(particle, -psi), torch.zeros(3), shift_px=origin)
     assert masked_corr(wrong[0, 0], canonical[0, 0], inner) < 0.99
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from relion_canon.analysis.metrics import align_angles, wrap_degrees
+from relion_canon.analysis.metrics import align_angles
 from relion_canon.models import model_class
-from relion_canon.models.geometry import rotate
+from relion_canon.geometry import rotate, wrap_deg
 from relion_canon.models.spatial_vae import SpatialVAE, SpatialVAEConfig, pixel_coordinates
 from tests.models.helpers import simulated, train
 
@@ -160,7 +160,7 @@ def test_theta_is_psi(tmp_path):
     assert history[-1]["model/rec"] < 0.3 * history[0]["model/rec"]
     fit = align_angles(psi, psi_true, allow_sign=False)
     assert fit.rmse < 90.0, (fit.rmse, fit.median)
-    half_turn = align_angles(wrap_degrees(2 * psi), wrap_degrees(2 * psi_true), allow_sign=False)
+    half_turn = align_angles(wrap_deg(2 * psi), wrap_deg(2 * psi_true), allow_sign=False)
     assert half_turn.rmse / 2 < 25.0, half_turn.rmse / 2
 
 

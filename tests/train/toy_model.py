@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from relion_canon.models.base import Batch, CanonModel, ModelConfig
-from relion_canon.models.geometry import rotate, wrap_angle
+from relion_canon.geometry import rotate, wrap_rad
 
 
 @dataclasses.dataclass
@@ -63,7 +63,7 @@ class ToyModel(CanonModel):
         else:  # fixed per particle, so that any split of a batch across processes sees the same rotations
             alpha = torch.remainder(batch["index"].to(x.dtype) * 0.7, 2 * torch.pi) - torch.pi
         _, psi_rot = self._encode(rotate(x, alpha))
-        equiv = (1 - torch.cos(wrap_angle(psi_rot - psi - alpha))).mean()
+        equiv = (1 - torch.cos(wrap_rad(psi_rot - psi - alpha))).mean()
         rec = ((rotate(canon, psi) - x) ** 2).mean()
         loss = rec + equiv - 0.01 * self.critic(canon.flatten(1)).mean()
         if self.config.explode_at_step > 0 and self.step >= self.config.explode_at_step:

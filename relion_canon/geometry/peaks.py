@@ -1,0 +1,45 @@
+"""Sub-sample peak positions: a parabola through the maximum sample and its two neighbours."""
+
+from __future__ import annotations
+
+import torch
+
+
+def parabolic_offset(y_minus: torch.Tensor, y_peak: torch.Tensor, y_plus: torch.Tensor) -> torch.Tensor:
+    """Offset (samples, in [−½, ½]) of the vertex of the parabola through (−1, y_minus), (0, y_peak),
+    (1, y_plus) from the middle sample; 0 where the three do not make a maximum (curvature ≥ 0)."""
+    denom = y_minus - 2 * y_peak + y_plus
+    return torch.where(denom < 0, 0.5 * (y_minus - y_plus) / denom, torch.zeros_like(denom)).clamp(-0.5, 0.5)
+
+
+def parabolic_height(y_minus: torch.Tensor, y_peak: torch.Tensor, y_plus: torch.Tensor,
+                     offset: torch.Tensor) -> torch.Tensor:
+    """Height of that parabola at ``offset`` (its vertex for :func:`parabolic_offset`'s)."""
+    return y_peak - 0.25 * (y_minus - y_plus) * offset
+
+
+def periodic_peak(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sub-sample position (samples, in [−½, n − ½)) and height of the maximum of each row of a periodic
+    (b, n) signal."""
+    n = values.shape[-1]
+    i = values.argmax(dim=-1)
+    rows = torch.arange(values.shape[0])
+    y0, ym, yp = values[rows, i], values[rows, (i - 1) % n], values[rows, (i + 1) % n]
+    delta = parabolic_offset(ym, y0, yp)
+    return i.to(values.dtype) + delta, parabolic_height(ym, y0, yp, delta)
+
+
+def shift_peak(cc: torch.Tensor, max_shift_px: float) -> torch.Tensor:
+    """(b, H, W) circular cross-correlation (zero shift at [0, 0]) → (b, 2) shift (x, y) px of its peak
+    within ``max_shift_px``, refined per axis by a parabola."""
+    b, h, w = cc.shape
+    r = torch.fft.fftfreq(h) * h
+    allowed = (r[:, None] ** 2 + r[None, :] ** 2) <= max_shift_px**2
+    masked = cc.masked_fill(~allowed, float("-inf")).reshape(b, -1)
+    k = masked.argmax(dim=-1)
+    iy, ix = k // w, k % w
+    rows = torch.arange(b)
+    y0 = cc[rows, iy, ix]
+    dx = parabolic_offset(cc[rows, iy, (ix - 1) % w], y0, cc[rows, iy, (ix + 1) % w])
+    dy = parabolic_offset(cc[rows, (iy - 1) % h, ix], y0, cc[rows, (iy + 1) % h, ix])
+    return torch.stack([r[ix] + dx, r[iy] + dy], dim=-1)

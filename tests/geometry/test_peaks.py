@@ -1,0 +1,48 @@
+"""Sub-sample peaks: a sampled parabola's vertex is recovered exactly."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relion_canon.geometry import parabolic_offset, periodic_peak, shift_peak
+
+
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(8, 64), x0=st.floats(0.0, 1.0), curvature=st.floats(0.01, 10.0), height=st.floats(-5, 5),
+       data=st.data())
+def test_periodic_peak_recovers_the_vertex_of_a_sampled_parabola(n, x0, curvature, height, data):
+    x0 = x0 * n
+    k = torch.arange(n, dtype=torch.float64)
+    d = torch.remainder(k - x0 + n / 2, n) - n / 2  # periodic distance to the vertex
+    values = (height - curvature * d**2)[None]
+    pos, top = periodic_peak(values)
+    assert abs(math.remainder(float(pos[0]) - x0, n)) < 1e-9
+    assert math.isclose(float(top[0]), height, abs_tol=1e-9 * max(1.0, curvature * n * n))
+
+
+def test_no_offset_where_the_samples_are_not_a_maximum():
+    # A minimum, a flat run, a straight line (curvature 0), and a maximum.
+    ym, y0, yp = (torch.tensor(v) for v in ([1.0, 0.0, 2.0, 0.0], [0.0, 0.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.5]))
+    torch.testing.assert_close(parabolic_offset(ym, y0, yp), torch.tensor([0.0, 0.0, 0.0, 1 / 6]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(sx=st.floats(-4.4, 4.4), sy=st.floats(-4.4, 4.4))
+def test_shift_peak_recovers_a_sub_pixel_shift(sx, sy):
+    box = 32
+    r = torch.fft.fftfreq(box, dtype=torch.float64) * box  # circular: shift 0 at index 0
+    cc = (-(r[None, :] - sx) ** 2 - (r[:, None] - sy) ** 2)[None]
+    got = shift_peak(cc, 6.5)[0]
+    assert abs(float(got[0]) - sx) < 1e-9 and abs(float(got[1]) - sy) < 1e-9
+
+
+def test_shift_peak_only_looks_within_max_shift():
+    cc = torch.zeros(1, 16, 16)
+    cc[0, 0, 5] = 10.0  # x = 5 px: too far
+    cc[0, 2, 0] = 1.0  # y = 2 px
+    got = shift_peak(cc, 3.0)[0]
+    assert got.tolist() == [0.0, 2.0]
