@@ -224,6 +224,40 @@ def outlier_scores(
     :data:`DEFAULT_THRESHOLD`. ``max_fit``: above this many particles the detectors are fitted on a
     random subsample of this size and score everyone (see the module docstring).
     """
+    x = _checked_features(features, method, contamination, max_fit)
+    n = x.shape[0]
+    x, kept = standardise_features(x)
+    if kept.size == 0:
+        raise ValueError("every feature is constant: nothing to score")
+    fit, rest = _fit_subsample(n, max_fit, seed)
+    # One integer per detector from the seed, so that running one detector alone gives the same scores
+    # as inside the ensemble.
+    detector_seed = int(np.random.default_rng(seed).integers(2**31 - 1))
+
+    wanted = DETECTORS if method == "ensemble" else (method,)
+    if "robust_covariance" in wanted and fit.size <= 2 * kept.size:
+        # Half the particles must determine a p × p covariance, with some to spare.
+        raise ValueError(f"{fit.size} particles are too few for a robust covariance of {kept.size} features")
+    per_detector = _detector_scores(x, fit, rest, wanted, detector_seed, lof_neighbours)
+
+    z = robust_z(np.median(list(per_detector.values()), axis=0)) if method == "ensemble" else per_detector[method]
+    threshold = DEFAULT_THRESHOLD if contamination is None else float(np.quantile(z, 1.0 - contamination))
+    return OutlierResult(
+        z=z,
+        per_detector=per_detector,
+        method=method,
+        threshold=threshold,
+        seed=seed,
+        contamination=contamination,
+        n_fit=int(fit.size),
+        n_features=int(kept.size),
+        fit_index=fit,
+        params=_detector_params(per_detector, max_fit, lof_neighbours, fit.size),
+    )
+
+
+def _checked_features(features: np.ndarray, method: str, contamination: float | None, max_fit: int) -> np.ndarray:
+    """The features as a finite (N, p) float array, after checking every argument of :func:`outlier_scores`."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if contamination is not None and not 0.0 < contamination < 0.5:
@@ -235,58 +269,45 @@ def outlier_scores(
         raise ValueError(f"features must be (N, p), got shape {x.shape}")
     if not np.all(np.isfinite(x)):
         raise ValueError("features contain NaN or infinite values")
-    n = x.shape[0]
     if max_fit < 10:
         raise ValueError(f"max_fit must be at least 10, got {max_fit}")
-    if n < 10:
-        raise ValueError(f"need at least 10 particles to score outliers, got {n}")
+    if x.shape[0] < 10:
+        raise ValueError(f"need at least 10 particles to score outliers, got {x.shape[0]}")
+    return x
 
-    x, kept = standardise_features(x)
-    if kept.size == 0:
-        raise ValueError("every feature is constant: nothing to score")
-    rng = np.random.default_rng(seed)
+
+def _fit_subsample(n: int, max_fit: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows the detectors are fitted on (all, or ``max_fit`` drawn with ``seed``) and the rest, both sorted."""
     if n > max_fit:
-        fit = np.sort(rng.choice(n, size=max_fit, replace=False))
-        rest = np.setdiff1d(np.arange(n), fit, assume_unique=True)
-    else:
-        fit, rest = np.arange(n), np.arange(0)
-    # One integer per detector from the seed, so that running one detector alone gives the same scores
-    # as inside the ensemble.
-    detector_seed = int(np.random.default_rng(seed).integers(2**31 - 1))
+        fit = np.sort(np.random.default_rng(seed).choice(n, size=max_fit, replace=False))
+        return fit, np.setdiff1d(np.arange(n), fit, assume_unique=True)
+    return np.arange(n), np.arange(0)
 
-    wanted = DETECTORS if method == "ensemble" else (method,)
-    if "robust_covariance" in wanted and fit.size <= 2 * kept.size:
-        # Half the particles must determine a p × p covariance, with some to spare.
-        raise ValueError(f"{fit.size} particles are too few for a robust covariance of {kept.size} features")
+
+def _detector_scores(x: np.ndarray, fit: np.ndarray, rest: np.ndarray, wanted: tuple[str, ...], seed: int,
+                     lof_neighbours: int) -> dict[str, np.ndarray]:
+    """Each wanted detector's robust z-score per particle."""
     per_detector: dict[str, np.ndarray] = {}
     # scikit-learn scores in blocks of up to working_memory MiB (1 GiB by default); smaller blocks cost
     # no measurable time and keep the peak memory of scoring a million particles modest.
     with config_context(working_memory=WORKING_MEMORY_MB):
         for name in wanted:
             if name == "isolation_forest":
-                raw = _isolation_forest(x, fit, detector_seed)
+                raw = _isolation_forest(x, fit, seed)
             elif name == "lof":
                 raw = _lof(x, fit, rest, lof_neighbours)
             else:
-                raw = _robust_covariance(x, fit, detector_seed)
+                raw = _robust_covariance(x, fit, seed)
             per_detector[name] = robust_z(raw)
+    return per_detector
 
-    z = robust_z(np.median(list(per_detector.values()), axis=0)) if method == "ensemble" else per_detector[method]
-    threshold = DEFAULT_THRESHOLD if contamination is None else float(np.quantile(z, 1.0 - contamination))
+
+def _detector_params(per_detector: dict[str, np.ndarray], max_fit: int, lof_neighbours: int,
+                     n_fit: int) -> dict[str, Any]:
+    """The detector settings the report shows."""
     params: dict[str, Any] = {"max_fit": max_fit}
     if "lof" in per_detector:
-        params["lof_neighbours"] = int(min(lof_neighbours, fit.size - 1))
+        params["lof_neighbours"] = int(min(lof_neighbours, n_fit - 1))
     if "isolation_forest" in per_detector:
         params["isolation_forest_trees"] = IFOREST_TREES
-    return OutlierResult(
-        z=z,
-        per_detector=per_detector,
-        method=method,
-        threshold=threshold,
-        seed=seed,
-        contamination=contamination,
-        n_fit=int(fit.size),
-        n_features=int(kept.size),
-        fit_index=fit,
-        params=params,
-    )
+    return params
