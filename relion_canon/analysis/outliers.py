@@ -10,19 +10,18 @@ squared Mahalanobis distance d² of p features through the Wilson–Hilferty cub
 to normal for Gaussian inliers;
 the isolation forest's 2^(−E[h]/c) through its logarithm, i.e. the (negated) mean isolation path length;
 the LOF ratio through its logarithm. These are monotone, so they change no ranking and no AUC. LOF stays
-heavy-tailed all the same (most inliers sit at LOF ≈ 1, which makes its MAD tiny): on clean Gaussian
-data 3-11 % of particles have LOF z > 3, against 0.1-0.2 % for the covariance distance, 0.2-1.1 % for the
-forest and 0.2-1.2 % for the ensemble (3-8 features; with only 2 features the forest and the ensemble
-reach 3-5 %). So LOF alone wants a higher threshold than :data:`DEFAULT_THRESHOLD`.
+heavy-tailed all the same (most inliers sit at LOF ≈ 1, which makes its MAD tiny): on clean Gaussian data
+it flags many times more particles above z = 3 than the other detectors or the ensemble (the fractions are
+in ``benchmarks/README.md``, "Figures behind the defaults"). So LOF alone wants a higher threshold than
+:data:`DEFAULT_THRESHOLD`.
 
 ``ensemble`` is the median of the three standardised scores, standardised again: a particle is junk when
 two of the three detectors agree it is. Each detector is blind to some kind of junk the others see: the
 covariance distance sees only "far from the centre of one ellipsoid", the isolation forest dilutes
 dense clusters, and LOF sees only local density contrast, so a compact cluster of junk larger than its
 neighbourhood (empty picks all encode alike) looks normal to it. A mean would let that one blind
-detector drag a clear case down; the median ignores it. On the tests' Gaussian cluster with 10 % junk
-(far, clustered and on a shell): AUC 0.99 for the median against 0.97 for the mean, and on the clustered
-junk alone 0.99 against 0.94, where LOF alone has 0.36.
+detector drag a clear case down; the median ignores it (the AUCs of both on the tests' junk are in
+``benchmarks/README.md``).
 
 Features are standardised per column first, robustly (median and MAD, as junk must not set the scale).
 
@@ -32,13 +31,12 @@ isolation forest fits on 256 points per tree anyway. The robust covariance is fi
 (see :func:`_robust_covariance`) and the Mahalanobis distance of every particle then costs O(N p²). LOF is
 fitted with ``novelty=True`` on the subsample, and every other particle costs one k-nearest-neighbour query
 into those ``max_fit`` points, instead of the full N-point neighbour graph and its memory; the query is
-brute force (BLAS distance blocks), which measured 2-3× faster than scikit-learn's k-d or ball tree at
-8 features and only gets relatively better with more. Particles of the subsample keep their fit-time LOF
+brute force (BLAS distance blocks), which was faster than scikit-learn's k-d or ball tree at 8 features
+and only gets relatively better with more. Particles of the subsample keep their fit-time LOF
 (their neighbours within the subsample, themselves excluded), the same quantity the others get from the
 novelty query; the others are queried in blocks, so memory does not grow with N beyond the scores.
-Measured with one thread on a shared, loaded 2-core machine, 8 features, the ensemble: 1e5 particles in
-8 s CPU (11-15 s wall), 1e6 in 58 s CPU (76 s wall), peak RSS 0.28 / 0.46 GB (0.2 GB of it imports).
-The result is deterministic for a fixed seed.
+Measured times and memory at 1e5 and 1e6 particles: ``benchmarks/README.md``. The result is deterministic
+for a fixed seed.
 """
 
 from __future__ import annotations
@@ -59,7 +57,7 @@ DETECTORS: tuple[str, ...] = ("isolation_forest", "lof", "robust_covariance")
 METHODS: tuple[str, ...] = ("ensemble", *DETECTORS)
 
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution × this = its standard deviation
-# Without a contamination estimate, flag robust z > 3 (clean Gaussian data: 0.2-1.2 % flagged by the ensemble).
+# Without a contamination estimate, flag robust z > 3: few clean Gaussian particles pass it (benchmarks/README.md).
 DEFAULT_THRESHOLD = 3.0
 DEFAULT_MAX_FIT = 10_000
 LOF_NEIGHBOURS = 20  # scikit-learn's default; larger k did not help on clustered junk and costs O(k) per particle
@@ -144,7 +142,7 @@ def _isolation_forest(x: np.ndarray, fit: np.ndarray, seed: int) -> np.ndarray:
     forest.fit(x[fit])
     # score_samples is −2^(−E[h]/c(n)). Its logarithm, −E[h]/c · ln 2, is the mean isolation path length
     # (negated: short paths, junk, score high), whose inlier distribution has a lighter right tail than
-    # 2^(−E[h]/c) itself: half the false positives above z = 3 on Gaussian data of 3-8 features.
+    # 2^(−E[h]/c) itself: fewer false positives above z = 3 on Gaussian data.
     return np.log(-forest.score_samples(x))
 
 
@@ -166,8 +164,8 @@ def _robust_covariance(x: np.ndarray, fit: np.ndarray, seed: int) -> np.ndarray:
     """Cube root of the squared robust Mahalanobis distance per p (Wilson–Hilferty: near normal for
     Gaussian inliers).
 
-    scikit-learn's FastMCD costs 1.5-5 s from about 600 points on, whatever the dimension, while its
-    exhaustive path below that takes 0.1 s. So FastMCD runs on at most MCD_START points and gives the start;
+    scikit-learn's FastMCD switches to a far slower path from about 600 points on, whatever the dimension
+    (timings in benchmarks/README.md). So FastMCD runs on at most MCD_START points and gives the start;
     C-steps on every fitted particle (keep the h closest, re-estimate; each step can only shrink the
     covariance determinant, Rousseeuw & Van Driessen 1999) then bring in all the data, followed by the
     usual consistency correction and one reweighting step, as MinCovDet does itself.
