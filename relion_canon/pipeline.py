@@ -14,21 +14,25 @@ Paths inside ``out_dir`` are written as given, so a job run from a RELION projec
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from relion_canon.analysis.estimate_config import EstimateConfig
+from relion_canon.context import RunContext
 from relion_canon.errors import InputError
 from relion_canon.io.atomic import atomic_path
 from relion_canon.io.particles import is_cryosparc, read_particles, write_results_cs
 from relion_canon.io.star import ParticleStar, write_star
-from relion_canon.options import BOOL, EXTERNAL, FLOAT, INT, PAIRS, PATH, RANGE, TEXT, option
+from relion_canon.options import BOOL, EXTERNAL, INT, PAIRS, PATH, TEXT, option
 from relion_canon.threads import cpu_threads
+
+log = logging.getLogger(__name__)
 
 PARTICLES_STAR = "particles.star"
 SELECTED_STAR = "particles_selected.star"
@@ -47,13 +51,13 @@ def _model_names() -> tuple[str, ...]:
     return tuple(MODEL_CLASSES)
 
 
-_NO_DEVICE_PARAM = "the gpu param chooses the device (and trains on several GPUs, one process each)"
 _NO_THREADS_PARAM = "RELION's own --j (Running tab: Number of threads) sets it"
 
 
 @dataclass
-class JobConfig:
-    """Everything a user can choose for one job; the defaults are what pressing Run gives.
+class JobConfig(EstimateConfig):
+    """Everything a user can choose for one job; the defaults are what pressing Run gives. The analysis
+    stage's options are inherited from :class:`~relion_canon.analysis.estimate_config.EstimateConfig`.
 
     Each field's :func:`~relion_canon.options.option` is how the front doors (``relion-canon run``, the RELION
     External job, ``relion-canon cryosparc-job``) offer it: see :mod:`relion_canon.options`.
@@ -68,9 +72,6 @@ class JobConfig:
     train_particles: int | None = option(
         500, kind=INT, minimum=10, none_words=("all", "0"),
         help="Train on a random subset of this many particles (0 or all: every particle).")
-    # None: refinement works on the particles as they are
-    box: int | None = option(None, kind=INT, minimum=8,
-                             help="Fourier-crop the particles to this box (px) first.")
     # None: the network sees the working box
     model_box: int | None = option(
         32, kind=INT, minimum=8,
@@ -78,42 +79,14 @@ class JobConfig:
     labels: bool = option(
         False, kind=BOOL, cli_flag="--labels/--no-labels",
         help="Learn psi from the input's own angles (rlnAnglePsi, or cryoSPARC's poses), e.g. after Class2D.")
-    refine: bool = option(True, kind=BOOL, cli_flag="--refine/--no-refine",
-                          help="Refine every angle against the learnt canonical image (and fit defocus to it).")
-    # px at the working box
-    max_shift_px: float = option(0.0, kind=FLOAT, minimum=0.0, cli_flag="--max-shift",
-                                 help="Refinement: translational search range in px (0: none).")
-    outlier_method: str = option(
-        "ensemble", kind=TEXT, choices=("ensemble", "iforest", "lof", "covariance"), cli_flag="--outliers",
-        help="How junk is scored (iforest: isolation forest, lof: local outlier factor, covariance: robust "
-             "covariance, ensemble: all three).")
-    # 2.5 measured on the realistic set (2,000 particles, SNR 0.1, 10 % junk): precision 0.90, recall 0.985;
-    # 2.0: 0.78 / 0.99; 3.0: 0.96 / 0.75.
-    outlier_threshold: float = option(2.5, kind=FLOAT,
-                                      help="Flag particles with rlnParticleSelectZScore above this.")
-    # None: the STAR's own defocus
-    defocus_range: tuple[float, float] | None = option(
-        None, kind=RANGE,
-        help="Defocus range in Å, min and max (5000 25000; as a RELION param 5000,25000), for paper B's "
-             "quantile mapping (default: the input's own defocus).")
-    per_class: bool = option(False, kind=BOOL,
-                             help="Refine and estimate per rlnClassNumber, in each class's own frame.")
-    write_canonical: bool = option(False, kind=BOOL,
-                                   help="Also write canonical.mrcs (one canonical image per particle).")
-    device: str = option("auto", kind=TEXT, not_in={EXTERNAL: _NO_DEVICE_PARAM},
-                         help="auto, cpu, cuda or cuda:N.")
     threads: int | None = option(None, kind=INT, minimum=1, cli_flag="--j", not_in={EXTERNAL: _NO_THREADS_PARAM},
                                  help="CPU threads.")
     batch_size: int = option(64, kind=INT, minimum=1, help="Training batch size.")
-    seed: int = option(0, kind=INT, minimum=0, help="Random seed (training subset, network, outlier scores).")
     # The network only seeds the refinement with angles and gives a latent, so the job's default network is
     # small and trains fast; options given here are added to (and override) these for rotinv-ae.
     model_options: dict[str, Any] = option(
         kind=PAIRS, default_factory=dict, cli_flag="--set", external_param="set",
         help="A model option as KEY=VALUE, e.g. latent_dim=8 (repeatable).")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -135,48 +108,47 @@ def run_job(
     particles: str | Path | ParticleStar,
     out_dir: str | Path,
     config: JobConfig = JobConfig(),
+    *,
     resume: bool = True,
-    log: Callable[[str], None] = print,
-    progress: bool = True,
-    should_stop: Callable[[], bool] | None = None,
-    project_dir: str | Path | None = None,
+    context: RunContext = RunContext(),
     passthrough: str | Path | None = None,
 ) -> JobResult:
     """Run the whole job on a particle STAR file; see the module docstring for what lands in ``out_dir``.
 
-    ``should_stop`` is polled once per training epoch, per prediction batch and per refinement round; when it
-    returns True the job raises :class:`~relion_canon.train.engine.TrainingStopped` or ``InterruptedError``
-    with the outputs of earlier runs untouched. With ``resume`` a ``checkpoint.pt`` already in ``out_dir`` is continued.
+    ``context.should_stop`` is polled once per training epoch, per prediction batch and per refinement round;
+    when it returns True the job raises :class:`~relion_canon.train.engine.TrainingStopped` or
+    ``InterruptedError`` with the outputs of earlier runs untouched. With ``resume`` a ``checkpoint.pt`` already
+    in ``out_dir`` is continued. Progress lines go to this module's logger (see :mod:`relion_canon.logs`).
 
-    ``particles`` may also be a cryoSPARC particles ``.cs`` (with its ``passthrough`` ``.cs``; ``project_dir``
-    is then the cryoSPARC project directory): the results are then also written as ``particles.cs``,
-    ``particles_selected.cs`` and ``particles_rejected.cs`` with their ``.csg`` for "Import Result Group".
+    ``particles`` may also be a cryoSPARC particles ``.cs`` (with its ``passthrough`` ``.cs``;
+    ``context.project_dir`` is then the cryoSPARC project directory): the results are then also written as
+    ``particles.cs``, ``particles_selected.cs`` and ``particles_rejected.cs`` with their ``.csg`` for
+    "Import Result Group".
 
     ``config.threads`` bounds every CPU thread pool of the job (torch's and the BLAS behind numpy/scikit-learn).
     """
     with cpu_threads(config.threads):
-        return _run_job(particles, out_dir, config, resume, log, progress, should_stop, project_dir, passthrough)
+        return _run_job(particles, Path(out_dir), config, resume, context, passthrough)
 
 
-def _run_job(particles, out_dir, config, resume, log, progress, should_stop, project_dir, passthrough) -> JobResult:
+def _run_job(particles: str | Path | ParticleStar, out_dir: Path, config: JobConfig, resume: bool,
+             context: RunContext, passthrough: str | Path | None) -> JobResult:
+    from relion_canon.analysis.estimate import estimate
     from relion_canon.analysis.report import write_figures  # matplotlib: only when a job runs
-    from relion_canon.analysis.run_estimates import estimate
 
     t_start = time.perf_counter()
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    star = read_particles(particles, passthrough, project_dir)
+    star = read_particles(particles, passthrough, context.project_dir)
     if len(star) < 10:
         raise InputError(f"{len(star)} particles: the job needs at least 10 to learn from", star.path)
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    model_path, history = train_for_job(star, out_dir, config, resume, log, progress, should_stop, project_dir)
+    model_path, history = train_for_job(star, out_dir, config, resume=resume, context=context)
     timings["train"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    estimates = estimate(star, model_path, out_dir, config, log=log, progress=progress, should_stop=should_stop,
-                         project_dir=project_dir)
+    estimates = estimate(star, model_path, out_dir, config, context=context)
     timings["estimate"] = time.perf_counter() - t0
 
     out = star.with_columns(estimates.columns)
@@ -188,7 +160,7 @@ def _run_job(particles, out_dir, config, resume, log, progress, should_stop, pro
     }
     if not isinstance(particles, ParticleStar) and is_cryosparc(particles):
         written = write_results_cs(particles, passthrough, out, out_dir)
-        log(f"Wrote cryoSPARC results: {', '.join(str(p) for p in written)}")
+        log.info(f"Wrote cryoSPARC results: {', '.join(str(p) for p in written)}")
     timings.update(estimates.report.pop("seconds", {}))
     report = {
         "input": str(star.path) if star.path else None,
@@ -202,13 +174,13 @@ def _run_job(particles, out_dir, config, resume, log, progress, should_stop, pro
         **estimates.report,
     }
     t0 = time.perf_counter()
-    figures = write_figures(out_dir, estimates, history, log=log)
+    figures = write_figures(out_dir, estimates, history)
     timings["figures"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
     with atomic_path(out_dir / REPORT_JSON) as tmp:
         tmp.write_text(json.dumps(report, indent=2, default=_json_default))
-    log(f"Wrote {paths['particles']} ({len(star)} particles), {paths['selected']} ({report['n_selected']}), "
-        f"{paths['rejected']} ({report['n_rejected']}); {timings['total']:.1f} s in all")
+    log.info(f"Wrote {paths['particles']} ({len(star)} particles), {paths['selected']} ({report['n_selected']}), "
+             f"{paths['rejected']} ({report['n_rejected']}); {timings['total']:.1f} s in all")
     return JobResult(out_dir, paths["particles"], paths["selected"], paths["rejected"], model_path, report, figures)
 
 
@@ -218,14 +190,15 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def train_for_job(star, out_dir, config, resume, log, progress, should_stop, project_dir) -> tuple[Path, list[dict]]:
+def train_for_job(star: ParticleStar, out_dir: Path, config: JobConfig, *, resume: bool = True,
+                  context: RunContext = RunContext()) -> tuple[Path, list[dict]]:
     """The trained model to apply: the user's, or one trained here on these particles."""
     from relion_canon.preprocess import PreprocessConfig
     from relion_canon.train.engine import TrainConfig, train
 
     if config.model_path:
         path = Path(config.model_path)
-        log(f"Applying the existing model {path}")
+        log.info(f"Applying the existing model {path}")
         return path, []
     options = {**(FAST_ROTINV_AE if config.model == "rotinv-ae" else {}), **config.model_options}
     if config.labels:
@@ -236,23 +209,22 @@ def train_for_job(star, out_dir, config, resume, log, progress, should_stop, pro
         # subset as well as from all, so training cost stays flat as the data grow.
         rows = np.sort(np.random.default_rng(config.seed).choice(len(star), config.train_particles, replace=False))
         subset = star.subset(rows)
-        log(f"Training on a random subset of {config.train_particles} of the {len(star)} particles")
+        log.info(f"Training on a random subset of {config.train_particles} of the {len(star)} particles")
     train_config = TrainConfig(
         model=config.model,
         model_options=options,
-        preprocess=PreprocessConfig(box=_model_box(star, config, project_dir)),
+        preprocess=PreprocessConfig(box=_model_box(star, config, context)),
         epochs=config.epochs if config.epochs is not None else DEFAULT_EPOCHS,
         batch_size=config.batch_size,
         seed=config.seed,
         device=config.device,
         threads=config.threads,
     )
-    result = train(subset, out_dir, train_config, resume=resume, log=log, progress=progress,
-                   should_stop=should_stop, project_dir=project_dir)
+    result = train(subset, out_dir, train_config, resume=resume, context=context)
     return result.model_path, result.history
 
 
-def _model_box(star: ParticleStar, config: JobConfig, project_dir: str | Path | None) -> int | None:
+def _model_box(star: ParticleStar, config: JobConfig, context: RunContext) -> int | None:
     """The box the network trains at: ``model_box``, but never larger than the working box or the input."""
     from relion_canon.io.source import ParticleSource
 
@@ -264,5 +236,5 @@ def _model_box(star: ParticleStar, config: JobConfig, project_dir: str | Path | 
         input_box = int(star.optics_table["rlnImageSize"].max())
     else:
         # One particle's stack tells the box; opening a source for all of them would parse every stack header.
-        input_box = ParticleSource.from_star(star.subset(np.arange(1)), project_dir).box or box
+        input_box = ParticleSource.from_star(star.subset(np.arange(1)), context.project_dir).box or box
     return box if box < input_box else None

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from relion_canon.context import QUIET
 from relion_canon.io.star import read_star
 from relion_canon.pipeline import JobConfig, run_job
 from relion_canon.simulate import SimulationConfig, simulate_dataset
@@ -36,8 +37,8 @@ TOLERANCE = {
 
 def run_small_demo(root: Path) -> Path:
     simulate_dataset(SIMULATION, root / "data")
-    return run_job(root / "data" / "particles.star", root / "job", JOB, resume=False, progress=False,
-                   log=lambda line: None).particles_star
+    return run_job(root / "data" / "particles.star", root / "job", JOB, resume=False,
+                   context=QUIET).particles_star
 
 
 @pytest.fixture(scope="module")

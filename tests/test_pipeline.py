@@ -14,6 +14,7 @@ from relion_canon.analysis.metrics import align_angles
 from relion_canon.cli.main import cli
 from relion_canon.io.mrc import write_stack
 from relion_canon.io.star import read_star, write_star
+from relion_canon.context import QUIET
 from relion_canon.pipeline import JobConfig, run_job
 from relion_canon.preprocess.fourier import fourier_resample
 from relion_canon.simulate import SimulationConfig, read_ground_truth, simulate_dataset
@@ -37,7 +38,7 @@ def sim(tmp_path_factory):
 def job(sim, tmp_path_factory):
     out = tmp_path_factory.mktemp("out") / "job"
     result = run_job(sim / "particles.star", out, JobConfig(epochs=1, train_particles=200, write_canonical=True),
-                     progress=False, log=lambda line: None)
+                     context=QUIET)
     return result
 
 
@@ -86,7 +87,7 @@ def test_report_figures_model_and_canonical_images(job):
 
 def test_canonical_images_from_the_network_without_refinement(sim, job, tmp_path):
     result = run_job(sim / "particles.star", tmp_path / "net", JobConfig(model_path=str(job.model_path), refine=False,
-                     write_canonical=True), progress=False, log=lambda line: None)
+                     write_canonical=True), context=QUIET)
     with mrcfile.open(tmp_path / "net" / "canonical.mrcs", header_only=True) as m:
         assert (int(m.header.nz), int(m.header.nx)) == (300, 48)  # the network's 32 px output, padded back
     names = read_star(result.particles_star).particles["rlnCanonCanonicalImage"]
@@ -95,7 +96,7 @@ def test_canonical_images_from_the_network_without_refinement(sim, job, tmp_path
 
 def test_apply_an_existing_model(sim, job, tmp_path):
     result = run_job(sim / "particles.star", tmp_path / "apply",
-                     JobConfig(model_path=str(job.model_path), refine=False), progress=False, log=lambda line: None)
+                     JobConfig(model_path=str(job.model_path), refine=False), context=QUIET)
     assert not (tmp_path / "apply" / "checkpoint.pt").exists()  # nothing was trained
     assert result.report["training_history"] == [] and result.report["defocus"]["method"] == "latent_radius_quantiles"
     assert "rlnCanonAlignmentScore" not in read_star(result.particles_star).particles.columns
@@ -110,7 +111,7 @@ def test_per_class_frames_follow_the_input_classes(sim, tmp_path):
     given = (truth["rlnAnglePsi"].to_numpy() + offsets + 180) % 360 - 180
     path = write_star(star.with_columns({"rlnClassNumber": classes, "rlnAnglePsi": given}), tmp_path / "classes.star")
     result = run_job(path, tmp_path / "per_class", JobConfig(epochs=1, train_particles=200, per_class=True),
-                     progress=False, log=lambda line: None)
+                     context=QUIET)
     out = read_star(result.particles_star).particles["rlnAnglePsi"].to_numpy()
     junk = truth["rlnCanonIsJunk"].to_numpy().astype(bool)
     diff = (out - given + 180) % 360 - 180
@@ -137,7 +138,7 @@ def test_few_particles_without_refinement_still_score_outliers(sim, tmp_path):
     # 30 particles and a 16-D latent: the detectors get as many components as the particles support.
     star = read_star(sim / "particles.star")
     path = write_star(star.subset(np.arange(30)), tmp_path / "thirty.star")
-    result = run_job(path, tmp_path / "small", JobConfig(epochs=1, refine=False), progress=False, log=lambda line: None)
+    result = run_job(path, tmp_path / "small", JobConfig(epochs=1, refine=False), context=QUIET)
     z = read_star(result.particles_star).particles["rlnParticleSelectZScore"].to_numpy()
     assert len(z) == 30 and np.all(np.isfinite(z))
 
@@ -147,7 +148,7 @@ def test_particles_without_ctf(tmp_path):
     simulate_dataset(SimulationConfig(n_particles=120, box=32, pixel_size=5.0, snr=1.0, ctf=False, junk_fraction=0.1,
                                       phantom_seed=7, seed=4), tmp_path / "sim")
     result = run_job(tmp_path / "sim" / "particles.star", tmp_path / "job", JobConfig(epochs=1),
-                     progress=False, log=lambda line: None)
+                     context=QUIET)
     out = read_star(result.particles_star).particles
     assert "rlnCanonDefocus" not in out.columns and "rlnParticleFigureOfMerit" not in out.columns
     truth = read_ground_truth(tmp_path / "sim")
@@ -166,7 +167,7 @@ def test_noise_free_particles_coarser_than_the_pixels(tmp_path):
         images = m.data.copy()
     padded = fourier_resample(fourier_resample(images, 24), 48)  # nothing beyond half the old Nyquist
     write_stack(tmp_path / "sim" / "particles.mrcs", padded, 3.0)
-    result = run_job(star.path, tmp_path / "job", JobConfig(epochs=1), progress=False, log=lambda line: None)
+    result = run_job(star.path, tmp_path / "job", JobConfig(epochs=1), context=QUIET)
     out = read_star(result.particles_star).particles
     truth = read_ground_truth(tmp_path / "sim")
     assert align_angles(out["rlnAnglePsi"].to_numpy(), truth["rlnAnglePsi"].to_numpy()).rmse < 2.0

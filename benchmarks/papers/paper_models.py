@@ -95,6 +95,7 @@ def run_whole_job(data: Dataset, work: Path, device: str, threads: int, seed: in
     """``relion_canon.pipeline.run_job`` with its defaults (what pressing Run gives), on the scored rows."""
     import json
 
+    from relion_canon.context import QUIET
     from relion_canon.pipeline import JobConfig, run_job
 
     particles: ParticleStar = data.particles.subset(data.test)
@@ -102,7 +103,7 @@ def run_whole_job(data: Dataset, work: Path, device: str, threads: int, seed: in
     _log(f"{data.name}: running the whole relion_canon job (defaults) on {len(particles)} particles")
     t0 = time.perf_counter()
     result = run_job(particles, out, JobConfig(device=device, threads=threads, seed=seed), resume=False,
-                     log=lambda s: None, progress=False)
+                     context=QUIET)
     seconds = time.perf_counter() - t0
     table = read_star(result.particles_star).particles
     # run_job keeps the input order; the image names say so, and a reordering would make every figure wrong.

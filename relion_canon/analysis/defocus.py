@@ -22,7 +22,7 @@ a per-particle reference exists, ``direction="auto"`` takes the orientation whos
 positively with it (Spearman). With only a range there is nothing to orient by; ``"auto"`` then follows the
 paper's eq. 7, which assumes the radius increases with defocus (its slope (q3 − q1) / (q3(r) − q1(r)) is
 positive; the paper gives no way to orient it otherwise). If the model at hand does the opposite, pass
-``direction="decreasing"``; the test suite shows what a wrong orientation costs (1.2 µm rMSE on 0.5-2.5 µm).
+``direction="decreasing"``; ``tests/analysis/test_defocus.py`` shows what a wrong orientation costs.
 
 Better estimates than this one exist downstream of it: a CTF fit of each particle against a canonical
 reference (done elsewhere in the project) uses the image itself rather than a one-dimensional summary of
@@ -120,88 +120,24 @@ def fit_defocus_mapping(
     ``n_quantiles``: number of evenly spaced quantile levels in [0, 1] for ``method="quantile"``.
     """
     r = _as_finite(radius, "radius")
-    if r.ndim != 1 or r.size < 4:
-        raise ValueError(f"radius must be a 1-D array of at least 4 values, got shape {r.shape}")
-    if direction not in ("auto", "increasing", "decreasing"):
-        raise ValueError(f"direction must be 'auto', 'increasing' or 'decreasing', got {direction!r}")
-    if method not in ("quantile", "quartile"):
-        raise ValueError(f"method must be 'quantile' or 'quartile', got {method!r}")
-    if n_quantiles < 2:
-        raise ValueError(f"n_quantiles must be at least 2, got {n_quantiles}")
-    if reference_defocus is None and defocus_range is None:
-        raise ValueError("give the reference defocus per particle, or the defocus range (min, max) in Å")
-
-    use = np.ones(r.size, dtype=bool)
-    if fit_mask is not None:
-        m = np.asarray(fit_mask)
-        if m.shape != r.shape or m.dtype != bool:
-            raise ValueError(f"fit_mask must be a bool array of shape {r.shape}")
-        use &= m
-
-    clip: tuple[float, float] | None = None
-    if defocus_range is not None:
-        lo, hi = (float(v) for v in defocus_range)
-        if not (np.isfinite(lo) and np.isfinite(hi) and 0.0 < lo < hi):
-            raise ValueError(f"defocus range must be (min, max) in Å with 0 < min < max, got {defocus_range}")
-        if hi < _SMALLEST_PLAUSIBLE_MAX_DEFOCUS:
-            raise ValueError(f"defocus range is in Å, not µm: {defocus_range} (e.g. 1 µm = 10000 Å)")
-        clip = (lo, hi)
-
-    spearman: float | None = None
-    ref: np.ndarray | None = None
-    if reference_defocus is not None:
-        ref = np.asarray(reference_defocus, dtype=np.float64)
-        if ref.shape != r.shape:
-            raise ValueError(f"reference defocus must have the radius's shape {r.shape}, got {ref.shape}")
-        valid = np.isfinite(ref) & (ref > 0)
-        if np.count_nonzero(use & valid) < 4 and clip is not None:
-            # A STAR without CTF values (zeros) has no reference to offer; the range still defines a target.
-            ref = None
-        else:
-            use &= valid
+    _check_settings(r, direction, method, n_quantiles, reference_defocus, defocus_range)
+    use = _fit_rows(r, fit_mask)
+    clip = _range_clip(defocus_range)
+    ref, use = _usable_reference(r, reference_defocus, use, clip)
     n_fit = int(use.sum())
     if n_fit < 4:
         raise ValueError(f"only {n_fit} particles to fit the defocus map on (need at least 4)")
 
     r_fit = r[use]
-    if ref is not None:
-        ref_fit = ref[use]
-        if np.ptp(r_fit) > 0 and np.ptp(ref_fit) > 0:
-            spearman = float(spearmanr(r_fit, ref_fit).statistic)
-        if np.nanmax(ref_fit) < _SMALLEST_PLAUSIBLE_MAX_DEFOCUS:
-            raise ValueError("reference defocus is in Å, not µm (its maximum is below 100)")
-
-    if direction == "auto":
-        # A radius unrelated to the reference (ρ ≈ 0 or undefined) cannot be oriented; the paper's
-        # convention is then as good a guess as any, and the report carries ρ so the user can see it.
-        resolved = "decreasing" if spearman is not None and spearman < 0 else "increasing"
-    else:
-        resolved = direction
+    ref_fit = None if ref is None else ref[use]
+    spearman = _rank_correlation(r_fit, ref_fit)
+    resolved = _orientation(direction, spearman)
     x_fit = r_fit if resolved == "increasing" else -r_fit
 
     levels = np.array([0.25, 0.75]) if method == "quartile" else np.linspace(0.0, 1.0, n_quantiles)
     x_knots = np.quantile(x_fit, levels)
-    if ref is not None:
-        y_knots = np.quantile(ref_fit, levels)
-        support = (float(ref_fit.min()), float(ref_fit.max()))
-        if clip is not None:
-            support = (max(support[0], clip[0]), min(support[1], clip[1]))
-            if support[0] > support[1]:
-                raise ValueError(f"reference defocus lies outside the defocus range {defocus_range}")
-        source: Literal["reference", "range"] = "reference"
-    else:
-        assert clip is not None
-        y_knots = clip[0] + (clip[1] - clip[0]) * levels
-        support = clip
-        source = "range"
-
-    if method == "quartile" and x_knots[1] <= x_knots[0]:
-        raise ValueError("the radius's first and third quartiles coincide: eq. 7 is undefined")
-    if method == "quantile":
-        x_knots, y_knots = _unique_knots(x_knots, y_knots)
-        if x_knots.size < 2:
-            raise ValueError("all radii are equal: they carry no defocus information")
-
+    y_knots, support, source = _target_knots(levels, ref_fit, clip, defocus_range)
+    x_knots, y_knots = _checked_knots(method, x_knots, y_knots)
     return DefocusMapping(
         radius_knots=x_knots,
         defocus_knots=y_knots,
@@ -213,6 +149,104 @@ def fit_defocus_mapping(
         clip=support,
         extrapolate=method == "quartile",
     )
+
+
+def _check_settings(r: np.ndarray, direction: str, method: str, n_quantiles: int,
+                    reference_defocus: np.ndarray | None, defocus_range: tuple[float, float] | None) -> None:
+    if r.ndim != 1 or r.size < 4:
+        raise ValueError(f"radius must be a 1-D array of at least 4 values, got shape {r.shape}")
+    if direction not in ("auto", "increasing", "decreasing"):
+        raise ValueError(f"direction must be 'auto', 'increasing' or 'decreasing', got {direction!r}")
+    if method not in ("quantile", "quartile"):
+        raise ValueError(f"method must be 'quantile' or 'quartile', got {method!r}")
+    if n_quantiles < 2:
+        raise ValueError(f"n_quantiles must be at least 2, got {n_quantiles}")
+    if reference_defocus is None and defocus_range is None:
+        raise ValueError("give the reference defocus per particle, or the defocus range (min, max) in Å")
+
+
+def _fit_rows(r: np.ndarray, fit_mask: np.ndarray | None) -> np.ndarray:
+    """(N,) bool: the particles the caller lets the map be fitted on."""
+    use = np.ones(r.size, dtype=bool)
+    if fit_mask is not None:
+        m = np.asarray(fit_mask)
+        if m.shape != r.shape or m.dtype != bool:
+            raise ValueError(f"fit_mask must be a bool array of shape {r.shape}")
+        use &= m
+    return use
+
+
+def _range_clip(defocus_range: tuple[float, float] | None) -> tuple[float, float] | None:
+    """The user's (min, max) in Å, checked, or None."""
+    if defocus_range is None:
+        return None
+    lo, hi = (float(v) for v in defocus_range)
+    if not (np.isfinite(lo) and np.isfinite(hi) and 0.0 < lo < hi):
+        raise ValueError(f"defocus range must be (min, max) in Å with 0 < min < max, got {defocus_range}")
+    if hi < _SMALLEST_PLAUSIBLE_MAX_DEFOCUS:
+        raise ValueError(f"defocus range is in Å, not µm: {defocus_range} (e.g. 1 µm = 10000 Å)")
+    return lo, hi
+
+
+def _usable_reference(r: np.ndarray, reference_defocus: np.ndarray | None, use: np.ndarray,
+                      clip: tuple[float, float] | None) -> tuple[np.ndarray | None, np.ndarray]:
+    """The reference defocus (None where there is none to use) and the fit rows narrowed to its valid entries."""
+    if reference_defocus is None:
+        return None, use
+    ref = np.asarray(reference_defocus, dtype=np.float64)
+    if ref.shape != r.shape:
+        raise ValueError(f"reference defocus must have the radius's shape {r.shape}, got {ref.shape}")
+    valid = np.isfinite(ref) & (ref > 0)
+    if np.count_nonzero(use & valid) < 4 and clip is not None:
+        # A STAR without CTF values (zeros) has no reference to offer; the range still defines a target.
+        return None, use
+    return ref, use & valid
+
+
+def _rank_correlation(r_fit: np.ndarray, ref_fit: np.ndarray | None) -> float | None:
+    """Spearman's ρ of the radius with the reference (None without one, or when either is constant)."""
+    if ref_fit is None:
+        return None
+    spearman = None
+    if np.ptp(r_fit) > 0 and np.ptp(ref_fit) > 0:
+        spearman = float(spearmanr(r_fit, ref_fit).statistic)
+    if np.nanmax(ref_fit) < _SMALLEST_PLAUSIBLE_MAX_DEFOCUS:
+        raise ValueError("reference defocus is in Å, not µm (its maximum is below 100)")
+    return spearman
+
+
+def _orientation(direction: Direction, spearman: float | None) -> Literal["increasing", "decreasing"]:
+    if direction != "auto":
+        return direction
+    # A radius unrelated to the reference (ρ ≈ 0 or undefined) cannot be oriented; the paper's
+    # convention is then as good a guess as any, and the report carries ρ so the user can see it.
+    return "decreasing" if spearman is not None and spearman < 0 else "increasing"
+
+
+def _target_knots(levels: np.ndarray, ref_fit: np.ndarray | None, clip: tuple[float, float] | None,
+                  defocus_range: tuple[float, float] | None
+                  ) -> tuple[np.ndarray, tuple[float, float], Literal["reference", "range"]]:
+    """The target distribution's quantiles at ``levels`` (Å), its support, and where it came from."""
+    if ref_fit is not None:
+        support = (float(ref_fit.min()), float(ref_fit.max()))
+        if clip is not None:
+            support = (max(support[0], clip[0]), min(support[1], clip[1]))
+            if support[0] > support[1]:
+                raise ValueError(f"reference defocus lies outside the defocus range {defocus_range}")
+        return np.quantile(ref_fit, levels), support, "reference"
+    assert clip is not None
+    return clip[0] + (clip[1] - clip[0]) * levels, clip, "range"
+
+
+def _checked_knots(method: Method, x_knots: np.ndarray, y_knots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 7 needs two distinct quartiles; the quantile map needs strictly increasing knots (ties merged)."""
+    if method == "quartile" and x_knots[1] <= x_knots[0]:
+        raise ValueError("the radius's first and third quartiles coincide: eq. 7 is undefined")
+    if method == "quantile":
+        x_knots, y_knots = _unique_knots(x_knots, y_knots)
+        if x_knots.size < 2:
+            raise ValueError("all radii are equal: they carry no defocus information")
+    return x_knots, y_knots
 
 
 def defocus_from_radius(

@@ -10,19 +10,18 @@ squared Mahalanobis distance d² of p features through the Wilson–Hilferty cub
 to normal for Gaussian inliers;
 the isolation forest's 2^(−E[h]/c) through its logarithm, i.e. the (negated) mean isolation path length;
 the LOF ratio through its logarithm. These are monotone, so they change no ranking and no AUC. LOF stays
-heavy-tailed all the same (most inliers sit at LOF ≈ 1, which makes its MAD tiny): on clean Gaussian
-data 3-11 % of particles have LOF z > 3, against 0.1-0.2 % for the covariance distance, 0.2-1.1 % for the
-forest and 0.2-1.2 % for the ensemble (3-8 features; with only 2 features the forest and the ensemble
-reach 3-5 %). So LOF alone wants a higher threshold than :data:`DEFAULT_THRESHOLD`.
+heavy-tailed all the same (most inliers sit at LOF ≈ 1, which makes its MAD tiny): on clean Gaussian data
+it flags many times more particles above z = 3 than the other detectors or the ensemble (the fractions are
+in ``benchmarks/README.md``, "Figures behind the defaults"). So LOF alone wants a higher threshold than
+:data:`DEFAULT_THRESHOLD`.
 
 ``ensemble`` is the median of the three standardised scores, standardised again: a particle is junk when
 two of the three detectors agree it is. Each detector is blind to some kind of junk the others see: the
 covariance distance sees only "far from the centre of one ellipsoid", the isolation forest dilutes
 dense clusters, and LOF sees only local density contrast, so a compact cluster of junk larger than its
 neighbourhood (empty picks all encode alike) looks normal to it. A mean would let that one blind
-detector drag a clear case down; the median ignores it. On the tests' Gaussian cluster with 10 % junk
-(far, clustered and on a shell): AUC 0.99 for the median against 0.97 for the mean, and on the clustered
-junk alone 0.99 against 0.94, where LOF alone has 0.36.
+detector drag a clear case down; the median ignores it (the AUCs of both on the tests' junk are in
+``benchmarks/README.md``).
 
 Features are standardised per column first, robustly (median and MAD, as junk must not set the scale).
 
@@ -32,13 +31,12 @@ isolation forest fits on 256 points per tree anyway. The robust covariance is fi
 (see :func:`_robust_covariance`) and the Mahalanobis distance of every particle then costs O(N p²). LOF is
 fitted with ``novelty=True`` on the subsample, and every other particle costs one k-nearest-neighbour query
 into those ``max_fit`` points, instead of the full N-point neighbour graph and its memory; the query is
-brute force (BLAS distance blocks), which measured 2-3× faster than scikit-learn's k-d or ball tree at
-8 features and only gets relatively better with more. Particles of the subsample keep their fit-time LOF
+brute force (BLAS distance blocks), which was faster than scikit-learn's k-d or ball tree at 8 features
+and only gets relatively better with more. Particles of the subsample keep their fit-time LOF
 (their neighbours within the subsample, themselves excluded), the same quantity the others get from the
 novelty query; the others are queried in blocks, so memory does not grow with N beyond the scores.
-Measured with one thread on a shared, loaded 2-core machine, 8 features, the ensemble: 1e5 particles in
-8 s CPU (11-15 s wall), 1e6 in 58 s CPU (76 s wall), peak RSS 0.28 / 0.46 GB (0.2 GB of it imports).
-The result is deterministic for a fixed seed.
+Measured times and memory at 1e5 and 1e6 particles: ``benchmarks/README.md``. The result is deterministic
+for a fixed seed.
 """
 
 from __future__ import annotations
@@ -59,7 +57,7 @@ DETECTORS: tuple[str, ...] = ("isolation_forest", "lof", "robust_covariance")
 METHODS: tuple[str, ...] = ("ensemble", *DETECTORS)
 
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution × this = its standard deviation
-# Without a contamination estimate, flag robust z > 3 (clean Gaussian data: 0.2-1.2 % flagged by the ensemble).
+# Without a contamination estimate, flag robust z > 3: few clean Gaussian particles pass it (benchmarks/README.md).
 DEFAULT_THRESHOLD = 3.0
 DEFAULT_MAX_FIT = 10_000
 LOF_NEIGHBOURS = 20  # scikit-learn's default; larger k did not help on clustered junk and costs O(k) per particle
@@ -144,7 +142,7 @@ def _isolation_forest(x: np.ndarray, fit: np.ndarray, seed: int) -> np.ndarray:
     forest.fit(x[fit])
     # score_samples is −2^(−E[h]/c(n)). Its logarithm, −E[h]/c · ln 2, is the mean isolation path length
     # (negated: short paths, junk, score high), whose inlier distribution has a lighter right tail than
-    # 2^(−E[h]/c) itself: half the false positives above z = 3 on Gaussian data of 3-8 features.
+    # 2^(−E[h]/c) itself: fewer false positives above z = 3 on Gaussian data.
     return np.log(-forest.score_samples(x))
 
 
@@ -166,8 +164,8 @@ def _robust_covariance(x: np.ndarray, fit: np.ndarray, seed: int) -> np.ndarray:
     """Cube root of the squared robust Mahalanobis distance per p (Wilson–Hilferty: near normal for
     Gaussian inliers).
 
-    scikit-learn's FastMCD costs 1.5-5 s from about 600 points on, whatever the dimension, while its
-    exhaustive path below that takes 0.1 s. So FastMCD runs on at most MCD_START points and gives the start;
+    scikit-learn's FastMCD switches to a far slower path from about 600 points on, whatever the dimension
+    (timings in benchmarks/README.md). So FastMCD runs on at most MCD_START points and gives the start;
     C-steps on every fitted particle (keep the h closest, re-estimate; each step can only shrink the
     covariance determinant, Rousseeuw & Van Driessen 1999) then bring in all the data, followed by the
     usual consistency correction and one reweighting step, as MinCovDet does itself.
@@ -224,6 +222,40 @@ def outlier_scores(
     :data:`DEFAULT_THRESHOLD`. ``max_fit``: above this many particles the detectors are fitted on a
     random subsample of this size and score everyone (see the module docstring).
     """
+    x = _checked_features(features, method, contamination, max_fit)
+    n = x.shape[0]
+    x, kept = standardise_features(x)
+    if kept.size == 0:
+        raise ValueError("every feature is constant: nothing to score")
+    fit, rest = _fit_subsample(n, max_fit, seed)
+    # One integer per detector from the seed, so that running one detector alone gives the same scores
+    # as inside the ensemble.
+    detector_seed = int(np.random.default_rng(seed).integers(2**31 - 1))
+
+    wanted = DETECTORS if method == "ensemble" else (method,)
+    if "robust_covariance" in wanted and fit.size <= 2 * kept.size:
+        # Half the particles must determine a p × p covariance, with some to spare.
+        raise ValueError(f"{fit.size} particles are too few for a robust covariance of {kept.size} features")
+    per_detector = _detector_scores(x, fit, rest, wanted, detector_seed, lof_neighbours)
+
+    z = robust_z(np.median(list(per_detector.values()), axis=0)) if method == "ensemble" else per_detector[method]
+    threshold = DEFAULT_THRESHOLD if contamination is None else float(np.quantile(z, 1.0 - contamination))
+    return OutlierResult(
+        z=z,
+        per_detector=per_detector,
+        method=method,
+        threshold=threshold,
+        seed=seed,
+        contamination=contamination,
+        n_fit=int(fit.size),
+        n_features=int(kept.size),
+        fit_index=fit,
+        params=_detector_params(per_detector, max_fit, lof_neighbours, fit.size),
+    )
+
+
+def _checked_features(features: np.ndarray, method: str, contamination: float | None, max_fit: int) -> np.ndarray:
+    """The features as a finite (N, p) float array, after checking every argument of :func:`outlier_scores`."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if contamination is not None and not 0.0 < contamination < 0.5:
@@ -235,58 +267,45 @@ def outlier_scores(
         raise ValueError(f"features must be (N, p), got shape {x.shape}")
     if not np.all(np.isfinite(x)):
         raise ValueError("features contain NaN or infinite values")
-    n = x.shape[0]
     if max_fit < 10:
         raise ValueError(f"max_fit must be at least 10, got {max_fit}")
-    if n < 10:
-        raise ValueError(f"need at least 10 particles to score outliers, got {n}")
+    if x.shape[0] < 10:
+        raise ValueError(f"need at least 10 particles to score outliers, got {x.shape[0]}")
+    return x
 
-    x, kept = standardise_features(x)
-    if kept.size == 0:
-        raise ValueError("every feature is constant: nothing to score")
-    rng = np.random.default_rng(seed)
+
+def _fit_subsample(n: int, max_fit: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows the detectors are fitted on (all, or ``max_fit`` drawn with ``seed``) and the rest, both sorted."""
     if n > max_fit:
-        fit = np.sort(rng.choice(n, size=max_fit, replace=False))
-        rest = np.setdiff1d(np.arange(n), fit, assume_unique=True)
-    else:
-        fit, rest = np.arange(n), np.arange(0)
-    # One integer per detector from the seed, so that running one detector alone gives the same scores
-    # as inside the ensemble.
-    detector_seed = int(np.random.default_rng(seed).integers(2**31 - 1))
+        fit = np.sort(np.random.default_rng(seed).choice(n, size=max_fit, replace=False))
+        return fit, np.setdiff1d(np.arange(n), fit, assume_unique=True)
+    return np.arange(n), np.arange(0)
 
-    wanted = DETECTORS if method == "ensemble" else (method,)
-    if "robust_covariance" in wanted and fit.size <= 2 * kept.size:
-        # Half the particles must determine a p × p covariance, with some to spare.
-        raise ValueError(f"{fit.size} particles are too few for a robust covariance of {kept.size} features")
+
+def _detector_scores(x: np.ndarray, fit: np.ndarray, rest: np.ndarray, wanted: tuple[str, ...], seed: int,
+                     lof_neighbours: int) -> dict[str, np.ndarray]:
+    """Each wanted detector's robust z-score per particle."""
     per_detector: dict[str, np.ndarray] = {}
     # scikit-learn scores in blocks of up to working_memory MiB (1 GiB by default); smaller blocks cost
     # no measurable time and keep the peak memory of scoring a million particles modest.
     with config_context(working_memory=WORKING_MEMORY_MB):
         for name in wanted:
             if name == "isolation_forest":
-                raw = _isolation_forest(x, fit, detector_seed)
+                raw = _isolation_forest(x, fit, seed)
             elif name == "lof":
                 raw = _lof(x, fit, rest, lof_neighbours)
             else:
-                raw = _robust_covariance(x, fit, detector_seed)
+                raw = _robust_covariance(x, fit, seed)
             per_detector[name] = robust_z(raw)
+    return per_detector
 
-    z = robust_z(np.median(list(per_detector.values()), axis=0)) if method == "ensemble" else per_detector[method]
-    threshold = DEFAULT_THRESHOLD if contamination is None else float(np.quantile(z, 1.0 - contamination))
+
+def _detector_params(per_detector: dict[str, np.ndarray], max_fit: int, lof_neighbours: int,
+                     n_fit: int) -> dict[str, Any]:
+    """The detector settings the report shows."""
     params: dict[str, Any] = {"max_fit": max_fit}
     if "lof" in per_detector:
-        params["lof_neighbours"] = int(min(lof_neighbours, fit.size - 1))
+        params["lof_neighbours"] = int(min(lof_neighbours, n_fit - 1))
     if "isolation_forest" in per_detector:
         params["isolation_forest_trees"] = IFOREST_TREES
-    return OutlierResult(
-        z=z,
-        per_detector=per_detector,
-        method=method,
-        threshold=threshold,
-        seed=seed,
-        contamination=contamination,
-        n_fit=int(fit.size),
-        n_features=int(kept.size),
-        fit_index=fit,
-        params=params,
-    )
+    return params

@@ -8,6 +8,7 @@ was applied, no defocus in the STAR, no class averages) are left out, never draw
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -17,8 +18,10 @@ from matplotlib.figure import Figure
 
 from relion_canon.analysis import figures
 from relion_canon.analysis.evaluation import Evaluation
-from relion_canon.analysis.run_estimates import Estimates
+from relion_canon.analysis.estimate.results import Estimates
 from relion_canon.io.atomic import atomic_path
+
+log = logging.getLogger(__name__)
 
 LOGFILE_PDF = "logfile.pdf"
 EVALUATION_PDF = "evaluation.pdf"
@@ -87,12 +90,10 @@ def job_figures(estimates: Estimates, history: Sequence[dict[str, Any]]) -> Name
     return out
 
 
-def write_figures(
-    out_dir: Path, estimates: Estimates, history: list[dict], log: Callable[[str], None] = print
-) -> list[Path]:
+def write_figures(out_dir: Path, estimates: Estimates, history: list[dict]) -> list[Path]:
     """Write the job's figures as PNGs in ``out_dir`` and all of them in ``logfile.pdf``; returns the paths
-    (PNGs first, the PDF last)."""
-    return _save(Path(out_dir), job_figures(estimates, history), LOGFILE_PDF, log, stale=JOB_FIGURES)
+    (PNGs first, the PDF last). Says what it wrote on this module's logger."""
+    return _save(Path(out_dir), job_figures(estimates, history), LOGFILE_PDF, log.info, stale=JOB_FIGURES)
 
 
 def evaluation_figures(evaluation: Evaluation) -> NamedFigures:
@@ -152,7 +153,7 @@ def write_evaluation(out_dir: Path, evaluation: Evaluation, log: Callable[[str],
     return paths + _save(out_dir, named, EVALUATION_PDF, log)
 
 
-def _save(out_dir: Path, named: NamedFigures, pdf_name: str, log: Callable[[str], None],
+def _save(out_dir: Path, named: NamedFigures, pdf_name: str, say: Callable[[str], None],
           stale: Sequence[str] = ()) -> list[Path]:
     """PNGs and one PDF; ``stale`` names figures an earlier run in the folder may have left that this run
     does not redraw (e.g. training curves once an existing model is applied): they are removed, so that
@@ -180,6 +181,6 @@ def _save(out_dir: Path, named: NamedFigures, pdf_name: str, log: Callable[[str]
                 # An empty PdfPages writes no valid PDF; RELION's GUI still expects the logfile to open.
                 pages.savefig(figures.text_page("No figures: this run produced nothing to plot."))
     paths.append(pdf)
-    log(f"Wrote {len(named)} figures to {out_dir} ({pdf_name} and PNGs)")
+    say(f"Wrote {len(named)} figures to {out_dir} ({pdf_name} and PNGs)")
     return paths
 

@@ -27,6 +27,7 @@ def demo(out_dir: Path, n_particles: int, seed: int, threads: int | None, device
     """
     from relion_canon.analysis.evaluation import evaluate
     from relion_canon.analysis.report import write_evaluation
+    from relion_canon.logs import log_to
     from relion_canon.pipeline import JobConfig, run_job
 
     if threads:
@@ -44,9 +45,9 @@ def demo(out_dir: Path, n_particles: int, seed: int, threads: int | None, device
                f"{sim.seconds:.1f} s")
     click.echo(f"[2/3] Running the job (defaults, as `relion-canon run` or RELION's Run button) into {job_dir}/")
     t_job = time.perf_counter()
-    job = run_job(sim.particles_star, job_dir, JobConfig(device=device, threads=threads, seed=seed, write_canonical=True),
-                  resume=False,
-                  log=lambda line: click.echo(f"      {line}"))
+    with log_to(lambda line: click.echo(f"      {line}")):
+        job = run_job(sim.particles_star, job_dir,
+                      JobConfig(device=device, threads=threads, seed=seed, write_canonical=True), resume=False)
     job_seconds = time.perf_counter() - t_job
     click.echo(f"[3/3] Scoring the job against the ground truth into {eval_dir}/")
     evaluation = evaluate(job_dir, data_dir)

@@ -31,13 +31,16 @@ from relion_canon.options import RUN
 def run_command(particles: Path, out_dir: Path, passthrough: Path | None, project_dir: Path | None, no_resume: bool,
                 quiet: bool, **options: Any) -> None:
     """Learn each particle's in-plane angle, defocus, weight and junk status, and write them back."""
+    from relion_canon.context import RunContext
+    from relion_canon.logs import log_to
     from relion_canon.pipeline import run_job
     from relion_canon.train.engine import TrainingDiverged
 
     config = job_config_from_click(options, RUN)
     try:  # run_job bounds torch's and the BLAS's threads to config.threads
-        run_job(particles, out_dir, config, resume=not no_resume, log=click.echo, progress=not quiet,
-                project_dir=project_dir, passthrough=passthrough)
+        with log_to(click.echo):
+            run_job(particles, out_dir, config, resume=not no_resume,
+                    context=RunContext(project_dir=project_dir, progress=not quiet), passthrough=passthrough)
     except TrainingDiverged as exc:
         click.echo(f"relion-canon: error: {exc}", err=True)
         sys.exit(3)

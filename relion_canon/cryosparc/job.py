@@ -160,6 +160,8 @@ def run_external_job(
     ``project_dir`` is where the cryoSPARC project is on this machine (default: where the server says it is),
     for reading the particle images. ``out_dir`` is a local folder for everything the pipeline writes.
     """
+    from relion_canon.context import RunContext
+    from relion_canon.logs import log_to
     from relion_canon.pipeline import run_job
 
     source_job, source_output = parse_input_ref(input_ref)
@@ -185,7 +187,8 @@ def run_external_job(
         records = csio.as_records(particles)
         where = Path(project_dir) if project_dir is not None else Path(_project_dir(project))
         star = csio.records_to_star(records, Path(project_uid) / input_ref, project_dir=where)
-        result = run_job(star, out_dir, config, log=tee, progress=False)
+        with log_to(log, job.log):
+            result = run_job(star, out_dir, config, context=RunContext(progress=False))
         results = read_star(result.particles_star)
         files = write_results_cs(records, None, results, out_dir)
 

@@ -438,8 +438,12 @@ class ExternalJob:
         job = self._job
         if job is None:
             from relion_canon.pipeline import run_job as job
-        result = job(star, self.out_dir, config, resume=is_continue, log=_log, progress=False,
-                     should_stop=self.should_stop, project_dir=None)
+        from relion_canon.context import RunContext
+        from relion_canon.logs import log_to
+
+        with log_to(sys.stdout):  # the job's lines in run.out, as _log writes its own
+            result = job(star, self.out_dir, config, resume=is_continue,
+                         context=RunContext(progress=False, should_stop=self.should_stop))
 
         if model_source is not None:
             _copy_model(model_source, self.out / MODEL_FILE)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from relion_canon.analysis.estimate import Estimates
 from relion_canon.analysis.evaluation import evaluate
 from relion_canon.analysis.report import (
     EVALUATION_JSON,
@@ -20,7 +21,7 @@ from relion_canon.analysis.report import (
     write_evaluation,
     write_figures,
 )
-from relion_canon.analysis.run_estimates import Estimates
+from relion_canon.logs import log_to
 from tests.analysis.evaluation.helpers import fake_job, relion_reference, simulated_set
 
 
@@ -65,7 +66,8 @@ HISTORY = [{"epoch": e, "model/loss": 1.0 / e, "model/rec": 0.5 / e, "critic/wd"
 
 def test_write_figures_full_job(tmp_path):
     logs: list[str] = []
-    paths = write_figures(tmp_path, _estimates(), HISTORY, log=logs.append)
+    with log_to(logs.append):
+        paths = write_figures(tmp_path, _estimates(), HISTORY)
     names = [p.name for p in paths]
     assert names == [f"{stem}.png" for stem in JOB_FIGURES] + [LOGFILE_PDF]
     for p in paths[:-1]:
@@ -83,7 +85,7 @@ def test_write_figures_with_parts_missing(tmp_path):
     (tmp_path / "user_notes.png").write_bytes(b"not ours")
     # An applied model (no history), a STAR without defocus, a 1-D latent, few particles, no extras.
     est = _estimates(10, defocus=False, latent_dim=1, extras=False)
-    paths = write_figures(tmp_path, est, [], log=lambda _: None)
+    paths = write_figures(tmp_path, est, [])
     assert [p.name for p in paths] == ["psi_histogram.png", "outlier_scores.png", LOGFILE_PDF]
     assert _pages(tmp_path / LOGFILE_PDF) == 2
     assert not (tmp_path / "training_curves.png").exists() and (tmp_path / "user_notes.png").exists()

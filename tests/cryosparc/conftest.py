@@ -8,6 +8,7 @@ asserted with its arguments, and its controllers (``ExternalJobController`` etc.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
 from pathlib import Path
 from unittest import mock
@@ -90,7 +91,7 @@ class FakePipeline:
         self.junk_rows = list(junk_rows)
         self.calls: list[dict] = []
 
-    def __call__(self, particles, out_dir, config, resume=True, log=print, progress=True, **kwargs):
+    def __call__(self, particles, out_dir, config, *, resume=True, context=None, passthrough=None):
         from relion_canon.io.source import ParticleSource
 
         with ParticleSource.from_star(particles) as source:  # the images must be reachable as named
@@ -105,7 +106,7 @@ class FakePipeline:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         path = write_star(out, out_dir / "particles.star")
-        log(f"fake pipeline on {n} particles")
+        logging.getLogger("relion_canon.pipeline").info(f"fake pipeline on {n} particles")
         self.calls.append({"particles": particles, "config": config, "images": images})
         return JobResult(out_dir, path, path, path, out_dir / "model.pt", {}, [])
 

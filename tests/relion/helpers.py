@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -53,17 +54,19 @@ def write_job_star(out_dir: Path, version: str = "3.1", is_continue: bool = Fals
 class FakeJob:
     """Stands in for ``relion_canon.pipeline.run_job``: writes the job's outputs quickly, or misbehaves on
     purpose (``behaviour``): ``ok``, ``input_error``, ``crash``, ``abort`` (creates RELION's abort request
-    itself, as the GUI would while the job runs, then polls ``should_stop`` like the engine does)."""
+    itself, as the GUI would while the job runs, then polls ``context.should_stop`` like the engine does). It
+    logs on the package's logger, as the job does, so its lines reach run.out through the job's handler."""
 
     def __init__(self, behaviour: str = "ok"):
         self.behaviour = behaviour
         self.calls: list[dict] = []
 
-    def __call__(self, star, out_dir, config, resume, log, progress, should_stop, project_dir):
+    def __call__(self, star, out_dir, config, *, resume, context, passthrough=None):
         from relion_canon.errors import InputError
         from relion_canon.io.star import write_star
 
-        self.calls.append({"config": config, "resume": resume, "progress": progress, "out_dir": out_dir})
+        log = logging.getLogger("relion_canon.pipeline").info
+        self.calls.append({"config": config, "resume": resume, "progress": context.progress, "out_dir": out_dir})
         out = Path(out_dir)
         if self.behaviour == "input_error":
             raise InputError("a value no job could use", star.path, 3)
@@ -73,7 +76,7 @@ class FakeJob:
             (out / "RELION_JOB_ABORT_NOW").touch()
             for epoch in range(100):
                 log(f"epoch {epoch + 1}/100")
-                if should_stop():
+                if context.should_stop():
                     raise InterruptedError(f"stopped after epoch {epoch + 1}")
             raise AssertionError("should_stop never said yes")
         n = len(star)

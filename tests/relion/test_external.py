@@ -298,7 +298,7 @@ import sys, time
 from pathlib import Path
 from relion_canon.relion.external import ExternalJob
 
-def job(star, out_dir, config, resume, log, progress, should_stop, project_dir):
+def job(star, out_dir, config, *, resume, context):
     Path(out_dir, "started").touch()
     for _ in range(600):  # never polls should_stop: only the signal can end it early
         time.sleep(0.1)
@@ -310,7 +310,7 @@ sys.exit(ExternalJob("External/job001/", job=job).run(sys.argv[1:]))
 
 def test_signal_in_process_ends_as_aborted(project, capsys):
     """The handler turns a signal into a stop wherever the job is (here: in the middle of its work)."""
-    def job(star, out_dir, config, resume, log, progress, should_stop, project_dir):
+    def job(star, out_dir, config, *, resume, context):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(5)  # the handler interrupts this
         raise AssertionError("not stopped")

@@ -1,4 +1,5 @@
-"""`estimate`: from a trained model and particles to the job's new STAR columns, report and stacks.
+"""`estimate` (the composition of the stages): from a trained model and particles to the job's new STAR
+columns, report and stacks.
 
 A tiny model (one epoch on 100 particles) is trained once per module as the job trains it
 (`pipeline.train_for_job`); `estimate` is then called the way `pipeline.run_job` calls it.
@@ -13,7 +14,8 @@ import numpy as np
 import pytest
 
 from relion_canon.analysis.metrics import align_angles
-from relion_canon.analysis.run_estimates import CANONICAL_STACK, CLASS_AVERAGES, COLUMNS, N_EXAMPLES, estimate
+from relion_canon.analysis.estimate import CANONICAL_STACK, CLASS_AVERAGES, COLUMNS, N_EXAMPLES, estimate
+from relion_canon.context import QUIET
 from relion_canon.io.star import ParticleStar, read_star, write_star
 from relion_canon.pipeline import JobConfig, train_for_job
 from relion_canon.simulate import SimulationConfig, read_ground_truth, simulate_dataset
@@ -24,18 +26,13 @@ N = 150
 BOX = 32
 
 
-def _quiet(line: str) -> None:
-    pass
-
-
 def _train(star: ParticleStar, out: Path) -> Path:
-    model_path, _ = train_for_job(star, out, JobConfig(epochs=1, train_particles=100), resume=False, log=_quiet,
-                                  progress=False, should_stop=None, project_dir=None)
+    model_path, _ = train_for_job(star, out, JobConfig(epochs=1, train_particles=100), resume=False, context=QUIET)
     return model_path
 
 
 def _estimate(star: ParticleStar, model_path: Path, out: Path, **config):
-    return estimate(star, model_path, out, JobConfig(**config), log=_quiet, progress=False)
+    return estimate(star, model_path, out, JobConfig(**config), context=QUIET)
 
 
 def _wrap(a: np.ndarray) -> np.ndarray:

@@ -1,0 +1,86 @@
+"""Stage 5: each particle's canonical (unrotated, denoised) image.
+
+With refinement the canonical image of a particle is its class's reference: the CTF-corrected,
+Wiener-filtered average of the particles turned back, far less noisy than one network output; the references
+go to ``class_averages.mrcs``. Without refinement it is the network's output, written (when asked) to
+``canonical.mrcs``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from relion_canon.analysis.estimate.predict import Prediction
+from relion_canon.context import RunContext
+from relion_canon.io.imagename import format_image_name
+from relion_canon.io.mrc import stack_writer, write_stack
+from relion_canon.preprocess.fourier import fourier_resample
+
+CANONICAL_STACK = "canonical.mrcs"
+CLASS_AVERAGES = "class_averages.mrcs"
+CANONICAL_BATCH = 256
+
+
+@dataclass
+class CanonicalImages:
+    """The examples' canonical images (for the figures), the ``rlnCanonCanonicalImage`` column when written,
+    and the report's entries."""
+
+    example_canonical: np.ndarray  # (K, H, W)
+    column: np.ndarray | None = None  # (N,) "k@stack" names
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def canonical_images(prediction: Prediction, class_averages: dict[int, np.ndarray], classes: dict[int, np.ndarray],
+                     out_dir: Path, box: int, pixel_size_A: float, write_canonical: bool,
+                     context: RunContext) -> CanonicalImages:
+    """Class averages (when refinement made them) or the network's images, for the examples and, with
+    ``write_canonical``, every particle."""
+    if class_averages:
+        return _from_class_averages(len(prediction), prediction.example_index, class_averages, classes, out_dir,
+                                    pixel_size_A, write_canonical)
+    column = None
+    if write_canonical:
+        column = write_network_canonical(prediction, out_dir / CANONICAL_STACK, box, pixel_size_A, context)
+    return CanonicalImages(prediction.example_canonical, column)
+
+
+def _from_class_averages(n: int, example_index: np.ndarray, class_averages: dict[int, np.ndarray],
+                         classes: dict[int, np.ndarray], out_dir: Path, pixel_size_A: float,
+                         write_canonical: bool) -> CanonicalImages:
+    numbers = sorted(class_averages)
+    path = write_stack(out_dir / CLASS_AVERAGES, np.stack([class_averages[c] for c in numbers]), pixel_size_A)
+    position = np.empty(n, dtype=np.int64)  # row → its class's slice of the stack
+    for k, number in enumerate(numbers):
+        position[classes[number]] = k
+    examples = np.stack([class_averages[numbers[k]] for k in position[example_index]])
+    column = None
+    if write_canonical:
+        column = np.array([format_image_name(k, str(path)) for k in position], dtype=object)
+    return CanonicalImages(examples, column, {"class_averages": {"file": str(path), "classes": numbers}})
+
+
+def write_network_canonical(prediction: Prediction, path: Path, box: int, pixel_size_A: float,
+                            context: RunContext) -> np.ndarray:
+    """Stream every particle's canonical image (the network's, Fourier-padded to the working ``box``) into
+    ``path``; return the ``N@path`` names in STAR order."""
+    import torch
+    from tqdm import tqdm
+
+    model, dataset = prediction.loaded.model, prediction.dataset
+    device = next(model.parameters()).device
+    n, size = len(dataset), CANONICAL_BATCH
+    with torch.no_grad(), stack_writer(path, n, box, pixel_size_A) as out:
+        for start in tqdm(range(0, n, size), desc="canonical images", unit="batch", leave=False,
+                          disable=not context.progress or None):
+            if context.should_stop():
+                raise InterruptedError("stopped on request while writing canonical images")
+            batch = dataset[np.arange(start, min(start + size, n))]
+            ctf = batch["ctf"].to(device) if "ctf" in batch else None
+            result = model.predict(batch["image"].to(device), ctf=ctf, canonical=True)
+            out[start:start + len(batch["index"])] = fourier_resample(result["canonical"].float().cpu().numpy(), box)
+    return np.array([format_image_name(i, str(path)) for i in range(n)], dtype=object)

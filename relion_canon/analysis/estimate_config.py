@@ -1,0 +1,53 @@
+"""The options the analysis stage (:func:`relion_canon.analysis.estimate.estimate`) reads.
+
+:class:`~relion_canon.pipeline.JobConfig` inherits them, so a job's config is an ``EstimateConfig`` and the
+option table (:mod:`relion_canon.options`) sees these fields with the rest; ``analysis`` never imports the
+pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from relion_canon.options import BOOL, EXTERNAL, FLOAT, INT, RANGE, TEXT, option
+
+_NO_DEVICE_PARAM = "the gpu param chooses the device (and trains on several GPUs, one process each)"
+
+
+@dataclass
+class EstimateConfig:
+    """How the trained model's outputs become the job's estimates; the defaults are what pressing Run gives."""
+
+    # None: refinement works on the particles as they are
+    box: int | None = option(None, kind=INT, minimum=8,
+                             help="Fourier-crop the particles to this box (px) first.")
+    refine: bool = option(True, kind=BOOL, cli_flag="--refine/--no-refine",
+                          help="Refine every angle against the learnt canonical image (and fit defocus to it).")
+    # px at the working box
+    max_shift_px: float = option(0.0, kind=FLOAT, minimum=0.0, cli_flag="--max-shift",
+                                 help="Refinement: translational search range in px (0: none).")
+    outlier_method: str = option(
+        "ensemble", kind=TEXT, choices=("ensemble", "iforest", "lof", "covariance"), cli_flag="--outliers",
+        help="How junk is scored (iforest: isolation forest, lof: local outlier factor, covariance: robust "
+             "covariance, ensemble: all three).")
+    # The default trades precision against recall on the realistic set; the measured trade-off of nearby
+    # thresholds is in benchmarks/README.md ("Figures behind the defaults").
+    outlier_threshold: float = option(2.5, kind=FLOAT,
+                                      help="Flag particles with rlnParticleSelectZScore above this.")
+    # None: the STAR's own defocus
+    defocus_range: tuple[float, float] | None = option(
+        None, kind=RANGE,
+        help="Defocus range in Å, min and max (5000 25000; as a RELION param 5000,25000), for paper B's "
+             "quantile mapping (default: the input's own defocus).")
+    per_class: bool = option(False, kind=BOOL,
+                             help="Refine and estimate per rlnClassNumber, in each class's own frame.")
+    write_canonical: bool = option(False, kind=BOOL,
+                                   help="Also write canonical.mrcs (one canonical image per particle).")
+    device: str = option("auto", kind=TEXT, not_in={EXTERNAL: _NO_DEVICE_PARAM},
+                         help="auto, cpu, cuda or cuda:N.")
+    seed: int = option(0, kind=INT, minimum=0, help="Random seed (training subset, network, outlier scores).")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

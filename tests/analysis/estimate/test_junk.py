@@ -1,0 +1,36 @@
+"""`junk`: the outlier detectors' features and the flag."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from relion_canon.analysis.estimate.junk import find_junk, outlier_features
+from relion_canon.analysis.estimate.timing import Clock
+
+
+def test_features_without_refinement_are_the_latents_principal_components():
+    latent = np.random.default_rng(0).normal(size=(30, 8))
+    nan = np.full(30, np.nan)
+    features = outlier_features(latent, nan, nan, nan, None)
+    assert features.shape == (30, 3)  # as many components as 30 particles support (N // 10)
+
+
+def test_features_with_refinement_and_ctf_fit():
+    rng = np.random.default_rng(1)
+    latent, score, peak, fit = rng.normal(size=(40, 4)), rng.random(40), rng.random(40), rng.random(40) * 1e4
+    assert outlier_features(latent, score, peak, fit, None).shape == (40, 3)
+    features = outlier_features(latent, score, peak, fit, fit + 100.0)
+    assert features.shape == (40, 5)
+    np.testing.assert_allclose(features[:, 4], 100.0)
+
+
+def test_find_junk_flags_above_the_threshold_and_reports_it():
+    rng = np.random.default_rng(2)
+    features = rng.normal(size=(200, 3))
+    features[:10] += 8.0
+    clock = Clock()
+    junk = find_junk(features, "iforest", 2.5, 0, clock)
+    np.testing.assert_array_equal(junk.flag, junk.z > 2.5)
+    assert set(junk.per_detector) == {"isolation_forest"} and junk.flag[:10].all()
+    assert junk.report["threshold"] == 2.5 and junk.report["n_flagged"] == int(junk.flag.sum())
+    assert "outliers" in clock.seconds
