@@ -11,6 +11,7 @@ then resumes from that checkpoint in its own process, finds nothing left to trai
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -39,7 +40,9 @@ def write_settings(path: Path, particles: str, out_dir: str, config, resume: boo
 def main(argv: Sequence[str] | None = None) -> int:
     import torch.distributed as dist
 
+    from relion_canon.context import RunContext
     from relion_canon.io.star import read_star
+    from relion_canon.logs import log_to
     from relion_canon.pipeline import train_for_job
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -47,13 +50,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = job_config_from_dict(settings["config"])
     is_main = int(os.environ.get("RANK", "0")) == 0
 
-    def log(line: str) -> None:
-        if is_main:  # one copy of each line in run.out, not one per process
-            print(line, flush=True)
-
+    # One copy of each line in run.out, not one per process.
+    lines = log_to(sys.stdout) if is_main else contextlib.nullcontext()
     try:
         star = read_star(settings["particles"])
-        train_for_job(star, Path(settings["out_dir"]), config, settings["resume"], log, False, None, None)
+        with lines:
+            train_for_job(star, Path(settings["out_dir"]), config, resume=settings["resume"],
+                          context=RunContext(progress=False))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
