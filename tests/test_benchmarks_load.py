@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from relion_canon.context import QUIET
 from relion_canon.train import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,8 +24,8 @@ def test_load_benchmark_smoke(tmp_path):
     # A model trained here (seconds) rather than by the script, which would pay for one more torch start-up.
     config = TrainConfig(model="rotinv-ae", model_options={"width": 8, "max_width": 16, "critic_width": 8}, epochs=1,
                          batch_size=8, device="cpu", threads=1)
-    model = train(REPO / "test_data/sim_tiny/particles.star", tmp_path / "model", config, progress=False,
-                  log=lambda _: None).model_path
+    model = train(REPO / "test_data/sim_tiny/particles.star", tmp_path / "model", config,
+                  context=QUIET).model_path
     out, work = tmp_path / "results", tmp_path / "work"
     cmd = [sys.executable, str(SCRIPT), "--sizes", "1000", "--threads", "1", "--model", str(model),
            "--workdir", str(work), "--out", str(out)]  # fmt: skip
@@ -98,8 +99,8 @@ def test_larger_box_holds_the_same_images_over_the_same_field_of_view():
 def test_load_benchmark_at_64_px(tmp_path):
     config = TrainConfig(model="rotinv-ae", model_options={"width": 8, "max_width": 16, "critic_width": 8}, epochs=1,
                          batch_size=8, device="cpu", threads=1)
-    model = train(REPO / "test_data/sim_tiny/particles.star", tmp_path / "model", config, progress=False,
-                  log=lambda _: None).model_path
+    model = train(REPO / "test_data/sim_tiny/particles.star", tmp_path / "model", config,
+                  context=QUIET).model_path
     out = tmp_path / "results"
     cmd = [sys.executable, str(SCRIPT), "--sizes", "1000", "--threads", "1", "--model", str(model), "--box", "64",
            "--workdir", str(tmp_path / "work"), "--out", str(out)]  # fmt: skip

@@ -112,6 +112,7 @@ def child(args: argparse.Namespace) -> None:
     if args.child == "predict":
         import torch
 
+        from relion_canon.context import QUIET
         from relion_canon.workflow import predict_file
 
         if args.threads:
@@ -123,7 +124,7 @@ def child(args: argparse.Namespace) -> None:
     if args.child == "read_star":
         n = len(read_star(args.star))
     else:
-        predict_file(args.star, args.model, args.predict_out, device="cpu", batch_size=args.batch, progress=False)
+        predict_file(args.star, args.model, args.predict_out, device="cpu", batch_size=args.batch, context=QUIET)
         n = None
     seconds = time.perf_counter() - t0
     print(json.dumps({"seconds": seconds, "n": n, "rss_after_imports_mib": after_imports, "peak_rss_mib": peak_rss_mib(),

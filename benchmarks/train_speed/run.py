@@ -27,22 +27,24 @@ def worker(args: argparse.Namespace) -> None:
     """One model on one device: train, predict, print a JSON line."""
     import torch
 
+    from relion_canon.context import QUIET
     from relion_canon.io import read_star
+    from relion_canon.logs import log_to
     from relion_canon.train import TrainConfig, dataset_for, load_model, run_inference, train
 
     torch.set_num_threads(args.threads)
     out = Path(args.workdir) / f"{args.model}_{args.device}"
     config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, seed=0,
                          device=args.device, threads=args.threads)
-    result = train(Path(args.workdir) / "data" / "particles.star", out, config, resume=False, progress=False,
-                   log=lambda line: print(line, file=sys.stderr))
+    with log_to(sys.stderr):  # standard output carries the JSON result line
+        result = train(Path(args.workdir) / "data" / "particles.star", out, config, resume=False, context=QUIET)
     loaded = load_model(result.model_path, args.device)
     dataset = dataset_for(loaded, read_star(Path(args.workdir) / "data" / "particles.star"))
-    run_inference(loaded, dataset, batch_size=512, progress=False)  # warm-up: page cache, kernels
+    run_inference(loaded, dataset, batch_size=512, context=QUIET)  # warm-up: page cache, kernels
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    run_inference(loaded, dataset, batch_size=512, progress=False)
+    run_inference(loaded, dataset, batch_size=512, context=QUIET)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     infer_s = time.perf_counter() - t0

@@ -2,36 +2,28 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 
 import click
 
+from relion_canon.context import RunContext
 from relion_canon.io.particles import is_cryosparc, read_particles
+from relion_canon.logs import log_to
 from relion_canon.models import MODEL_CLASSES
+from relion_canon.options import parse_model_options
 from relion_canon.preprocess import PreprocessConfig
 from relion_canon.threads import cpu_threads
 from relion_canon.train.engine import TrainConfig, TrainingDiverged, device_from_gpu_ids, resolve_device, train
 from relion_canon.workflow import predict_file
 
 
-def _option_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def _model_options(pairs: tuple[str, ...]) -> dict:
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--set")
-        options[key.strip().replace("-", "_")] = _option_value(value.strip())
-    return options
+    try:
+        return parse_model_options(pairs)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--set") from None
 
 
 def _relaunch_distributed(gpu: str) -> None:
@@ -100,9 +92,11 @@ def train_command(particles: Path, passthrough: Path | None, project_dir: Path |
     )
     if no_resume and (out_dir / "checkpoint.pt").exists():
         (out_dir / "checkpoint.pt").unlink()
+    context = RunContext(project_dir=project_dir, progress=not quiet)
     try:
-        result = train(read_particles(particles, passthrough, project_dir), out_dir, config, resume=not no_resume,
-                       progress=not quiet, log=lambda line: click.echo(line), project_dir=project_dir)
+        with log_to(click.echo):
+            result = train(read_particles(particles, passthrough, project_dir), out_dir, config,
+                           resume=not no_resume, context=context)
     except TrainingDiverged as exc:
         click.echo(f"relion-canon: error: {exc}", err=True)
         sys.exit(3)
@@ -131,7 +125,7 @@ def predict_command(particles: Path, passthrough: Path | None, project_dir: Path
                     out_star: Path, device: str, gpu: str | None, batch_size: int, threads: int | None, workers: int,
                     quiet: bool) -> None:
     """Predict each particle's in-plane angle with a trained model."""
-    with cpu_threads(threads):
+    with cpu_threads(threads), log_to(click.echo):
         _predict(particles, passthrough, project_dir, model_path, out_star, device, gpu, batch_size, workers, quiet)
 
 
@@ -141,8 +135,8 @@ def _predict(particles, passthrough, project_dir, model_path, out_star, device, 
     # A STAR file is handed over by path, to be read a slice at a time (flat memory for any number of particles).
     source = particles if passthrough is None and not is_cryosparc(particles) else read_particles(
         particles, passthrough, project_dir)
-    out = predict_file(source, model_path, out_star, dev, batch_size, workers, progress=not quiet,
-                       project_dir=project_dir)
+    out = predict_file(source, model_path, out_star, dev, batch_size, workers,
+                       context=RunContext(project_dir=project_dir, progress=not quiet))
     click.echo(f"Wrote {out}")
 
 

@@ -6,12 +6,13 @@ import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from relion_canon.context import RunContext
 from relion_canon.errors import InputError
 from relion_canon.io.source import ParticleSource
 from relion_canon.io.star import ParticleStar
@@ -85,18 +86,18 @@ def run_inference(
     batch_size: int = 256,
     workers: int = 0,
     canonical: bool = False,
-    progress: bool = True,
-    should_stop: Callable[[], bool] | None = None,
+    *,
+    context: RunContext = RunContext(),
 ) -> dict[str, np.ndarray]:
     """Model outputs for every particle, in STAR order: ``latent`` always, ``psi`` (radians) where the model
-    predicts it, ``canonical`` images on request."""
+    predicts it, ``canonical`` images on request. ``context.should_stop`` is polled before every batch; a stop
+    raises ``InterruptedError``."""
     model = loaded.model
     device = next(model.parameters()).device
     loader = make_loader(dataset, EpochSampler(len(dataset), 0, shuffle=False), batch_size, workers, drop_last=False)
     parts: dict[str, list[np.ndarray]] = defaultdict(list)
-    for batch in tqdm(loader, desc="predicting", unit="batch", leave=False, disable=not progress or None):
-        if should_stop is not None and should_stop():
-            raise InterruptedError("prediction stopped on request")
+    for batch in tqdm(loader, desc="predicting", unit="batch", leave=False, disable=not context.progress or None):
+        context.check_stop("prediction")
         ctf = batch["ctf"].to(device) if "ctf" in batch else None
         out = model.predict(batch["image"].to(device), ctf=ctf, canonical=canonical)
         for key, value in out.items():

@@ -21,6 +21,7 @@ import torch
 from click.testing import CliRunner
 
 from relion_canon.cli.main import cli
+from relion_canon.context import QUIET
 from relion_canon.io.imagename import format_image_name, parse_image_name
 from relion_canon.io.star import read_star, write_star
 from relion_canon.preprocess import PreprocessConfig
@@ -90,7 +91,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
         # Meanwhile, here: the uninterrupted run, with the config the command line builds from these options.
         config = TrainConfig(model="rotinv-ae", model_options=dict(SMALL_NET), preprocess=PreprocessConfig(),
                              epochs=EPOCHS, batch_size=16, seed=0, device="cpu", threads=1)
-        full = train(particles, tmp_path / "full", config, progress=False, log=lambda _: None)
+        full = train(particles, tmp_path / "full", config, context=QUIET)
         killer.join(TIMEOUT)
         out, err = cut.communicate(timeout=TIMEOUT)
     finally:
@@ -122,7 +123,7 @@ def small_model(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("interrupt_model")
     config = TrainConfig(model="rotinv-ae", model_options=dict(SMALL_NET), preprocess=PreprocessConfig(), epochs=1,
                          batch_size=8, seed=0, device="cpu", threads=1)
-    return train(SIM_TINY, out, config, progress=False, log=lambda _: None).model_path
+    return train(SIM_TINY, out, config, context=QUIET).model_path
 
 
 def _holds_open(pid: int, path: Path) -> bool:
