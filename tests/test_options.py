@@ -214,7 +214,7 @@ def test_click_front_door_defaults_and_values_reach_the_job(door, captured, tmp_
 
 
 def _external_config(argv):
-    from relion_canon.relion.external import build_parser, config_from_args
+    from relion_canon.relion.params import build_parser, config_from_args
 
     args, unknown = build_parser().parse_known_args(["--o", "x/", "--in_parts", "p.star", *argv])
     assert unknown == []
@@ -222,7 +222,7 @@ def _external_config(argv):
 
 
 def test_external_front_door_declares_the_table():
-    from relion_canon.relion.external import build_parser
+    from relion_canon.relion.params import build_parser
 
     actions = {a.dest: a for a in build_parser()._actions}
     for entry in TABLE:
@@ -242,7 +242,7 @@ def test_external_front_door_defaults_and_values_reach_the_job():
 
 
 def test_external_help_lists_every_param():
-    from relion_canon.relion.external import external_params, params_help
+    from relion_canon.relion.params import external_params, params_help
 
     text = params_help()
     for entry in external_params():
@@ -253,7 +253,7 @@ def test_external_help_lists_every_param():
 
 
 def _external_param_names():
-    from relion_canon.relion.external import external_params
+    from relion_canon.relion.params import external_params
 
     return {e.external_param for e in external_params()}
 

@@ -20,6 +20,7 @@ import starfile
 from relion_canon.ctf import CtfParams
 from relion_canon.errors import InputError
 from relion_canon.io.atomic import atomic_path
+from relion_canon.io.star_text import lone_carriage_return_line, why_not_utf8
 from relion_canon.io.star_writer import star_text
 
 # Block names RELION has used for the particle table, newest first.
@@ -204,7 +205,7 @@ def read_star(path: str | Path) -> ParticleStar:
         raise InputError("is a directory, not a STAR file", path)
     if path.stat().st_size == 0:
         raise InputError("STAR file is empty", path)
-    cr_line = _lone_carriage_return(path)
+    cr_line = lone_carriage_return_line(path)
     if cr_line is not None:
         raise InputError(f"line {cr_line} holds a carriage return without a line feed (a corrupt file?)", path)
     # starfile reads lines through the global ``linecache`` and clears it only when parsing succeeds: after a
@@ -223,7 +224,7 @@ def read_star(path: str | Path) -> ParticleStar:
     finally:
         linecache.clearcache()
     if not blocks:
-        raise InputError(f"no data blocks found ({_not_utf8(path) or 'not a STAR file?'})", path)
+        raise InputError(f"no data blocks found ({why_not_utf8(path) or 'not a STAR file?'})", path)
 
     for name, block in blocks.items():
         if isinstance(block, pd.DataFrame) and block.columns.has_duplicates:
@@ -239,41 +240,6 @@ def read_star(path: str | Path) -> ParticleStar:
     star = ParticleStar(path, dict(blocks), particles_block, _read_version(path))
     _check_optics_groups(star)
     return star
-
-
-_LONE_CR = re.compile(rb"\r(?!\n)")
-
-
-def _lone_carriage_return(path: Path, chunk: int = 1 << 24) -> int | None:
-    """1-based line of the first CR that no LF follows, or None.
-
-    starfile counts a file's lines by LF but reads them through ``linecache``, which also ends a line at a lone
-    CR: one such byte splits a row in two, shifts every later line by one and silently drops the last row.
-    """
-    lines_before, carry = 0, b""
-    with open(path, "rb") as fh:
-        while True:
-            block = fh.read(chunk)
-            data = carry + block
-            # A CR at the end of a block is judged with the next block, where its LF would be.
-            carry = b"\r" if block and data.endswith(b"\r") else b""
-            body = data[: len(data) - len(carry)]
-            m = _LONE_CR.search(body)
-            if m:
-                return lines_before + body.count(b"\n", 0, m.start()) + 1
-            if not block:
-                return None
-            lines_before += body.count(b"\n")
-
-
-def _not_utf8(path: Path) -> str | None:
-    """Why the file is not UTF-8 text, or None: starfile then sees no lines at all and finds no blocks."""
-    data = path.read_bytes()
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return f"byte 0x{data[exc.start]:02x} at offset {exc.start} is not UTF-8 text"
-    return None
 
 
 def _find_particle_block(blocks: dict, path: Path) -> str:

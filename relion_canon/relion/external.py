@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -42,20 +41,6 @@ from typing import Callable, Sequence
 from relion_canon import __version__
 from relion_canon.errors import InputError
 from relion_canon.io.atomic import atomic_path
-from relion_canon.options import (
-    BOOL,
-    EXTERNAL,
-    FLOAT,
-    INT,
-    PAIRS,
-    RANGE,
-    TEXT,
-    JobOption,
-    Option,
-    build_config,
-    job_options,
-    parse_model_options,
-)
 from relion_canon.relion.exit_files import (
     ABORT_NOW,
     ExitStatus,
@@ -65,31 +50,18 @@ from relion_canon.relion.exit_files import (
 )
 from relion_canon.relion.job_star import JOB_STAR, detect_relion_version, read_job_star
 from relion_canon.relion.nodes import NodeKind, write_output_nodes
+from relion_canon.relion.params import (
+    PROG,
+    UNUSED_INPUTS,
+    UsageError,
+    build_parser,
+    config_from_args,
+    params_help,
+    text_or_none,
+)
 
-PROG = "relion_canon_external"
-MODES = ("train", "apply")
 MODEL_FILE = "model.pt"
 DDP_SETTINGS = "distributed_training.json"  # the settings handed to the torchrun processes; removed after
-
-# Inputs RELION may pass that this job has no use for: accepted (so the job still runs) and named in run.out.
-UNUSED_INPUTS = ("in_movies", "in_mics", "in_coords", "in_3dref", "in_mask")
-
-_TRUE = ("yes", "y", "true", "t", "1", "on")
-_FALSE = ("no", "n", "false", "f", "0", "off")
-
-# This front door's own params, beside the job's options: mode says whether model_path is used, gpu sets the
-# device and how many training processes run.
-MODE = JobOption("mode", (), Option(kind=TEXT, choices=MODES,
-                                    help="train: train a model on these particles, then apply it; apply: apply "
-                                         "the model given as model_path."), "train")
-GPU = JobOption("gpu", (), Option(kind=TEXT, help="Empty: automatic (the GPU when there is one, honouring "
-                                                  "CUDA_VISIBLE_DEVICES); 0: that GPU; 0,1: train on both, one "
-                                                  "process each, through torchrun; cpu: no GPU."), None)
-THREADS = JobOption("j", (), Option(kind=INT, minimum=1, help="CPU threads (RELION's 'Number of threads')."), None)
-
-
-class UsageError(InputError):
-    """A bad argument or param value (one line, no traceback)."""
 
 
 class _Stop(BaseException):
@@ -101,181 +73,6 @@ class _Stop(BaseException):
     def __init__(self, reason: str):
         self.reason = reason
         super().__init__(reason)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        # argparse would print usage and sys.exit(2): the job must instead end with an exit file.
-        raise UsageError(message)
-
-
-def external_params() -> list[JobOption]:
-    """Every param this job takes: mode, the job's options this front door offers (from the table), gpu.
-    RELION's own arguments (--o, --in_parts, --j, ...) are not params."""
-    from relion_canon.pipeline import JobConfig
-
-    return [MODE, *job_options(JobConfig, EXTERNAL), GPU]
-
-
-def params_help() -> str:
-    """The params, one paragraph each, as ``--help`` lists them."""
-    import textwrap
-
-    lines = ["Params (and Additional arguments):"]
-    for entry in external_params():
-        choices = entry.option.choice_names()
-        default = "" if entry.default in (None, {}) else f" [default: {_param_text(entry.default)}]"
-        text = entry.option.help + (f" One of: {', '.join(choices)}." if choices else "") + default
-        lines.append(f"  --{entry.external_param}")
-        lines.extend(textwrap.wrap(text, 100, initial_indent=" " * 6, subsequent_indent=" " * 6))
-    return "\n".join(lines)
-
-
-def _param_text(value) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return str(value)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The arguments exactly as RELION passes them, plus this job's params.
-
-    Every param takes an optional value (``nargs="?"``): RELION passes a labelled param with an empty value
-    as a bare flag (``--epochs  --j 4``). ``allow_abbrev=False`` keeps a misspelt flag from silently
-    matching a longer one (``--in_part`` is reported as unknown, not read as ``--in_parts``).
-    """
-    p = _Parser(prog=PROG, allow_abbrev=False, add_help=False,
-                description="relion_canon as a RELION External job (see the module documentation).")
-    io = p.add_argument_group("RELION")
-    io.add_argument("--o", help="job folder, project-relative (External/jobNNN/)")
-    io.add_argument("--in_parts", help="input particle STAR file")
-    for name in UNUSED_INPUTS:
-        io.add_argument(f"--{name}", help=argparse.SUPPRESS)
-    io.add_argument("--j", help=THREADS.option.help)
-    io.add_argument("--pipeline_control", help=argparse.SUPPRESS)
-    io.add_argument("--relion_version", nargs="?", help="3.1, 4.0 or 5.0 (default: read from job.star)")
-    par = p.add_argument_group("params")
-    for entry in external_params():
-        settings: dict = {"nargs": "?", "help": entry.option.help}
-        if entry.option.kind == BOOL:
-            settings["const"] = "yes"
-        elif entry.option.kind == PAIRS:
-            settings.update(action="append", default=[], metavar="KEY=VALUE")
-        par.add_argument(f"--{entry.external_param}", **settings)
-    p.add_argument("-h", "--help", action="store_true")
-    return p
-
-
-# --- values -------------------------------------------------------------------------------------------------
-
-
-def _text(value: str | None) -> str | None:
-    """An empty param value means "the default"."""
-    if value is None:
-        return None
-    value = value.strip()
-    return value or None
-
-
-def _bool(name: str, value: str) -> bool:
-    if value.lower() in _TRUE:
-        return True
-    if value.lower() in _FALSE:
-        return False
-    raise UsageError(f"param {name}: expected yes or no, got {value!r}")
-
-
-def _number(name: str, value: str, kind: type, minimum: float | None) -> int | float:
-    try:
-        number = kind(value)
-    except ValueError:
-        expected = "a whole number" if kind is int else "a number"
-        raise UsageError(f"param {name}: expected {expected}, got {value!r}") from None
-    if minimum is not None and number < minimum:
-        raise UsageError(f"param {name}: must be at least {minimum}, got {number}")
-    return number
-
-
-def param_value(entry: JobOption, text: str | list[str | None] | None):
-    """A param's value as RELION passes it (text; a list for a repeated ``--set``) → the option's value;
-    an empty value gives the option's default."""
-    name, opt = entry.external_param, entry.option
-    if opt.kind == PAIRS:
-        try:
-            return parse_model_options(text or [])
-        except ValueError as exc:
-            raise UsageError(f"--{name}: {exc}") from None
-    value = _text(text)  # type: ignore[arg-type]
-    if value is None:
-        return entry.default
-    if value.lower() in opt.none_words:
-        return None
-    if opt.kind == BOOL:
-        return _bool(name, value)
-    if opt.kind in (INT, FLOAT):
-        return _number(name, value, int if opt.kind == INT else float, opt.minimum)
-    if opt.kind == RANGE:
-        return parse_defocus_range(value)
-    try:
-        return opt.choose(value)
-    except ValueError as exc:
-        raise UsageError(f"param {name}: {exc}") from None
-
-
-def parse_defocus_range(value: str | None) -> tuple[float, float] | None:
-    """'5000,25000' (Å; also 5000:25000 or 5000-25000) → (5000.0, 25000.0); empty → None."""
-    value = _text(value)
-    if value is None:
-        return None
-    parts = [s for s in re.split(r"[,:;]|(?<=\d)-(?=\d)", value) if s.strip()]
-    try:
-        lo, hi = (float(s) for s in parts)
-    except ValueError:
-        raise UsageError(f"param defocus_range: expected min,max in Å (e.g. 5000,25000), got {value!r}") from None
-    if not 0 < lo < hi:
-        raise UsageError(f"param defocus_range: expected 0 < min < max, got {value!r}")
-    if hi < 100:
-        raise UsageError(f"param defocus_range is in Å, not µm: got {value!r} (e.g. 1 µm = 10000)")
-    return lo, hi
-
-
-def parse_gpu(value: str | None) -> list[str] | None:
-    """GPU ids as RELION users write them ('0', '0,1', '0:1', '0 1'); [] = automatic; None = the CPU."""
-    value = _text(value)
-    if value is None:
-        return []
-    if value.lower() == "cpu":
-        return None
-    ids = [s for s in re.split(r"[,:\s]+", value) if s]
-    if not all(s.isdigit() for s in ids):
-        raise UsageError(f"param gpu: expected GPU ids such as 0 or 0,1 (or cpu), got {value!r}")
-    return ids
-
-
-def config_from_args(args: argparse.Namespace):
-    """The :class:`~relion_canon.pipeline.JobConfig` the user's params ask for, and the GPU ids (None: CPU)."""
-    from relion_canon.pipeline import JobConfig
-    from relion_canon.train.engine import device_from_gpu_ids
-
-    values = {entry.name: param_value(entry, getattr(args, entry.external_param))
-              for entry in job_options(JobConfig, EXTERNAL)}
-    mode = param_value(MODE, args.mode)
-    model_path = values["model_path"]
-    if mode == "apply" and model_path is None:
-        raise UsageError("mode is apply but no model_path is given (a model.pt, or the job folder that holds it)")
-    if mode == "train" and model_path is not None:
-        raise UsageError(f"model_path is {model_path!r} but mode is train: set mode to apply to use that model, "
-                         "or clear model_path to train a new one")
-    gpu_ids = parse_gpu(args.gpu)
-    if gpu_ids is None:
-        values["device"] = "cpu"
-    elif len(gpu_ids) == 1:
-        values["device"] = device_from_gpu_ids(gpu_ids[0], "auto")
-    else:
-        # Several GPUs: each training process takes its own; see ExternalJob._train_distributed.
-        values["device"] = "auto"
-    values["threads"] = param_value(THREADS, args.j)
-    return build_config(JobConfig, values), gpu_ids
 
 
 def distributed_train_command(settings_path: str, n_processes: int) -> list[str]:
@@ -297,7 +94,7 @@ def _out_dir_from(argv: Sequence[str]) -> str | None:
         known, _ = pre.parse_known_args(list(argv))
     except SystemExit:
         return None
-    return _text(known.o)
+    return text_or_none(known.o)
 
 
 class _Signals:
@@ -406,7 +203,7 @@ class ExternalJob:
         self.out.mkdir(parents=True, exist_ok=True)
         removed = clear_stale_files(self.out)
         args, unknown = build_parser().parse_known_args(argv)
-        version, source = detect_relion_version(self.out, ".", _text(args.relion_version))
+        version, source = detect_relion_version(self.out, ".", text_or_none(args.relion_version))
         _log(f"{PROG} {__version__}: {' '.join(argv)}")
         is_continue = self._is_continue()
         _log(f"RELION {version} (from {source}); {'continuing' if is_continue else 'new run'}; "
@@ -418,7 +215,7 @@ class ExternalJob:
         for name in UNUSED_INPUTS:
             if getattr(args, name):
                 _log(f"Warning: --{name} {getattr(args, name)} is not used: relion_canon learns from the particles alone")
-        if not _text(args.in_parts):
+        if not text_or_none(args.in_parts):
             raise UsageError("no input particles: fill in 'Input particles' on the Input tab (--in_parts)")
         if self.should_stop():
             raise _Stop(f"aborted on RELION's request ({ABORT_NOW}) before starting")

@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from relion_canon.errors import InputError
-from relion_canon.io import star as star_module
 from relion_canon.io.source import ParticleSource
 from relion_canon.io.star import read_star
+from relion_canon.io.star_text import lone_carriage_return_line
 from tests.io.helpers import make_stack
 
 # Shared by the three fuzz modules: bounded, derandomised, no example database, no per-example deadline
@@ -413,7 +413,7 @@ def test_lone_carriage_return_found_across_read_blocks(tmp_path, data, line):
     path = tmp_path / "p.star"
     path.write_bytes(data)
     # A CR at the end of one block is judged with the next block, where its LF would be.
-    assert [star_module._lone_carriage_return(path, chunk=k) for k in (1, 2, 3, 1 << 20)] == [line] * 4
+    assert [lone_carriage_return_line(path, chunk=k) for k in (1, 2, 3, 1 << 20)] == [line] * 4
 
 
 def test_non_utf8_file_says_so(tmp_path):

@@ -200,7 +200,7 @@ def test_output_nodes_refuse_bad_names(tmp_path):
 
 @pytest.mark.parametrize("folder, version", [("relion3.1", "3.1"), ("relion4.0", "4.0"), ("relion5.0", "5.0")])
 def test_templates(folder, version):
-    from relion_canon.relion.external import build_parser
+    from relion_canon.relion.params import build_parser
 
     job = read_job_star(REPO / "external_job" / folder / "job.star")
     assert job.version == version and not job.is_continue
