@@ -137,7 +137,7 @@ def _grid_rows(images: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {names.get(k, k): v for k, v in images.items()}
 
 
-def write_evaluation(out_dir: Path, evaluation: Evaluation, log: Callable[[str], None] = print) -> list[Path]:
+def write_evaluation(out_dir: Path, evaluation: Evaluation) -> list[Path]:
     """Write ``evaluation.md``, ``evaluation.json``, the figures as PNGs and ``evaluation.pdf`` into
     ``out_dir``; returns the paths."""
     out_dir = Path(out_dir)
@@ -150,7 +150,7 @@ def write_evaluation(out_dir: Path, evaluation: Evaluation, log: Callable[[str],
         with atomic_path(out_dir / name) as tmp:
             tmp.write_text(text)
         paths.append(out_dir / name)
-    return paths + _save(out_dir, named, EVALUATION_PDF, log)
+    return paths + _save(out_dir, named, EVALUATION_PDF, log.info)
 
 
 def _save(out_dir: Path, named: NamedFigures, pdf_name: str, say: Callable[[str], None],

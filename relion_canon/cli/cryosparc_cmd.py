@@ -38,10 +38,11 @@ def cryosparc_job(url: str, email: str | None, password: str | None, project_uid
     Needs cryosparc-tools of the same major.minor version as the server (pip install 'relion_canon[cryosparc]').
     """
     from relion_canon.cryosparc.job import DEFAULT_TITLE, run_external_job
+    from relion_canon.logs import log_to
 
     # The options are checked by click (a bad --model among them) before a job is made on the server.
     config = job_config_from_click(options, CRYOSPARC)
-    result = run_external_job(url, project_uid, workspace_uid, input_ref, out_dir, config, email=email,
-                              password=password, project_dir=project_dir, title=title or DEFAULT_TITLE,
-                              log=click.echo)
+    with log_to(click.echo):
+        result = run_external_job(url, project_uid, workspace_uid, input_ref, out_dir, config, email=email,
+                                  password=password, project_dir=project_dir, title=title or DEFAULT_TITLE)
     click.echo(f"{result.project_uid} {result.job_uid}: " + ", ".join(f"{k} {v}" for k, v in result.saved.items()))

@@ -51,7 +51,7 @@ def demo(out_dir: Path, n_particles: int, seed: int, threads: int | None, device
     job_seconds = time.perf_counter() - t_job
     click.echo(f"[3/3] Scoring the job against the ground truth into {eval_dir}/")
     evaluation = evaluate(job_dir, data_dir)
-    paths = write_evaluation(eval_dir, evaluation, log=lambda line: None)
+    paths = write_evaluation(eval_dir, evaluation)
     click.echo("")
     click.echo(evaluation.to_markdown())
     click.echo("")

@@ -38,11 +38,13 @@ def evaluate_command(job: Path, truth: Path | None, relion: Path | None, out_dir
     # Heavy imports (matplotlib, scikit-learn, torch) only once the arguments are known to be usable.
     from relion_canon.analysis.evaluation import evaluate
     from relion_canon.analysis.report import write_evaluation
+    from relion_canon.logs import log_to
 
     try:
         evaluation = evaluate(job, truth, relion, symmetry=symmetry, project_dir=project_dir,
                               relion_z_threshold=relion_z)
-        paths = write_evaluation(out_dir, evaluation, log=lambda msg: click.echo(msg, err=True))
+        with log_to(sys.stderr):
+            paths = write_evaluation(out_dir, evaluation)
     except InputError as exc:
         # Same one-line report and status as the relion-canon group gives, also when called on its own.
         click.echo(f"relion-canon: error: {exc}", err=True)

@@ -18,13 +18,14 @@ carry only the split and the angle; the local output folder gets the full ``.cs`
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import urllib.parse
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +48,7 @@ DESCRIPTION = ("Per-particle in-plane angle (alignments2D/pose), defocus, weight
                "relion_canon from the particles themselves; outputs: all, kept and rejected particles.")
 _INPUT_REF = re.compile(r"^(J\d+)\.([A-Za-z][A-Za-z0-9_]*)$")
 _VERSION = re.compile(r"^v?(\d+)\.(\d+)")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -153,20 +155,39 @@ def run_external_job(
     password: str | None = None,
     project_dir: str | Path | None = None,
     title: str = DEFAULT_TITLE,
-    log: Callable[[str], None] = print,
 ) -> CryosparcJobResult:
     """Create a cryoSPARC External job on ``input_ref`` (e.g. ``"J42.particles"``), run the job, save its outputs.
 
     ``project_dir`` is where the cryoSPARC project is on this machine (default: where the server says it is),
-    for reading the particle images. ``out_dir`` is a local folder for everything the pipeline writes.
+    for reading the particle images. ``out_dir`` is a local folder for everything the pipeline writes. The
+    job's lines go to the job's event log in cryoSPARC, and wherever the caller's ``log_to`` sends them.
     """
     from relion_canon.context import RunContext
     from relion_canon.logs import log_to
     from relion_canon.pipeline import run_job
 
-    source_job, source_output = parse_input_ref(input_ref)
     cs = connect(url, email, password)
     project = cs.find_project(project_uid)
+    job = _create_job(project, project_uid, workspace_uid, title, input_ref)
+    log.info(f"Created External job {project_uid} {job.uid} on {input_ref}")
+    with job.run(), log_to(job.log):
+        particles = job.load_input(INPUT_NAME, slots="all")
+        records = csio.as_records(particles)
+        where = Path(project_dir) if project_dir is not None else Path(_project_dir(project))
+        star = csio.records_to_star(records, Path(project_uid) / input_ref, project_dir=where)
+        result = run_job(star, out_dir, config, context=RunContext(progress=False))
+        results = read_star(result.particles_star)
+        files = write_results_cs(records, None, results, out_dir)
+        saved = _save_outputs(job, particles, records, results, result.particles_star)
+        log.info(f"Saved {saved['particles']} particles: {saved['particles_selected']} kept, "
+                 f"{saved['particles_rejected']} rejected")
+    return CryosparcJobResult(project_uid, job.uid, saved, result, files)
+
+
+def _create_job(project: Any, project_uid: str, workspace_uid: str, title: str, input_ref: str) -> Any:
+    """A new External job in the workspace, its particle input connected to ``input_ref``, its three outputs
+    (all, kept, rejected) passing the input's other fields through."""
+    source_job, source_output = parse_input_ref(input_ref)
     job = project.create_external_job(workspace_uid, title=title, desc=DESCRIPTION)
     job.add_input(type="particle", name=INPUT_NAME, min=1, max=1, slots=INPUT_SLOTS, title="Particles")
     try:
@@ -175,39 +196,27 @@ def run_external_job(
         raise InputError(f"cannot connect {project_uid} {input_ref} to the new job {job.uid}: {exc}") from None
     for name, output_title, _ in OUTPUTS:
         job.add_output(type="particle", name=name, slots=OUTPUT_SLOTS, passthrough=INPUT_NAME, title=output_title)
-    log(f"Created External job {project_uid} {job.uid} on {input_ref}")
+    return job
 
-    def tee(line: str) -> None:
-        log(line)
-        job.log(line)
 
+def _save_outputs(job: Any, particles: Any, records: np.ndarray, results: Any, results_path: Path) -> dict[str, int]:
+    """Our psi, origins and junk flags in the input's row order, saved as the three outputs; the particles
+    saved to each."""
+    # The pipeline keeps the input's row order, but the uid is what says so.
+    pos = csio.result_positions(records, results)
+    if len(pos) != len(records):
+        raise InputError(f"{len(pos)} results for {len(records)} input particles", results_path)
+    psi = np.empty(len(records))
+    psi[pos] = results.particles["rlnAnglePsi"].to_numpy(np.float64)
+    origins = np.empty((len(records), 2))
+    origins[pos] = results.origins_angstrom()
+    junk = np.zeros(len(records), bool)
+    junk[pos] = results.particles["rlnCanonIsOutlier"].to_numpy(np.float64) > 0.5
     saved: dict[str, int] = {}
-    with job.run():
-        particles = job.load_input(INPUT_NAME, slots="all")
-        records = csio.as_records(particles)
-        where = Path(project_dir) if project_dir is not None else Path(_project_dir(project))
-        star = csio.records_to_star(records, Path(project_uid) / input_ref, project_dir=where)
-        with log_to(log, job.log):
-            result = run_job(star, out_dir, config, context=RunContext(progress=False))
-        results = read_star(result.particles_star)
-        files = write_results_cs(records, None, results, out_dir)
-
-        # Our results in the input's row order (the pipeline keeps it, but the uid is what says so).
-        pos = csio.result_positions(records, results)
-        if len(pos) != len(records):
-            raise InputError(f"{len(pos)} results for {len(records)} input particles", result.particles_star)
-        psi = np.empty(len(records))
-        psi[pos] = results.particles["rlnAnglePsi"].to_numpy(np.float64)
-        origins = np.empty((len(records), 2))
-        origins[pos] = results.origins_angstrom()
-        junk = np.zeros(len(records), bool)
-        junk[pos] = results.particles["rlnCanonIsOutlier"].to_numpy(np.float64) > 0.5
-        for name, _, which in OUTPUTS:
-            rows = {"all": np.ones(len(records), bool), "kept": ~junk, "rejected": junk}[which]
-            out = job.alloc_output(name, particles.mask(rows))
-            csio.fill_alignments2d(out, records[rows], psi[rows], origins[rows])
-            job.save_output(name, out)
-            saved[name] = int(rows.sum())
-        tee(f"Saved {saved['particles']} particles: {saved['particles_selected']} kept, "
-            f"{saved['particles_rejected']} rejected")
-    return CryosparcJobResult(project_uid, job.uid, saved, result, files)
+    for name, _, which in OUTPUTS:
+        rows = {"all": np.ones(len(records), bool), "kept": ~junk, "rejected": junk}[which]
+        out = job.alloc_output(name, particles.mask(rows))
+        csio.fill_alignments2d(out, records[rows], psi[rows], origins[rows])
+        job.save_output(name, out)
+        saved[name] = int(rows.sum())
+    return saved

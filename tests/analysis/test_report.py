@@ -109,7 +109,7 @@ def evaluation(tmp_path_factory):
 
 def test_write_evaluation_files(evaluation, tmp_path):
     out = tmp_path / "eval"
-    paths = write_evaluation(out, evaluation, log=lambda _: None)
+    paths = write_evaluation(out, evaluation)
     names = [p.name for p in paths]
     assert names[:2] == [EVALUATION_MD, EVALUATION_JSON] and names[-1] == EVALUATION_PDF
     assert (out / EVALUATION_MD).read_text() == evaluation.to_markdown()

@@ -18,7 +18,7 @@ URL = "http://cryosparc.example:39000"
 
 def _run(tmp_path, **kwargs):
     return run_external_job(URL, "P1", "W1", "J42.particles", tmp_path / "out", JobConfig(epochs=2), email="a@b.c",
-                            password="pw", log=lambda line: None, **kwargs)
+                            password="pw", **kwargs)
 
 
 def _job_calls(api):
@@ -123,8 +123,7 @@ def test_version_mismatch_stops_before_creating_a_job(server, pipeline, tmp_path
 
 def test_source_without_that_output(server, pipeline, tmp_path):
     with pytest.raises(InputError, match="cannot connect P1 J42.particles_selected .*does not have output"):
-        run_external_job(URL, "P1", "W1", "J42.particles_selected", tmp_path, email="a@b.c", password="pw",
-                         log=lambda line: None)
+        run_external_job(URL, "P1", "W1", "J42.particles_selected", tmp_path, email="a@b.c", password="pw")
     server.jobs.mark_running.assert_not_called()
 
 
