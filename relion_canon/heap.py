@@ -1,9 +1,9 @@
 """Hand freed memory back to the system as the work goes, so a long streamed run keeps a flat footprint.
 
 glibc raises its mmap and trim thresholds after large blocks are freed (up to 32 MB and 64 MB), so the
-temporary arrays of each slice of particles are then carved from the heap and, once freed, kept there:
-measured with `predict` on 60,000 particles at 64 px in slices of 20,000, the peak RSS was 487 MiB with the
-default behaviour and 407 MiB with fixed thresholds. Elsewhere (musl, macOS) this does nothing.
+temporary arrays of each slice of particles are then carved from the heap and, once freed, kept there, and
+the footprint grows with every slice (measured: ``benchmarks/README.md``, "Figures behind the defaults").
+Elsewhere (musl, macOS) this does nothing.
 """
 
 from __future__ import annotations

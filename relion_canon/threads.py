@@ -15,9 +15,8 @@ def cpu_threads(threads: int | None) -> Iterator[None]:
     """Within the block, torch and every BLAS/OpenMP pool use at most ``threads`` threads (None: as they are).
 
     Setting torch's alone is not enough: OpenBLAS starts one thread per core, and while another program
-    holds the cores (RELION next to an External job) its threads wait on each other. Measured: reading and
-    normalising 20,000 particles at 32 px took 3.8 s with OpenBLAS's default and 1.3 s with one thread, on
-    2 cores that RELION was using.
+    holds the cores (RELION next to an External job) its threads wait on each other (the measured cost is in
+    ``benchmarks/README.md``, "Figures behind the defaults").
     """
     if not threads:
         yield

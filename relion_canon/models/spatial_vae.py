@@ -25,12 +25,10 @@ step comes from :meth:`SpatialVAE.phases`, which the engine calls with the globa
 ``encoder_mask`` (on by default: the inference network sees only the inscribed disc, so that turned copies,
 whose corners are zero, look like the originals) and a conv inference network.
 
-Measured behaviour (500 single-view 32-px particles, SNR 10, 20 epochs, batch 10, lr 1e-3, hidden 256/64):
-on a molecule whose strongest angular harmonic about the centre is k = 1, θ follows psi with the RELION
-direction in every run, but the full-circle rMSE depends on the seed (5-80° over seven seeds): parts of the
-circle can stay on the wrong half-turn. On the standard phantom (k = 2 strongest) the generator first learns
-a 2-fold-symmetric blob and θ settles on psi mod 180° (rMSE 2-4° modulo 180°, about 90° on the full
-circle) — a local minimum, not a convention error.
+On a molecule whose strongest angular harmonic about the centre is k = 1, θ follows psi in RELION's
+direction, but parts of the circle can stay on the wrong half-turn depending on the seed. On the standard
+phantom (k = 2 strongest) the generator first learns a 2-fold-symmetric blob and θ settles on psi mod 180° —
+a local minimum, not a convention error. Measured: ``benchmarks/README.md`` ("Figures behind the defaults").
 """
 
 from __future__ import annotations

@@ -28,11 +28,10 @@ statistics frozen, so it changes nothing but the discriminator; the model phase 
 running statistics alone in the same way (its parameters do receive gradients there, which the engine's
 ``zero_grad`` before each phase discards).
 
-Measured (500 single-view 32-px particles, SNR 10, no CTF, 10 epochs, batch 16, width 16, defaults
-otherwise): on a molecule whose strongest angular harmonic about the centre is k = 1 the polar read-out gives
-a psi rMSE of 2.7-11.7° over five seeds (paper B: 1.72° on its simulated set); on the standard phantom (k = 2
-strongest) the latent loop often twists in 3-D, so the PCA plane does not see it wind once around its
-centre, and the rMSE is 9-59° (medians 7-25°).
+The polar read-out works best on a molecule whose strongest angular harmonic about the centre is k = 1; with
+k = 2 strongest (the standard phantom) the latent loop often twists in 3-D, so the PCA plane does not see it
+wind once around its centre. The measured accuracy of both cases is in ``benchmarks/README.md`` ("Figures
+behind the defaults") and ``benchmarks/papers``.
 """
 
 from __future__ import annotations
