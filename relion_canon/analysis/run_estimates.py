@@ -36,6 +36,7 @@ from relion_canon.analysis.latent_angle import polar_readout
 from relion_canon.analysis.metrics import align_angles, wrap_degrees
 from relion_canon.analysis.outliers import flag_outliers, outlier_scores
 from relion_canon.analysis.symmetry import detect_symmetry
+from relion_canon.context import QUIET, RunContext
 from relion_canon.ctf import CtfParams
 from relion_canon.io.imagename import format_image_name
 from relion_canon.io.mrc import stack_writer, write_stack
@@ -134,8 +135,8 @@ def estimate(
             clock.lap()
             alignment = align_particles(
                 batches, len(rows), None if ctf is None else ctf.take(rows), images.pixel_size[rows], images.box,
-                psi_model[rows], AlignmentConfig(max_shift=config.max_shift_px, seed=config.seed), log=log,
-                should_stop=should_stop,
+                psi_model[rows], AlignmentConfig(max_shift=config.max_shift_px, seed=config.seed),
+                context=QUIET if should_stop is None else RunContext(should_stop=should_stop),
             )
             psi[rows], score[rows] = alignment.psi, alignment.score
             clock.lap("refine")
