@@ -15,8 +15,8 @@ one class would, but without marginalising over a sampled grid:
    cross-correlation with the turned reference) then re-centres the particle.
 3. Repeat a few rounds. With many particles the rounds run on a random subset of 5,000, and then two
    passes search every particle: against the subset's reference, then against the reference all of them
-   give. Only those passes grow with N; on 20,000 simulated particles the final angles were as accurate
-   as with every round on all (psi rMSE 0.709° vs 0.708° at SNR 0.1, 1.014° vs 1.012° at SNR 0.05).
+   give. Only those passes grow with N, and the final angles are as accurate as with every round on all
+   (measured on 20,000 simulated particles: ``benchmarks/vs_relion/README.md``).
 
 Angles follow RELION's convention (product.md): the particle is its canonical image turned
 counter-clockwise by ψ about pixel box//2, so ``geometry.rotate(reference, ψ, shift)`` is the
@@ -26,17 +26,18 @@ predictions keeps the model's canonical frame.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
+from relion_canon.analysis.alignment_reference import HalfSetSums, noise_spectrum
+from relion_canon.context import QUIET, RunContext
 from relion_canon.ctf import CtfParams
 from relion_canon.geometry import (
-    canonicalising_shift_px,
-    fourier_ring_correlation,
     periodic_peak,
     polar_grid,
     resolution_at_threshold_A,
@@ -50,8 +51,14 @@ from relion_canon.geometry import (
     wrap_rad,
 )
 
+log = logging.getLogger(__name__)
+
 ImageBatches = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
 """Called once per round; yields (indices (b,), images (b, B, B) float32) covering every particle once."""
+
+Prepared = tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]
+"""One batch as the search reads it: (indices, CTF-weighted images, whitened CTF-weighted images, ring mean
+of CTF²)."""
 
 
 @dataclass
@@ -84,39 +91,172 @@ class Alignment:
     history: list[dict[str, float]] = field(default_factory=list)  # per round: psi change, score, resolution
 
 
-class _Accumulator:
-    """Sums of CTF-weighted particles turned back to the canonical frame, for two half-sets."""
+@dataclass
+class Poses:
+    """Every particle's current pose; a search returns new ones and leaves its input as it was."""
 
-    def __init__(self, box: int, n_rings: int):
-        # Real-space sums: the Fourier transform is linear, so one rfft2 of each sum (in ``reference``)
-        # replaces one per particle.
-        self.num = torch.zeros(2, box * box, dtype=torch.float64)
-        self.den = torch.zeros(2, n_rings, dtype=torch.float64)
-        self.box = box
+    psi_rad: torch.Tensor  # (N,) float32, RELION's convention
+    shift_px: torch.Tensor  # (N, 2) (x, y) at the working box
+    score: torch.Tensor  # (N,) normalised cross-correlation with the reference; 0 until searched
 
-    def add(self, indices: np.ndarray, weighted: torch.Tensor, ctf2_rings: torch.Tensor, psi: torch.Tensor,
-            shift: torch.Tensor) -> None:
-        # The particle is rotate(canonical, ψ, s): its origin is −s, which canonicalisation undoes.
-        canonical = rotate(weighted, -psi, canonicalising_shift_px(psi, -shift))
-        # (2, b) one-hot half-set membership: one matrix product sums each half.
-        half = torch.from_numpy(np.asarray(indices) % 2)
-        member = torch.stack([half == 0, half == 1]).to(canonical.dtype)
-        self.num += (member @ canonical.reshape(len(half), -1)).double()
-        self.den += (member.double() @ ctf2_rings.double())
+    @staticmethod
+    def start(initial_psi_deg: np.ndarray | None, n_particles: int, rng: np.random.Generator) -> "Poses":
+        """Centred particles at the initial angles, or at random ones (drawn from ``rng``) without them."""
+        psi_deg = initial_psi_deg if initial_psi_deg is not None else rng.uniform(-180, 180, n_particles)
+        return Poses(torch.from_numpy(np.deg2rad(psi_deg).astype(np.float32)), torch.zeros(n_particles, 2),
+                     torch.zeros(n_particles))
 
-    def reference(self, rings: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
-        """Wiener-filtered canonical average (real space, masked) and the half-set FRC."""
-        n_rings = self.den.shape[1]
-        den = self.den.clamp(min=1e-6).float()
-        num = torch.fft.rfft2(self.num.reshape(2, self.box, self.box)).to(torch.complex64)
-        halves = num / den[:, rings]
-        frc = fourier_ring_correlation(halves[0], halves[1], rings, n_rings)
-        f = frc.clamp(1e-3, 0.999)
-        ssnr = 2 * f / (1 - f)  # of the full average: twice the half-set SSNR
-        gain = ssnr / (1 + ssnr)
-        full = num.sum(dim=0) / self.den.sum(dim=0).clamp(min=1e-6).float()[rings]
-        ref = torch.fft.irfft2(full * gain[rings], s=mask.shape) * mask
-        return ref, frc.numpy()
+    def copy(self) -> "Poses":
+        return Poses(self.psi_rad.clone(), self.shift_px.clone(), self.score.clone())
+
+
+@dataclass(frozen=True)
+class SearchGrid:
+    """What every search and reference shares at one box size: Fourier rings, the mask, the polar grid."""
+
+    box: int
+    n_rings: int
+    rings: torch.Tensor  # (B, B//2 + 1) ring of each rfft2 coefficient
+    mask: torch.Tensor  # (B, B) soft circular mask of the reference
+    xy: torch.Tensor  # polar grid points (rings, angles, 2)
+    ring_weight: torch.Tensor  # (rings, 1) area element ρ dρ dθ of the polar sum
+    angular_samples: int
+
+    @staticmethod
+    def build(box: int, config: AlignmentConfig) -> "SearchGrid":
+        radius = config.mask_radius_fraction * box / 2
+        mask = torch.from_numpy(np.array(soft_circular_mask(box, radius, 3.0)))
+        radii, xy = polar_grid(box, radius, config.angular_samples)
+        return SearchGrid(box, box // 2 + 1, ring_index(box), mask, xy, radii[:, None], config.angular_samples)
+
+    @property
+    def step_rad(self) -> float:
+        return 2 * math.pi / self.angular_samples
+
+
+class PreparedParticles:
+    """The particles CTF-weighted and whitened, as every round reads them: kept in memory when they fit in
+    ``cache_bytes``, else read and prepared anew per pass; and the random ``subset`` the rounds run on, if
+    any, always in memory. Reading them once on construction gives the noise spectrum they are whitened by.
+    """
+
+    def __init__(self, batches: ImageBatches, n_particles: int, ctf: CtfParams | None, pixel_size_A: np.ndarray,
+                 grid: SearchGrid, subset: np.ndarray | None, cache_bytes: int):
+        self._batches, self._ctf, self._pixel_size_A, self._grid = batches, ctf, pixel_size_A, grid
+        fits = n_particles * grid.box * grid.box * 8 <= cache_bytes
+        in_subset = np.zeros(n_particles, dtype=bool)
+        if subset is not None:
+            in_subset[subset] = True
+        self._raw: list[tuple[np.ndarray, np.ndarray]] = []  # the particles as read, when they fit, until prepared
+        raw_subset: list[tuple[np.ndarray, np.ndarray]] = []  # the subset's, when all do not fit
+
+        def read() -> Iterator[np.ndarray]:
+            for idx, images in batches():
+                if fits:
+                    self._raw.append((idx, images))
+                elif subset is not None and in_subset[idx].any():
+                    keep = in_subset[idx]
+                    raw_subset.append((idx[keep], images[keep]))
+                yield images
+
+        self.noise = noise_spectrum(read(), n_particles, grid.rings, grid.n_rings)
+        if subset is not None and fits:  # the subset's images are copied out of the full set's, kept for the passes
+            raw_subset = [(idx[in_subset[idx]], images[in_subset[idx]]) for idx, images in self._raw]
+        self._subset = [self._prepare(idx, images) for idx, images in raw_subset if len(idx)]
+        self._cache: list[Prepared] | None = [] if fits else None
+        self.rows: np.ndarray = np.arange(n_particles) if subset is None else subset
+        """The particles the rounds run on."""
+        self.has_subset = subset is not None
+
+    def _prepare(self, idx: np.ndarray, images: np.ndarray) -> Prepared:
+        grid = self._grid
+        spectra = torch.fft.rfft2(torch.from_numpy(images))
+        if self._ctf is not None:
+            c = torch.from_numpy(self._ctf.take(idx).ctf(grid.box, self._pixel_size_A[idx], rfft=True)
+                                 .astype(np.float32))
+        else:
+            c = torch.ones(len(idx), grid.box, grid.box // 2 + 1)
+        weighted = spectra * c
+        return (idx, torch.fft.irfft2(weighted, s=(grid.box, grid.box)),
+                torch.fft.irfft2(weighted / self.noise[grid.rings], s=(grid.box, grid.box)),
+                ring_mean(c**2, grid.rings, grid.n_rings))
+
+    def everyone(self) -> Iterator[Prepared]:
+        """Every particle, prepared: from the cache once it is full."""
+        if self._cache:
+            yield from self._cache
+            return
+        source = _drain(self._raw) if self._cache is not None else self._batches()
+        for idx, images in source:
+            item = self._prepare(idx, images)
+            if self._cache is not None:
+                self._cache.append(item)
+            yield item
+
+    def for_rounds(self) -> Iterator[Prepared]:
+        """The particles the rounds run on (``rows``), prepared."""
+        return iter(self._subset) if self.has_subset else self.everyone()
+
+    def drop_subset(self) -> None:
+        """Free the subset's copies once the rounds are done: the passes read (or cache) every particle anew."""
+        self._subset.clear()
+
+
+def reference_from(batches: Iterable[Prepared], poses: Poses, grid: SearchGrid) -> tuple[torch.Tensor, np.ndarray]:
+    """The reference the particles give at their current poses, and its half-set FRC."""
+    sums = HalfSetSums(grid.box, grid.n_rings)
+    for idx, weighted, _, ctf2 in batches:
+        t = torch.from_numpy(idx)
+        sums.add(idx, weighted, ctf2, poses.psi_rad[t], poses.shift_px[t])
+    return sums.reference(grid.rings, grid.mask)
+
+
+def search(batches: Iterable[Prepared], poses: Poses, reference: torch.Tensor, grid: SearchGrid,
+           max_shift_px: float = 0.0) -> tuple[Poses, HalfSetSums]:
+    """Search every particle of ``batches`` against ``reference``: the new poses (those of particles not in
+    ``batches`` unchanged) and the particles' sums, turned back by their new poses, for the next reference.
+    ``max_shift_px`` > 0: search translations up to that too, else keep the current shifts."""
+    search_shift = max_shift_px > 0
+    box = grid.box
+    ref_polar = sample_polar(reference[None], grid.xy)[0]
+    ref_fft = torch.fft.rfft(ref_polar * grid.ring_weight, dim=-1)
+    ref_norm = torch.sqrt((ref_polar**2 * grid.ring_weight).sum()).clamp(min=1e-12)
+    # Particles are sampled about their own centres only once any has moved off the box centre.
+    off_centre = search_shift or bool(poses.shift_px.any())
+    new = poses.copy()
+    sums = HalfSetSums(box, grid.n_rings)
+    for idx, weighted, whitened, ctf2 in batches:
+        t = torch.from_numpy(idx)
+        centres = poses.shift_px[t]
+        if search_shift:
+            turned = rotate(reference.expand(len(idx), box, box), poses.psi_rad[t])
+            cc = torch.fft.irfft2(torch.fft.rfft2(whitened) * torch.fft.rfft2(turned).conj(), s=(box, box))
+            centres = shift_peak(cc, max_shift_px)
+            new.shift_px[t] = centres
+        polar = sample_polar(whitened, grid.xy, centres if off_centre else None)
+        # Summed over rings before the inverse FFT (it is linear): one inverse transform per particle.
+        corr = torch.fft.irfft((torch.fft.rfft(polar, dim=-1).conj() * ref_fft).sum(1), n=grid.angular_samples,
+                               dim=-1)
+        pos, height = periodic_peak(corr)
+        new.psi_rad[t] = pos * grid.step_rad
+        norm = torch.sqrt((polar**2 * grid.ring_weight).sum(dim=(1, 2))).clamp(min=1e-12)
+        new.score[t] = height / (norm * ref_norm)
+        sums.add(idx, weighted, ctf2, new.psi_rad[t], new.shift_px[t])
+    return new, sums
+
+
+def record_round(history: list[dict[str, float]], title: str, previous_psi_rad: torch.Tensor, poses: Poses,
+                 changed: np.ndarray, scored: np.ndarray, resolution_A: float) -> float:
+    """Append one round's summary to ``history`` and log it; the rms psi change (degrees) of the ``changed``
+    particles since ``previous_psi_rad``. ``scored``: the particles whose mean score is reported."""
+    t = torch.from_numpy(changed)
+    change = torch.rad2deg(wrap_rad(poses.psi_rad[t] - previous_psi_rad[t]))
+    rms = float(torch.sqrt((change**2).mean()))
+    history.append({"round": len(history) + 1, "psi_change_rms_deg": rms,
+                    "mean_score": float(poses.score[torch.from_numpy(scored)].mean()), "resolution_A": resolution_A})
+    log.info("alignment %s: psi changed by %.2f° rms, mean correlation %.3f, reference resolution %.1f Å "
+             "(FRC 0.143)", title, rms, history[-1]["mean_score"], resolution_A)
+    return rms
 
 
 def align_particles(
@@ -127,167 +267,60 @@ def align_particles(
     box: int,
     initial_psi_deg: np.ndarray | None = None,
     config: AlignmentConfig = AlignmentConfig(),
-    log: Callable[[str], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    *,
+    context: RunContext = QUIET,
 ) -> Alignment:
     """Refine every particle's in-plane angle (and optionally shift) against a reference learnt from them.
 
     ``batches`` yields the preprocessed particles (normalised; any downsampling done) at ``box`` px with
     per-particle ``pixel_size`` (Å, after downsampling) and ``ctf``; without CTF parameters the images are
     compared as they are. ``initial_psi_deg`` (a model's predictions) seeds the first reference; without
-    it, random angles do, and more rounds are needed.
+    it, random angles do, and more rounds are needed. ``context.should_stop`` is polled before each round
+    and pass (``InterruptedError``).
     """
-    rng = np.random.default_rng(config.seed)
-    psi = torch.from_numpy(np.deg2rad(
-        initial_psi_deg if initial_psi_deg is not None else rng.uniform(-180, 180, n_particles)
-    ).astype(np.float32))
-    shift = torch.zeros(n_particles, 2)
-    score = torch.zeros(n_particles)
-    n_rings = box // 2 + 1
-    rings = ring_index(box)
-    radius = config.mask_radius_fraction * box / 2
-    mask = torch.from_numpy(np.array(soft_circular_mask(box, radius, 3.0)))
-    radii, xy = polar_grid(box, radius, config.angular_samples)
-    ring_weight = radii[:, None]  # area element ρ dρ dθ of the polar sum
-    pixel_size = np.broadcast_to(np.asarray(pixel_size, dtype=np.float64), (n_particles,))
-
-    # Every round needs the same CTF-weighted images: keep them when they fit, else recompute per round.
-    fits = n_particles * box * box * 8 <= config.cache_bytes
-    # With many particles the rounds run on a random subset, and then every particle is searched in two
-    # passes: rounds cost a fixed amount and only the passes grow with N (accuracy: see the module docstring).
-    subset = None
-    if config.reference_particles is not None and n_particles > config.reference_particles:
-        subset = np.sort(rng.choice(n_particles, config.reference_particles, replace=False))
-    in_subset = np.zeros(n_particles, dtype=bool)
-    if subset is not None:
-        in_subset[subset] = True
-    raw: list[tuple[np.ndarray, np.ndarray]] = []  # the particles as read, when they fit, until prepared
-    raw_subset: list[tuple[np.ndarray, np.ndarray]] = []  # the subset's, when all do not fit
-
-    # Noise spectrum from the particles' mean power (at low SNR the power is mostly noise): used to whiten.
-    power = torch.zeros(n_rings, dtype=torch.float64)
-    for idx, images in batches():
-        power += ring_mean(torch.fft.rfft2(torch.from_numpy(images)).abs() ** 2, rings, n_rings).sum(0).double()
-        if fits:
-            raw.append((idx, images))
-        elif subset is not None and in_subset[idx].any():
-            keep = in_subset[idx]
-            raw_subset.append((idx[keep], images[keep]))
-    # A floor: where the particles hold no power at all (noise-free images of a map coarser than the pixels,
-    # or Fourier-padded ones) whitening would otherwise blow rounding errors up into the whole signal.
-    noise = (power / n_particles).float()
-    noise = noise.clamp(min=max(float(noise[1:].max()) * 1e-3, 1e-12))
-
-    def prepare(idx: np.ndarray, images: np.ndarray) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(indices, CTF-weighted image, whitened CTF-weighted image, ring mean of CTF²) of one batch."""
-        spectra = torch.fft.rfft2(torch.from_numpy(images))
-        if ctf is not None:
-            c = torch.from_numpy(ctf.take(idx).ctf(box, pixel_size[idx], rfft=True).astype(np.float32))
-        else:
-            c = torch.ones(len(idx), box, box // 2 + 1)
-        weighted = spectra * c
-        return (idx, torch.fft.irfft2(weighted, s=(box, box)), torch.fft.irfft2(weighted / noise[rings], s=(box, box)),
-                ring_mean(c**2, rings, n_rings))
-
-    cache: list | None = [] if fits else None
-
-    def prepared() -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Every particle, prepared: from the cache once it is full."""
-        if cache:
-            yield from cache
-            return
-        source = _drain(raw) if fits else batches()
-        for idx, images in source:
-            item = prepare(idx, images)
-            if cache is not None:
-                cache.append(item)
-            yield item
-
-    if subset is None:
-        rows: np.ndarray = np.arange(n_particles)
-        items: Callable[[], Iterator] = prepared
-    else:
-        rows = subset
-        if fits:  # the subset's images are copied out of the full set's, which stay for the passes
-            raw_subset = [(idx[in_subset[idx]], images[in_subset[idx]]) for idx, images in raw]
-        subset_items = [prepare(idx, images) for idx, images in raw_subset if len(idx)]
-        raw_subset.clear()
-
-        def items() -> Iterator:
-            return iter(subset_items)
-
-    acc = _Accumulator(box, n_rings)
-    for idx, weighted, _, ctf2 in items():
-        t = torch.from_numpy(idx)
-        acc.add(idx, weighted, ctf2, psi[t], shift[t])
-    reference, frc = acc.reference(rings, mask)
+    rng = np.random.default_rng(config.seed)  # draws: the random start, then the subset
+    poses = Poses.start(initial_psi_deg, n_particles, rng)
+    subset = _reference_subset(n_particles, config.reference_particles, rng)
+    pixel_size_A = np.broadcast_to(np.asarray(pixel_size, dtype=np.float64), (n_particles,))
+    grid = SearchGrid.build(box, config)
+    particles = PreparedParticles(batches, n_particles, ctf, pixel_size_A, grid, subset, config.cache_bytes)
+    reference, frc = reference_from(particles.for_rounds(), poses, grid)
     history: list[dict[str, float]] = []
-    step = 2 * math.pi / config.angular_samples
-
-    def search(source: Iterator, reference: torch.Tensor, search_shift: bool) -> _Accumulator:
-        """Search every particle of ``source`` against ``reference`` (psi, shift, score updated in place) and
-        sum them, turned back by their new angles, into the next reference."""
-        ref_polar = sample_polar(reference[None], xy)[0]
-        ref_fft = torch.fft.rfft(ref_polar * ring_weight, dim=-1)
-        ref_norm = torch.sqrt((ref_polar**2 * ring_weight).sum()).clamp(min=1e-12)
-        # Particles are sampled about their own centres only once any has moved off the box centre.
-        off_centre = search_shift or bool(shift.any())
-        acc = _Accumulator(box, n_rings)
-        for idx, weighted, whitened, ctf2 in source:
-            t = torch.from_numpy(idx)
-            centres = shift[t]
-            if search_shift:
-                turned = rotate(reference.expand(len(idx), box, box), psi[t])
-                cc = torch.fft.irfft2(torch.fft.rfft2(whitened) * torch.fft.rfft2(turned).conj(), s=(box, box))
-                centres = shift_peak(cc, config.max_shift)
-                shift[t] = centres
-            polar = sample_polar(whitened, xy, centres if off_centre else None)
-            # Summed over rings before the inverse FFT (it is linear): one inverse transform per particle.
-            corr = torch.fft.irfft((torch.fft.rfft(polar, dim=-1).conj() * ref_fft).sum(1), n=config.angular_samples,
-                                   dim=-1)
-            pos, height = periodic_peak(corr)
-            psi[t] = pos * step
-            norm = torch.sqrt((polar**2 * ring_weight).sum(dim=(1, 2))).clamp(min=1e-12)
-            score[t] = height / (norm * ref_norm)
-            acc.add(idx, weighted, ctf2, psi[t], shift[t])
-        return acc
-
-    def record(name: str, number: int, total: int, changed: np.ndarray, scored: np.ndarray, frc: np.ndarray) -> float:
-        t = torch.from_numpy(changed)
-        change = torch.rad2deg(wrap_rad(psi[t] - old_psi[t]))
-        rms = float(torch.sqrt((change**2).mean()))
-        resolution = resolution_at_threshold_A(frc, float(np.median(pixel_size)), box)
-        history.append({"round": len(history) + 1, "psi_change_rms_deg": rms,
-                        "mean_score": float(score[torch.from_numpy(scored)].mean()), "resolution_A": resolution})
-        if log is not None:
-            log(f"alignment {name} {number}/{total}: psi changed by {rms:.2f}° rms, mean correlation "
-                f"{history[-1]['mean_score']:.3f}, reference resolution {resolution:.1f} Å (FRC 0.143)")
-        return rms
-
+    median_pixel_size_A = float(np.median(pixel_size_A))
+    rows = particles.rows
     name = "round" if subset is None else f"round (reference from {len(rows)} of {n_particles} particles)"
     for round_ in range(config.rounds):
-        if should_stop is not None and should_stop():
-            raise InterruptedError("alignment stopped on request")
-        old_psi = psi.clone()
-        search_shift = config.max_shift > 0 and round_ >= config.shift_from_round
-        acc = search(items(), reference, search_shift)
-        reference, frc = acc.reference(rings, mask)
-        if record(name, round_ + 1, config.rounds, rows, rows, frc) < config.converged_deg \
-                and round_ + 1 >= config.min_rounds:
+        context.check_stop("alignment")
+        max_shift_px = config.max_shift if round_ >= config.shift_from_round else 0.0
+        previous = poses
+        poses, sums = search(particles.for_rounds(), poses, reference, grid, max_shift_px)
+        reference, frc = sums.reference(grid.rings, grid.mask)
+        rms = record_round(history, f"{name} {round_ + 1}/{config.rounds}", previous.psi_rad, poses, rows, rows,
+                           resolution_at_threshold_A(frc, median_pixel_size_A, box))
+        if rms < config.converged_deg and round_ + 1 >= config.min_rounds:
             break
     if subset is not None:
-        subset_items.clear()  # the passes read (or cache) every particle anew
+        particles.drop_subset()
         everyone = np.arange(n_particles)
         for pass_ in range(2):
-            if should_stop is not None and should_stop():
-                raise InterruptedError("alignment stopped on request")
-            old_psi = psi.clone()
-            acc = search(prepared(), reference, config.max_shift > 0)
-            reference, frc = acc.reference(rings, mask)
-            record("pass over all particles", pass_ + 1, 2, subset if pass_ == 0 else everyone, everyone, frc)
-    psi_deg = wrap_deg(np.rad2deg(psi.numpy().astype(np.float64)))
-    return Alignment(psi_deg, shift.numpy().astype(np.float64), score.numpy().astype(np.float64),
-                     reference.numpy(), frc, noise.numpy(), history)
+            context.check_stop("alignment")
+            previous = poses
+            poses, sums = search(particles.everyone(), poses, reference, grid, config.max_shift)
+            reference, frc = sums.reference(grid.rings, grid.mask)
+            record_round(history, f"pass over all particles {pass_ + 1}/2", previous.psi_rad, poses,
+                         subset if pass_ == 0 else everyone, everyone, resolution_at_threshold_A(frc, median_pixel_size_A, box))
+    psi_deg = wrap_deg(np.rad2deg(poses.psi_rad.numpy().astype(np.float64)))
+    return Alignment(psi_deg, poses.shift_px.numpy().astype(np.float64), poses.score.numpy().astype(np.float64),
+                     reference.numpy(), frc, particles.noise.numpy(), history)
+
+
+def _reference_subset(n_particles: int, reference_particles: int | None,
+                      rng: np.random.Generator) -> np.ndarray | None:
+    """The sorted random subset the rounds run on, or None for all. With many particles every round costs a
+    fixed amount and only the two passes over all grow with N (accuracy: see the module docstring)."""
+    if reference_particles is None or n_particles <= reference_particles:
+        return None
+    return np.sort(rng.choice(n_particles, reference_particles, replace=False))
 
 
 def _drain(items: list) -> Iterator:
@@ -295,4 +328,3 @@ def _drain(items: list) -> Iterator:
     items.reverse()
     while items:
         yield items.pop()
-

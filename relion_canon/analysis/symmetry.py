@@ -195,6 +195,15 @@ def detect_symmetry(
     outer ring cannot resolve harmonic 2·max_n (below 8 px for the default 12); ``scores`` then stop there.
     """
     img = np.asarray(canonical_image, dtype=np.float64)
+    r_max = _checked_radius(img, max_n, threshold, radius)
+    # Harmonics analysed: up to 2·max_n, so that every candidate n has at least two multiples. The outer
+    # ring resolves harmonics up to πr; a smaller image gets a smaller max_n (reported) rather than an error.
+    max_n = min(max_n, int(np.floor(np.pi * r_max)) // 2)
+    return _decide(_harmonic_power(img, r_max, 2 * max_n), max_n, threshold)
+
+
+def _checked_radius(img: np.ndarray, max_n: int, threshold: float, radius: int | None) -> int:
+    """The outermost ring (px) to analyse, once the arguments are checked (``ValueError`` otherwise)."""
     if img.ndim != 2:
         raise ValueError(f"canonical image must be 2-D (H, W), got shape {img.shape}")
     if not np.all(np.isfinite(img)):
@@ -208,11 +217,21 @@ def detect_symmetry(
     r_max = fits if radius is None else int(radius)
     if not MIN_RING < r_max <= fits:
         raise ValueError(f"radius must be in ({MIN_RING}, {fits}] px for a {h}×{w} image, got {radius}")
-    # Harmonics analysed: up to 2·max_n, so that every candidate n has at least two multiples. The outer
-    # ring resolves harmonics up to πr; a smaller image gets a smaller max_n (reported) rather than an error.
-    max_n = min(max_n, int(np.floor(np.pi * r_max)) // 2)
-    band = 2 * max_n
+    return r_max
 
+
+@dataclass(frozen=True)
+class _HarmonicPower:
+    """Noise-corrected power per harmonic m = 0 … band (m = 0: the radial structure) and its uncertainty."""
+
+    power: np.ndarray
+    sd: np.ndarray  # per harmonic: the exponential scatter of its noise
+    shared: np.ndarray  # per harmonic: the noise removed, all of it off by the same relative error
+    relative_error: float  # of the noise variance
+
+
+def _harmonic_power(img: np.ndarray, r_max: int, band: int) -> _HarmonicPower:
+    """Ring-length-weighted power of harmonics 0 … ``band`` over rings out to ``r_max``, less the noise's."""
     radii, coeffs = _ring_spectra(img, r_max)
     ring_power = np.abs(coeffs) ** 2
     template = _noise_template(img.shape, r_max)
@@ -234,7 +253,12 @@ def detect_symmetry(
     profile = coeffs[:, 0].real
     power[0] = float(np.sum(radii * (profile - np.average(profile, weights=radii)) ** 2))
     sd[0] = shared[0] = 0.0
+    return _HarmonicPower(power, sd, shared, relative_error)
 
+
+def _decide(harmonics: _HarmonicPower, max_n: int, threshold: float) -> SymmetryResult:
+    """The largest n whose lower bound reaches ``threshold``; else n = 1, as sure as the data allow."""
+    power, sd, shared, relative_error = harmonics.power, harmonics.sd, harmonics.shared, harmonics.relative_error
     total = float(power[1:].sum())
     total_sd = float(np.sqrt(np.sum(sd[1:] ** 2) + (relative_error * shared[1:].sum()) ** 2))
     # rfft keeps harmonic m but not −m: a ring's variance from harmonic m ≥ 1 is twice its |c_m|².

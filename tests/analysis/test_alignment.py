@@ -8,6 +8,7 @@ import pytest
 from relion_canon.analysis.alignment import AlignmentConfig, align_particles
 from relion_canon.analysis.ctf_fit import fit_defocus
 from relion_canon.analysis.metrics import align_angles
+from relion_canon.context import RunContext
 from relion_canon.io.star import read_star
 from relion_canon.preprocess import PreprocessConfig
 from relion_canon.simulate import SimulationConfig, read_ground_truth, simulate_dataset
@@ -114,3 +115,10 @@ def test_translational_search_finds_shifts(tmp_path):
     expected = -origin_px - (-origin_px).mean(axis=0)
     assert np.sqrt(np.mean((found - expected) ** 2)) < 1.0
     assert align_angles(al.psi, true).rmse < 4.0
+
+
+def test_stops_on_request_before_a_round(centred):
+    star, truth, data, batches = centred
+    context = RunContext(progress=False, should_stop=lambda: True)
+    with pytest.raises(InterruptedError, match="alignment stopped on request"):
+        align_particles(batches, len(data), star.ctf_params(), data.pixel_size, data.box, context=context)

@@ -115,8 +115,7 @@ def align_class(images: ParticleBatches, rows: np.ndarray, number: int, ctf: Ctf
     clock.lap()
     alignment = align_particles(
         batches, len(rows), ctf, images.pixel_size[rows], images.box, initial_psi_deg,
-        AlignmentConfig(max_shift=config.max_shift_px, seed=config.seed), log=log.info,
-        should_stop=context.should_stop,
+        AlignmentConfig(max_shift=config.max_shift_px, seed=config.seed), context=context,
     )
     clock.lap("refine")
     defocus_fit_A, fit_peak = np.full(len(rows), np.nan), np.full(len(rows), np.nan)
