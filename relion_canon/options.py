@@ -1,4 +1,4 @@
-"""The job's options, declared once on the fields of :class:`~relion_canon.pipeline.JobConfig`.
+"""The job's options, declared once on the fields of :class:`~relion_canon.job.JobConfig`.
 
 Each user-facing field carries an :class:`Option` in its ``dataclasses.field`` metadata (made with
 :func:`option`): its help text, its kind (how a value is written), its choices, its name on each front door,

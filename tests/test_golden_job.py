@@ -15,7 +15,7 @@ import pytest
 
 from relion_canon.context import QUIET
 from relion_canon.io.star import read_star
-from relion_canon.pipeline import JobConfig, run_job
+from relion_canon.job import JobConfig, run_job
 from relion_canon.simulate import SimulationConfig, simulate_dataset
 
 GOLDEN = Path(__file__).resolve().parents[1] / "test_data" / "golden_job" / "particles.star"

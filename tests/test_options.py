@@ -28,7 +28,7 @@ from relion_canon.options import (
     option,
     parse_model_options,
 )
-from relion_canon.pipeline import JobConfig
+from relion_canon.job import JobConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TABLE = list(job_options(JobConfig))
@@ -180,7 +180,7 @@ def test_click_front_door_declares_the_table(door):
 def captured(monkeypatch):
     """The JobConfig each front door hands to the job (the job itself replaced)."""
     import relion_canon.cryosparc.job as cryosparc_job
-    import relion_canon.pipeline as pipeline
+    import relion_canon.job as pipeline
 
     configs = []
 

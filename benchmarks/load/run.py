@@ -113,7 +113,7 @@ def child(args: argparse.Namespace) -> None:
         import torch
 
         from relion_canon.context import QUIET
-        from relion_canon.workflow import predict_file
+        from relion_canon.predict_star import predict_file
 
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -160,7 +160,7 @@ NETWORKS = {
 
 
 def _job_network() -> dict:
-    from relion_canon.pipeline import FAST_ROTINV_AE
+    from relion_canon.job import FAST_ROTINV_AE
 
     return dict(FAST_ROTINV_AE)  # the network the whole job trains by default
 

@@ -1,7 +1,7 @@
 """Training each model on a dataset's training rows and predicting its test rows, and running the whole job.
 
 Everything goes through the project's own engine (``relion_canon.train``), inference and job
-(``relion_canon.pipeline.run_job``): this benchmark measures the package as users get it.
+(``relion_canon.job.run_job``): this benchmark measures the package as users get it.
 """
 
 from __future__ import annotations
@@ -92,11 +92,11 @@ class JobAnswer:
 
 
 def run_whole_job(data: Dataset, work: Path, device: str, threads: int, seed: int) -> JobAnswer:
-    """``relion_canon.pipeline.run_job`` with its defaults (what pressing Run gives), on the scored rows."""
+    """``relion_canon.job.run_job`` with its defaults (what pressing Run gives), on the scored rows."""
     import json
 
     from relion_canon.context import QUIET
-    from relion_canon.pipeline import JobConfig, run_job
+    from relion_canon.job import JobConfig, run_job
 
     particles: ParticleStar = data.particles.subset(data.test)
     out = work / f"{data.name}__job"

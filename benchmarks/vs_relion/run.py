@@ -180,7 +180,7 @@ def network_alone(project: Path, threads: int) -> None:
     """Apply the network the job trained, alone, to every particle (untimed: it only scores a step)."""
     from relion_canon.context import QUIET
     from relion_canon.threads import cpu_threads
-    from relion_canon.workflow import predict_file
+    from relion_canon.predict_star import predict_file
 
     with _cwd(project), cpu_threads(threads):
         predict_file(Path("Input/particles.star"), Path(JOB_DIR) / "model.pt", Path(NETWORK_STAR), context=QUIET)

@@ -1,8 +1,8 @@
 """The options the analysis stage (:func:`relion_canon.analysis.estimate.estimate`) reads.
 
-:class:`~relion_canon.pipeline.JobConfig` inherits them, so a job's config is an ``EstimateConfig`` and the
+:class:`~relion_canon.job.JobConfig` inherits them, so a job's config is an ``EstimateConfig`` and the
 option table (:mod:`relion_canon.options`) sees these fields with the rest; ``analysis`` never imports the
-pipeline.
+whole job (:mod:`relion_canon.job`).
 """
 
 from __future__ import annotations

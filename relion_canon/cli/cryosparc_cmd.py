@@ -1,6 +1,6 @@
 """`relion-canon cryosparc-job`: run the job on a cryoSPARC project's particles as a cryoSPARC External job.
 
-The job's options come from the one table on :class:`~relion_canon.pipeline.JobConfig`; this command adds
+The job's options come from the one table on :class:`~relion_canon.job.JobConfig`; this command adds
 the server, the particles' place on it and the local output folder.
 """
 

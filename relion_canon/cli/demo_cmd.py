@@ -28,7 +28,7 @@ def demo(out_dir: Path, n_particles: int, seed: int, threads: int | None, device
     from relion_canon.analysis.evaluation import evaluate
     from relion_canon.analysis.report import write_evaluation
     from relion_canon.logs import log_to
-    from relion_canon.pipeline import JobConfig, run_job
+    from relion_canon.job import JobConfig, run_job
 
     if threads:
         import torch

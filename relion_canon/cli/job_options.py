@@ -1,7 +1,7 @@
 """The job's options as click options, declared from the one table (:mod:`relion_canon.options`).
 
 ``relion-canon run`` and ``relion-canon cryosparc-job`` decorate their command with :func:`job_click_options`
-and turn what click parsed into a :class:`~relion_canon.pipeline.JobConfig` with :func:`job_config_from_click`.
+and turn what click parsed into a :class:`~relion_canon.job.JobConfig` with :func:`job_config_from_click`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from relion_canon.options import (
     job_options,
     parse_model_options,
 )
-from relion_canon.pipeline import JobConfig
+from relion_canon.job import JobConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 

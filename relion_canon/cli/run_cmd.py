@@ -1,6 +1,6 @@
 """`relion-canon run`: the whole job (train or apply a model, refine, estimate, write) on a particle file.
 
-The job's options come from the one table on :class:`~relion_canon.pipeline.JobConfig`; this command adds
+The job's options come from the one table on :class:`~relion_canon.job.JobConfig`; this command adds
 only what is about files and the run itself (input, output folder, resume, progress).
 """
 
@@ -33,7 +33,7 @@ def run_command(particles: Path, out_dir: Path, passthrough: Path | None, projec
     """Learn each particle's in-plane angle, defocus, weight and junk status, and write them back."""
     from relion_canon.context import RunContext
     from relion_canon.logs import log_to
-    from relion_canon.pipeline import run_job
+    from relion_canon.job import run_job
     from relion_canon.train.engine import TrainingDiverged
 
     config = job_config_from_click(options, RUN)

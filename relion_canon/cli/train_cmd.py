@@ -16,7 +16,7 @@ from relion_canon.options import parse_model_options
 from relion_canon.preprocess import PreprocessConfig
 from relion_canon.threads import cpu_threads
 from relion_canon.train.engine import TrainConfig, TrainingDiverged, device_from_gpu_ids, resolve_device, train
-from relion_canon.workflow import predict_file
+from relion_canon.predict_star import predict_file
 
 
 def _model_options(pairs: tuple[str, ...]) -> dict:

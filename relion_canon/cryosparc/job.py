@@ -8,7 +8,7 @@ The steps, as cryoSPARC's documentation for External jobs prescribes:
    the source output, e.g. ``J42.particles``; ``add_output`` for all, kept and rejected particles, each with
    an ``alignments2D`` slot and everything else passed through from the input;
 3. inside ``job.run()`` (cryoSPARC shows the job running, and failed with the traceback if anything
-   raises): ``load_input``, run :func:`relion_canon.pipeline.run_job` on it, then ``alloc_output`` +
+   raises): ``load_input``, run :func:`relion_canon.job.run_job` on it, then ``alloc_output`` +
    ``save_output`` for each output, with ``alignments2D/pose`` from our in-plane angle.
 
 Our other estimates (defocus, weight, outlier score) have no cryoSPARC slot type, so the server outputs
@@ -33,7 +33,7 @@ from relion_canon.errors import InputError
 from relion_canon.io import cryosparc_files as csio
 from relion_canon.io.particles import write_results_cs
 from relion_canon.io.star import read_star
-from relion_canon.pipeline import JobConfig, JobResult
+from relion_canon.job import JobConfig, JobResult
 
 INPUT_NAME = "input_particles"
 INPUT_SLOTS = ["blob", "ctf"]
@@ -164,7 +164,7 @@ def run_external_job(
     """
     from relion_canon.context import RunContext
     from relion_canon.logs import log_to
-    from relion_canon.pipeline import run_job
+    from relion_canon.job import run_job
 
     cs = connect(url, email, password)
     project = cs.find_project(project_uid)

@@ -3,7 +3,7 @@ one per GPU through torchrun::
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 -m relion_canon.relion.ddp_train SETTINGS.json
 
-Each process runs the job's own training step (``relion_canon.pipeline.train_for_job``: the same network
+Each process runs the job's own training step (``relion_canon.job.train_for_job``: the same network
 options, training subset and box as a single-process job), so the training engine's DistributedDataParallel
 shares every batch between the processes and rank 0 writes ``checkpoint.pt`` / ``model.pt``. The External job
 then resumes from that checkpoint in its own process, finds nothing left to train, and predicts.
@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 def job_config_from_dict(values: dict[str, Any]):
     """Inverse of ``JobConfig.to_dict`` (JSON turns the defocus range into a list)."""
-    from relion_canon.pipeline import JobConfig
+    from relion_canon.job import JobConfig
 
     names = {f.name for f in dataclasses.fields(JobConfig)}
     kwargs = {k: v for k, v in values.items() if k in names}
@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from relion_canon.context import RunContext
     from relion_canon.io.star import read_star
     from relion_canon.logs import log_to
-    from relion_canon.pipeline import train_for_job
+    from relion_canon.job import train_for_job
 
     argv = list(sys.argv[1:] if argv is None else argv)
     settings = json.loads(Path(argv[0]).read_text())

@@ -234,7 +234,7 @@ class ExternalJob:
 
         job = self._job
         if job is None:
-            from relion_canon.pipeline import run_job as job
+            from relion_canon.job import run_job as job
         from relion_canon.context import RunContext
         from relion_canon.logs import log_to
 

@@ -58,7 +58,7 @@ class _Parser(argparse.ArgumentParser):
 def external_params() -> list[JobOption]:
     """Every param this job takes: mode, the job's options this front door offers (from the table), gpu.
     RELION's own arguments (--o, --in_parts, --j, ...) are not params."""
-    from relion_canon.pipeline import JobConfig
+    from relion_canon.job import JobConfig
 
     return [MODE, *job_options(JobConfig, EXTERNAL), GPU]
 
@@ -199,8 +199,8 @@ def parse_gpu(value: str | None) -> list[str] | None:
 
 
 def config_from_args(args: argparse.Namespace):
-    """The :class:`~relion_canon.pipeline.JobConfig` the user's params ask for, and the GPU ids (None: CPU)."""
-    from relion_canon.pipeline import JobConfig
+    """The :class:`~relion_canon.job.JobConfig` the user's params ask for, and the GPU ids (None: CPU)."""
+    from relion_canon.job import JobConfig
     from relion_canon.train.engine import device_from_gpu_ids
 
     values = {entry.name: param_value(entry, getattr(args, entry.external_param))

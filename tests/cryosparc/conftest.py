@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from relion_canon.io.star import write_star
-from relion_canon.pipeline import JobResult
+from relion_canon.job import JobResult
 
 NAMESPACES = ("users", "config", "projects", "jobs", "workspaces", "assets")
 EMPIAR_CS = "formats/mixed/empiar_10076_7.cs"
@@ -84,7 +84,7 @@ def server(api, shared_data):
 
 
 class FakePipeline:
-    """Stands in for ``relion_canon.pipeline.run_job`` (training is tested elsewhere): reads every image the
+    """Stands in for ``relion_canon.job.run_job`` (training is tested elsewhere): reads every image the
     job was given, writes a result STAR with known estimates, and remembers what it was called with."""
 
     def __init__(self, junk_rows=(1, 4)):
@@ -106,7 +106,7 @@ class FakePipeline:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         path = write_star(out, out_dir / "particles.star")
-        logging.getLogger("relion_canon.pipeline").info(f"fake pipeline on {n} particles")
+        logging.getLogger("relion_canon.job").info(f"fake pipeline on {n} particles")
         self.calls.append({"particles": particles, "config": config, "images": images})
         return JobResult(out_dir, path, path, path, out_dir / "model.pt", {}, [])
 
@@ -114,5 +114,5 @@ class FakePipeline:
 @pytest.fixture
 def pipeline(monkeypatch):
     fake = FakePipeline()
-    monkeypatch.setattr("relion_canon.pipeline.run_job", fake)
+    monkeypatch.setattr("relion_canon.job.run_job", fake)
     return fake

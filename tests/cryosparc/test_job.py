@@ -11,7 +11,7 @@ import pytest
 from relion_canon.cryosparc.job import DESCRIPTION, check_versions, parse_input_ref, run_external_job
 from relion_canon.errors import InputError
 from relion_canon.io import cryosparc_files as csio
-from relion_canon.pipeline import JobConfig
+from relion_canon.job import JobConfig
 
 URL = "http://cryosparc.example:39000"
 
@@ -92,7 +92,7 @@ def test_a_failure_marks_the_job_failed(server, monkeypatch, tmp_path):
     def broken(*args, **kwargs):
         raise InputError("3 particles: the job needs at least 10 to learn from", "P1/J42.particles")
 
-    monkeypatch.setattr("relion_canon.pipeline.run_job", broken)
+    monkeypatch.setattr("relion_canon.job.run_job", broken)
     with pytest.raises(InputError, match="at least 10"):
         _run(tmp_path)
     server.jobs.mark_completed.assert_not_called()

@@ -52,7 +52,7 @@ def write_job_star(out_dir: Path, version: str = "3.1", is_continue: bool = Fals
 
 
 class FakeJob:
-    """Stands in for ``relion_canon.pipeline.run_job``: writes the job's outputs quickly, or misbehaves on
+    """Stands in for ``relion_canon.job.run_job``: writes the job's outputs quickly, or misbehaves on
     purpose (``behaviour``): ``ok``, ``input_error``, ``crash``, ``abort`` (creates RELION's abort request
     itself, as the GUI would while the job runs, then polls ``context.should_stop`` like the engine does). It
     logs on the package's logger, as the job does, so its lines reach run.out through the job's handler."""
@@ -65,7 +65,7 @@ class FakeJob:
         from relion_canon.errors import InputError
         from relion_canon.io.star import write_star
 
-        log = logging.getLogger("relion_canon.pipeline").info
+        log = logging.getLogger("relion_canon.job").info
         self.calls.append({"config": config, "resume": resume, "progress": context.progress, "out_dir": out_dir})
         out = Path(out_dir)
         if self.behaviour == "input_error":

@@ -69,7 +69,7 @@ def test_relion_command_line_maps_onto_the_job_settings():
 
 
 def test_speed_settings_only_when_given():
-    from relion_canon.pipeline import JobConfig
+    from relion_canon.job import JobConfig
 
     config, _, _ = _config("--o x/ --in_parts p.star --train_particles all --model_box 48 --max_shift_px 2".split())
     assert (config.train_particles, config.model_box, config.max_shift_px) == (None, 48, 2.0)
@@ -82,7 +82,7 @@ def test_speed_settings_only_when_given():
 
 
 def test_empty_values_give_the_defaults():
-    from relion_canon.pipeline import JobConfig
+    from relion_canon.job import JobConfig
 
     argv = "--o x/ --in_parts p.star --mode --model --epochs --box --outlier_method --outlier_threshold " \
            "--defocus_range --gpu --j 1".split()

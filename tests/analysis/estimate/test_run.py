@@ -17,7 +17,7 @@ from relion_canon.analysis.metrics import align_angles
 from relion_canon.analysis.estimate import CANONICAL_STACK, CLASS_AVERAGES, COLUMNS, N_EXAMPLES, estimate
 from relion_canon.context import QUIET
 from relion_canon.io.star import ParticleStar, read_star, write_star
-from relion_canon.pipeline import JobConfig, train_for_job
+from relion_canon.job import JobConfig, train_for_job
 from relion_canon.simulate import SimulationConfig, read_ground_truth, simulate_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -133,7 +133,7 @@ def test_predict_downsamples_a_larger_box_of_the_same_field_of_view(split, tmp_p
 
 def test_predict_in_slices_writes_what_one_slice_writes(split, tmp_path, monkeypatch):
     from relion_canon.io import star_stream
-    from relion_canon.workflow import predict_file
+    from relion_canon.predict_star import predict_file
 
     model = split["root"] / "labels" / "model.pt"
     whole = predict_file(split["heldout"], model, tmp_path / "whole.star", context=QUIET)

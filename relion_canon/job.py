@@ -1,4 +1,5 @@
-"""The whole job every front door runs (CLI ``run``/``demo``, RELION External job, cryoSPARC External job).
+"""The whole job: train (or load) a model, derive every estimate, write the output folder. ``relion-canon run``
+and ``demo``, the RELION External job and the cryoSPARC job all call :func:`run_job`.
 
 particles → (train a model, or load one) → predict → per-particle estimates → output folder:
 

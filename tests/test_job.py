@@ -15,7 +15,7 @@ from relion_canon.cli.main import cli
 from relion_canon.io.mrc import write_stack
 from relion_canon.io.star import read_star, write_star
 from relion_canon.context import QUIET
-from relion_canon.pipeline import JobConfig, run_job
+from relion_canon.job import JobConfig, run_job
 from relion_canon.preprocess.fourier import fourier_resample
 from relion_canon.simulate import SimulationConfig, read_ground_truth, simulate_dataset
 
