@@ -129,3 +129,19 @@ def test_analysis_does_not_import_the_simulator():
 def test_no_module_is_over_the_size_a_reader_takes_in(name):
     lines = MODULES[name].read_text(encoding="utf-8").count("\n")
     assert lines <= MAX_MODULE_LINES, f"{MODULES[name]}: {lines} lines"
+
+
+MAX_FUNCTION_LINES = 60
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_no_function_is_longer_than_a_screen(name):
+    """A longer function is a sequence of steps that want names; one that must stay long says why in its
+    docstring with the words "long because"."""
+    too_long = []
+    for node in ast.walk(ast.parse(MODULES[name].read_text(encoding="utf-8"))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1
+            if length > MAX_FUNCTION_LINES and "long because" not in (ast.get_docstring(node) or ""):
+                too_long.append(f"{node.name} ({length} lines)")
+    assert too_long == []
