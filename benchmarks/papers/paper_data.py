@@ -20,7 +20,8 @@ from relion_canon.io.imagename import format_image_name
 from relion_canon.io.mrc import write_stack
 from relion_canon.io.source import ParticleSource
 from relion_canon.io.star import VERSION_31, ParticleStar, read_star, write_star
-from relion_canon.simulate import SimulationConfig, read_ground_truth, rotate_images, simulate_dataset
+from relion_canon.geometry import rotate_images
+from relion_canon.simulate import SimulationConfig, read_ground_truth, simulate_dataset
 from relion_canon.simulate.dataset import CLEAN_STACK, GROUND_TRUTH_STAR, PARTICLES_STACK, PARTICLES_STAR
 
 SHARED_DATA = (Path(__file__).resolve().parents[3] / "shared" / "data").resolve()

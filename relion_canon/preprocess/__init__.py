@@ -1,7 +1,7 @@
 """Preprocessing shared by all models: Fourier-crop downsampling, RELION normalisation, soft mask, phase flip."""
 
 from relion_canon.preprocess.fourier import fourier_resample, resampled_pixel_size
-from relion_canon.preprocess.mask import apply_mask, soft_circular_mask
+from relion_canon.preprocess.mask import apply_mask
 from relion_canon.preprocess.normalise import normalise
 from relion_canon.preprocess.pipeline import PreprocessConfig, Preprocessor
 
@@ -12,5 +12,4 @@ __all__ = [
     "fourier_resample",
     "normalise",
     "resampled_pixel_size",
-    "soft_circular_mask",
 ]

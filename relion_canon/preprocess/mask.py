@@ -1,4 +1,4 @@
-"""A circular mask with a raised-cosine soft edge, as RELION applies to particles."""
+"""Applying RELION's soft circular particle mask (the mask itself: :func:`relion_canon.geometry.soft_circular_mask`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 
 from relion_canon.geometry import soft_circular_mask
 
-__all__ = ["apply_mask", "soft_circular_mask"]
+__all__ = ["apply_mask"]
 
 
 def apply_mask(images: np.ndarray, radius: float, edge: float = 3.0, fill: float = 0.0) -> np.ndarray:

@@ -6,6 +6,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from relion_canon.geometry import soft_circular_mask
+
 # relion_preprocess uses 75 % of the image radius when no background radius is given.
 DEFAULT_BG_FRACTION = 0.75
 
@@ -24,7 +26,8 @@ def _background(box: int, bg_radius: float) -> tuple[np.ndarray, np.ndarray, np.
     """
     c = box // 2  # RELION's image origin for even and odd boxes
     y, x = np.mgrid[:box, :box] - c
-    mask = ((x**2 + y**2) > bg_radius**2).reshape(-1).astype(np.float64)
+    # The background is what lies outside the particle disc (hard edge: a pixel on the radius is particle).
+    mask = (soft_circular_mask(box, bg_radius, edge_px=0.0) == 0).reshape(-1).astype(np.float64)
     basis = np.stack([np.ones(box * box), x.reshape(-1), y.reshape(-1)]).astype(np.float64)
     weights = (basis * mask).T
     return weights, basis @ weights, basis

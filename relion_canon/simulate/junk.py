@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-# Re-exported: the simulator's public API has always offered them (implemented in relion_canon.geometry).
-from relion_canon.geometry import canonicalise, rotate_images
-
-__all__ = ["DISPLACEMENT_RANGE", "JUNK_KINDS", "NOT_JUNK", "canonicalise", "carbon_edge", "displace", "rotate_images"]
+__all__ = ["DISPLACEMENT_RANGE", "JUNK_KINDS", "NOT_JUNK", "carbon_edge", "displace"]
 
 JUNK_KINDS: tuple[str, ...] = ("noise", "other_molecule", "carbon_edge", "off_centre", "aggregate")
 NOT_JUNK = "none"

@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from relion_canon.preprocess import apply_mask, normalise, soft_circular_mask
+from relion_canon.geometry import soft_circular_mask
+from relion_canon.preprocess import apply_mask, normalise
 from relion_canon.preprocess.normalise import default_bg_radius
 
 

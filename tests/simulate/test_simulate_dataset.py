@@ -14,12 +14,11 @@ from scipy import ndimage
 
 from relion_canon.errors import InputError
 from relion_canon.io import ParticleSource, read_star
+from relion_canon.geometry import canonicalise, rotate_images
 from relion_canon.simulate import (
     JUNK_KINDS,
     SimulationConfig,
-    canonicalise,
     read_ground_truth,
-    rotate_images,
     simulate_dataset,
 )
 from relion_canon.simulate import dataset as dataset_mod
@@ -233,7 +232,7 @@ def test_streaming_in_chunks(tmp_path, monkeypatch):
 def test_failure_midway_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(dataset_mod, "CHUNK", 16)
     calls = {"n": 0}
-    original = dataset_mod._Simulator.clean
+    original = dataset_mod.Simulator.clean
 
     def failing(self, rows):
         calls["n"] += 1
@@ -241,7 +240,7 @@ def test_failure_midway_leaves_nothing(tmp_path, monkeypatch):
             raise RuntimeError("disk on fire")
         return original(self, rows)
 
-    monkeypatch.setattr(dataset_mod._Simulator, "clean", failing)
+    monkeypatch.setattr(dataset_mod.Simulator, "clean", failing)
     out = tmp_path / "fail"
     with pytest.raises(RuntimeError, match="disk on fire"):
         simulate_dataset(replace(SMALL, n_particles=100), out)

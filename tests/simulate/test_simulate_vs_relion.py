@@ -17,14 +17,12 @@ import torch
 from scipy import ndimage
 
 from relion_canon.ctf import ctf_2d
-from relion_canon.geometry import rotate
+from relion_canon.geometry import canonicalise, rotate, rotate_images
 from relion_canon.io import read_map, write_star
 from relion_canon.simulate import (
     FourierProjector,
     SimulationConfig,
-    canonicalise,
     read_ground_truth,
-    rotate_images,
     simulate_dataset,
 )
 

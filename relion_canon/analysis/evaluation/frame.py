@@ -10,10 +10,9 @@ from __future__ import annotations
 from typing import Callable, Iterator
 
 import numpy as np
-from scipy import ndimage
 from scipy.optimize import minimize_scalar
 
-from relion_canon.analysis.metrics import wrap_degrees
+from relion_canon.geometry import rotate_images, sample_rings, soft_circular_mask, wrap_deg
 
 NORMALISATION = (
     "each image normalised to zero mean and unit variance inside a circular mask of radius box/2 − 1 px, "
@@ -28,9 +27,8 @@ PairReader = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def _mask(box: int) -> np.ndarray:
-    c = box // 2
-    y, x = np.mgrid[:box, :box] - c
-    return np.hypot(x, y) <= box / 2 - 1
+    """The evaluation mask: a hard disc of radius box/2 − 1 px about pixel box//2 (boolean)."""
+    return soft_circular_mask(box, box / 2 - 1, edge_px=0.0) > 0.5
 
 
 def normalise_in_mask(images: np.ndarray) -> np.ndarray:
@@ -55,21 +53,9 @@ def _mirror(images: np.ndarray) -> np.ndarray:
 
 
 def _rotate(images: np.ndarray, angle_deg: float) -> np.ndarray:
-    """Turn each (H, W) image counter-clockwise (row 0 at the top) by ``angle_deg`` about pixel box//2,
-    RELION's rotation centre, as ``relion_canon.simulate.junk.rotate_images`` does (a copy of it, to be
-    replaced by the shared geometry package)."""
-    x = np.asarray(images, dtype=np.float64)
-    box = x.shape[-1]
-    centre = np.array([box // 2, box // 2], dtype=np.float64)
-    angle = np.deg2rad(np.float64(angle_deg))
-    c, s = np.cos(angle), np.sin(angle)
-    # affine_transform maps output (row, col) to input coordinates: input = m @ output + offset.
-    m = np.array([[c, s], [-s, c]])
-    out = np.empty_like(x)
-    for i in range(len(x)):
-        # Cubic splines: bilinear interpolation blurs enough to show as a few % of MSE on small boxes.
-        out[i] = ndimage.affine_transform(x[i], m, offset=centre - m @ centre, order=3, mode="constant")
-    return out
+    """Turn each (H, W) image counter-clockwise (row 0 at the top) by ``angle_deg`` about pixel box//2, in
+    float64 with cubic splines: bilinear interpolation blurs enough to show as a few % of MSE on small boxes."""
+    return rotate_images(np.asarray(images, dtype=np.float64), angle_deg, order=3)
 
 
 def to_truth_frame(canonical: np.ndarray, rotation_deg: float, mirrored: bool) -> np.ndarray:
@@ -80,15 +66,10 @@ def to_truth_frame(canonical: np.ndarray, rotation_deg: float, mirrored: bool) -
 
 
 def _polar(images: np.ndarray, n_angles: int) -> tuple[np.ndarray, np.ndarray]:
-    """(N, R, T) samples on rings of radius 1 … box/2 − 1 px about pixel box//2, and the ring radii."""
+    """(N, R, T) bilinear samples on rings of radius 1 … box/2 − 1 px about pixel box//2, and the ring radii."""
     box = images.shape[-1]
-    c = box // 2
     radii = np.arange(1, int(box / 2 - 1) + 1, dtype=np.float64)
-    theta = np.arange(n_angles) * (2 * np.pi / n_angles)
-    rows = c + radii[:, None] * np.sin(theta)[None]
-    cols = c + radii[:, None] * np.cos(theta)[None]
-    out = np.stack([ndimage.map_coordinates(img, [rows, cols], order=1) for img in images])
-    return out, radii
+    return np.stack([sample_rings(img, radii, n_angles, order=1) for img in images]), radii
 
 
 class _FrameFit:
@@ -119,7 +100,7 @@ class _FrameFit:
         for mirrored, spectrum in self.spectra.items():
             corr = np.fft.irfft(spectrum, n=self.n_angles)
             k = int(np.argmax(corr))
-            out[mirrored] = (float(corr[k]), float(wrap_degrees(k * 360.0 / self.n_angles)))
+            out[mirrored] = (float(corr[k]), float(wrap_deg(k * 360.0 / self.n_angles)))
         return out
 
 
@@ -134,7 +115,7 @@ def _refine(canonical: np.ndarray, truth: np.ndarray, start_deg: float, mirrored
 
     res = minimize_scalar(mean_mse, bounds=(start_deg - 1.5, start_deg + 1.5), method="bounded",
                           options={"xatol": 0.01})
-    return float(wrap_degrees(res.x)), float(res.fun)
+    return float(wrap_deg(res.x)), float(res.fun)
 
 
 def _mse(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -6,6 +6,8 @@ import warnings
 
 import numpy as np
 
+from relion_canon.geometry import wrap_deg
+
 _GIMBAL_EPS = 1e-6  # radians of tilt from 0 or 180° below which rot and psi are one rotation about z
 
 
@@ -27,8 +29,8 @@ def pose3d_to_euler(pose: np.ndarray) -> np.ndarray:
     upside = np.abs(tilt - np.pi) < _GIMBAL_EPS
     psi[upside], rot[upside] = psi[upside] - rot[upside], 0.0
     out = np.rad2deg(np.stack([rot, tilt, psi], axis=1))
-    out[:, 0] = wrap_degrees(out[:, 0])
-    out[:, 2] = wrap_degrees(out[:, 2])
+    out[:, 0] = wrap_deg(out[:, 0])
+    out[:, 2] = wrap_deg(out[:, 2])
     return out
 
 
@@ -40,14 +42,9 @@ def euler_to_pose3d(euler: np.ndarray) -> np.ndarray:
     return Rotation.from_euler("ZYZ", euler, degrees=True).as_rotvec()
 
 
-def wrap_degrees(angle: np.ndarray) -> np.ndarray:
-    """Degrees into [−180, 180)."""
-    return (np.asarray(angle, dtype=np.float64) + 180.0) % 360.0 - 180.0
-
-
 def pose2d_to_psi(pose: np.ndarray) -> np.ndarray:
     """cryoSPARC in-plane pose (rad) -> RELION psi (degrees in [−180, 180)); same sense, as pyem converts it."""
-    return wrap_degrees(np.rad2deg(np.asarray(pose, dtype=np.float64)))
+    return wrap_deg(np.rad2deg(np.asarray(pose, dtype=np.float64)))
 
 
 def psi_to_pose2d(psi: np.ndarray) -> np.ndarray:

@@ -16,7 +16,8 @@ from relion_canon.io.imagename import format_image_name
 from relion_canon.io.mrc import write_stack
 from relion_canon.io.source import ParticleSource
 from relion_canon.io.star import read_star, write_star
-from relion_canon.simulate import SimulationConfig, read_ground_truth, rotate_images, simulate_dataset
+from relion_canon.geometry import rotate_images
+from relion_canon.simulate import SimulationConfig, read_ground_truth, simulate_dataset
 
 
 def simulated_set(folder: Path, n: int = 100, seed: int = 3) -> Path:

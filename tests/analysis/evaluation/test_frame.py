@@ -17,7 +17,7 @@ from relion_canon.analysis.evaluation.frame import (
 )
 from relion_canon.analysis.metrics import wrap_degrees
 from relion_canon.io.source import ParticleSource
-from relion_canon.simulate import rotate_images
+from relion_canon.geometry import rotate_images
 from tests.analysis.evaluation.helpers import mirror
 
 
