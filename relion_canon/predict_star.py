@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from relion_canon.analysis.estimates import psi_degrees
+from relion_canon.analysis.model_psi import psi_degrees
 from relion_canon.context import RunContext
 from relion_canon.heap import return_freed_memory
 from relion_canon.io.particles import is_cryosparc, read_particles

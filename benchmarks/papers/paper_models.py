@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from relion_canon.analysis.estimates import psi_degrees
+from relion_canon.analysis.model_psi import psi_degrees
 from relion_canon.io.star import ParticleStar, read_star
 from relion_canon.preprocess import PreprocessConfig
 from relion_canon.train import TrainConfig, dataset_for, load_model, run_inference, train

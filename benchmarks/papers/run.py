@@ -459,7 +459,8 @@ def _inputs(data: Dataset, rows: np.ndarray) -> np.ndarray:
 
 
 def _figure_paper_b(tag: str, data: Dataset, columns: list[Column], path: Path) -> None:
-    from relion_canon.analysis.metrics import align_angles, wrap_degrees
+    from relion_canon.analysis.metrics import align_angles
+    from relion_canon.geometry import wrap_deg
 
     plt = _pyplot()
     rows = data.test
@@ -468,7 +469,7 @@ def _figure_paper_b(tag: str, data: Dataset, columns: list[Column], path: Path) 
     fig, axes = plt.subplots(1, len(columns) + 1, figsize=(3.2 * (len(columns) + 1), 3.4))
     for ax, c in zip(axes, columns):
         fit = align_angles(c.extra["psi"][good], true)
-        ax.scatter(true, wrap_degrees(true + fit.errors), s=2, alpha=0.5)
+        ax.scatter(true, wrap_deg(true + fit.errors), s=2, alpha=0.5)
         ax.plot([-180, 180], [-180, 180], color="0.6", lw=0.8)
         ax.set_xlim(-180, 180)
         ax.set_ylim(-180, 180)

@@ -9,9 +9,6 @@ from scipy.optimize import minimize_scalar
 
 from relion_canon.geometry import wrap_deg
 
-# The old name, kept for the modules that still import it from here.
-wrap_degrees = wrap_deg
-
 
 @dataclass(frozen=True)
 class AngleAlignment:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from relion_canon.analysis.estimate.timing import Clock
-from relion_canon.analysis.estimates import psi_degrees
+from relion_canon.analysis.model_psi import psi_degrees
 from relion_canon.context import RunContext
 from relion_canon.io.star import ParticleStar
 from relion_canon.train.data import ParticleBatches

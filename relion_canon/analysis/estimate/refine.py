@@ -17,7 +17,8 @@ from relion_canon.analysis.alignment import AlignmentConfig, align_particles
 from relion_canon.analysis.ctf_fit import fit_defocus
 from relion_canon.analysis.estimate.timing import Clock
 from relion_canon.analysis.estimate_config import EstimateConfig
-from relion_canon.analysis.metrics import align_angles, wrap_degrees
+from relion_canon.analysis.metrics import align_angles
+from relion_canon.geometry import wrap_deg
 from relion_canon.analysis.symmetry import detect_symmetry
 from relion_canon.context import RunContext
 from relion_canon.ctf import CtfParams
@@ -139,7 +140,7 @@ def in_class_frame(psi_deg: np.ndarray, given_psi_deg: np.ndarray,
     degrees."""
     good = score >= np.median(score) if score is not None else np.ones(len(psi_deg), bool)
     fit = align_angles(psi_deg[good], given_psi_deg[good])
-    framed = wrap_degrees(fit.sign * psi_deg - fit.offset)
+    framed = wrap_deg(fit.sign * psi_deg - fit.offset)
     return framed, {"offset_deg": fit.offset, "sign": fit.sign, "rmse_vs_input_deg": fit.rmse}
 
 

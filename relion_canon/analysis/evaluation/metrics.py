@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from relion_canon.analysis.metrics import AngleAlignment, align_angles, wrap_degrees
+from relion_canon.analysis.metrics import AngleAlignment, align_angles
+from relion_canon.geometry import wrap_deg
 
 
 def _scalars(obj: Any) -> dict[str, Any]:
@@ -59,7 +60,7 @@ class AngleMetrics:
     @property
     def aligned_deg(self) -> np.ndarray:
         """The predictions in the reference's frame (offset and sign removed), for plotting against truth."""
-        return wrap_degrees(self.true_deg + self.errors_deg)
+        return wrap_deg(self.true_deg + self.errors_deg)
 
     def to_dict(self) -> dict[str, Any]:
         return _scalars(self)
@@ -146,10 +147,10 @@ def angle_metrics(
         rmse_deg=float(np.sqrt(np.mean(errors**2))),
         median_deg=float(np.median(np.abs(errors))),
         weighted_rmse_deg=weighted,
-        offset_deg=float(wrap_degrees(fit.offset) / symmetry),
+        offset_deg=float(wrap_deg(fit.offset) / symmetry),
         sign=fit.sign,
         symmetry=int(symmetry),
-        true_deg=wrap_degrees(true),
+        true_deg=wrap_deg(true),
         errors_deg=errors,
     )
 

@@ -5,25 +5,25 @@ from __future__ import annotations
 import numpy as np
 
 from relion_canon.analysis.estimate.refine import in_class_frame
-from relion_canon.analysis.metrics import wrap_degrees
+from relion_canon.geometry import wrap_deg
 
 
 def test_in_class_frame_recovers_a_flip_and_an_offset():
     rng = np.random.default_rng(0)
     psi = rng.uniform(-180.0, 180.0, 200)
-    given = wrap_degrees(-psi - 70.0)
+    given = wrap_deg(-psi - 70.0)
     framed, frame = in_class_frame(psi, given, None)
     assert frame["sign"] == -1
-    np.testing.assert_allclose(wrap_degrees(framed - given), 0.0, atol=1e-6)
-    np.testing.assert_allclose(wrap_degrees(framed - (frame["sign"] * psi - frame["offset_deg"])), 0.0, atol=1e-9)
+    np.testing.assert_allclose(wrap_deg(framed - given), 0.0, atol=1e-6)
+    np.testing.assert_allclose(wrap_deg(framed - (frame["sign"] * psi - frame["offset_deg"])), 0.0, atol=1e-9)
 
 
 def test_in_class_frame_fits_on_the_better_half_only():
     rng = np.random.default_rng(1)
     psi = rng.uniform(-180.0, 180.0, 200)
-    given = wrap_degrees(psi + 30.0)
+    given = wrap_deg(psi + 30.0)
     score = np.linspace(1.0, 0.0, 200)  # the second half matches the reference worst: junk
     given[100:] = rng.uniform(-180.0, 180.0, 100)
     framed, frame = in_class_frame(psi, given, score)
-    assert frame["sign"] == 1 and abs(wrap_degrees(np.array([frame["offset_deg"] + 30.0]))[0]) < 1e-6
-    np.testing.assert_allclose(wrap_degrees(framed[:100] - given[:100]), 0.0, atol=1e-6)
+    assert frame["sign"] == 1 and abs(wrap_deg(np.array([frame["offset_deg"] + 30.0]))[0]) < 1e-6
+    np.testing.assert_allclose(wrap_deg(framed[:100] - given[:100]), 0.0, atol=1e-6)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from relion_canon.analysis.metrics import wrap_degrees
+from relion_canon.geometry import wrap_deg
 from relion_canon.io.imagename import format_image_name
 from relion_canon.io.mrc import write_stack
 from relion_canon.io.source import ParticleSource
@@ -68,8 +68,8 @@ def fake_job(
     defocus = true_defocus + defocus_bias + rng.normal(0, defocus_noise, n)
     z = np.where(junk, 5.0, 0.0) + rng.uniform(-1, 1, n)
     columns = {
-        "rlnAnglePsi": wrap_degrees(psi),
-        "rlnAnglePsiPrior": wrap_degrees(psi),
+        "rlnAnglePsi": wrap_deg(psi),
+        "rlnAnglePsiPrior": wrap_deg(psi),
         "rlnCanonDefocus": defocus,
         "rlnParticleFigureOfMerit": np.exp(defocus / 1e4) - 1,
         "rlnParticleSelectZScore": z,
@@ -100,7 +100,7 @@ def relion_reference(sim: Path, path: Path, *, psi_noise: float = 1.0, shuffle: 
     truth = read_ground_truth(sim)
     junk = truth["rlnCanonIsJunk"].to_numpy(int)
     ref = star.with_columns({
-        "rlnAnglePsi": wrap_degrees(truth["rlnAnglePsi"].to_numpy() + rng.normal(0, psi_noise, len(star))),
+        "rlnAnglePsi": wrap_deg(truth["rlnAnglePsi"].to_numpy() + rng.normal(0, psi_noise, len(star))),
         "rlnClassNumber": np.ones(len(star), int),
         "rlnParticleSelectZScore": 3.0 * junk + rng.uniform(-0.5, 0.5, len(star)),
     })

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from relion_canon.analysis.evaluation import angle_metrics, evaluate
-from relion_canon.analysis.metrics import wrap_degrees
+from relion_canon.geometry import wrap_deg
 from relion_canon.errors import InputError
 from relion_canon.io.star import read_star, write_star
 from tests.analysis.evaluation.helpers import fake_job, relion_reference
@@ -49,7 +49,7 @@ def test_evaluate_against_ground_truth(sim, truth_table, tmp_path):
 def test_evaluate_mirrored_frame_and_accepts_ground_truth_star(sim, tmp_path):
     job = fake_job(sim, tmp_path / "job", rotation=-70.0, mirrored=True, sign=1, psi_offset=-15.0)
     ev = evaluate(job / "particles.star", sim / "ground_truth.star")
-    assert ev.canonical.mirrored and abs(wrap_degrees(ev.canonical.rotation_deg + 70.0)) < 0.3
+    assert ev.canonical.mirrored and abs(wrap_deg(ev.canonical.rotation_deg + 70.0)) < 0.3
     assert ev.canonical.mean_mse < 0.01
     assert ev.angle.sign == 1 and ev.angle.offset_deg == pytest.approx(-15.0, abs=1.0)
 
@@ -94,7 +94,7 @@ def test_symmetry_defaults_to_the_jobs_detection(sim, tmp_path):
     job = fake_job(sim, tmp_path / "job", canonical=False, psi_noise=1.0)
     star = read_star(job / "particles.star")
     flipped = star.particles.copy()
-    flipped.loc[::2, "rlnAnglePsi"] = wrap_degrees(flipped.loc[::2, "rlnAnglePsi"] + 180.0)
+    flipped.loc[::2, "rlnAnglePsi"] = wrap_deg(flipped.loc[::2, "rlnAnglePsi"] + 180.0)
     write_star(star.with_particles(flipped), job / "particles.star")
     (job / "report.json").write_text(json.dumps({"symmetry": {"n": 2, "confidence": 0.9}}))
     detected = evaluate(job, sim)

@@ -15,7 +15,7 @@ from relion_canon.analysis.evaluation.frame import (
     normalise_in_mask,
     to_truth_frame,
 )
-from relion_canon.analysis.metrics import wrap_degrees
+from relion_canon.geometry import wrap_deg
 from relion_canon.io.source import ParticleSource
 from relion_canon.geometry import rotate_images
 from tests.analysis.evaluation.helpers import mirror
@@ -35,7 +35,7 @@ def test_canonical_frame_recovered(clean_views, rotation, mirrored):
     job = 2.0 * job - 7.0  # a job's intensities have their own scale and offset
     found, is_mirrored = fit_canonical_frame(job, clean_views)
     assert is_mirrored == mirrored
-    assert abs(wrap_degrees(found - rotation)) < 0.3
+    assert abs(wrap_deg(found - rotation)) < 0.3
     mse = canonical_errors(job, clean_views, found, is_mirrored)
     assert mse.max() < 0.01
     # Without the alignment the same images are far off: the alignment, not the metric, makes them agree.

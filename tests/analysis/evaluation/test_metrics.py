@@ -6,21 +6,21 @@ import numpy as np
 import pytest
 
 from relion_canon.analysis.evaluation.metrics import angle_metrics, defocus_metrics, outlier_metrics
-from relion_canon.analysis.metrics import wrap_degrees
+from relion_canon.geometry import wrap_deg
 
 
 def test_angle_metrics_remove_offset_and_sign():
     rng = np.random.default_rng(0)
     true = rng.uniform(-180, 180, 4000)
     noise = rng.normal(0, 3.0, true.size)
-    pred = wrap_degrees(-(true + 70.0 + noise))
+    pred = wrap_deg(-(true + 70.0 + noise))
     m = angle_metrics(pred, true)
     assert m.sign == -1
     assert m.offset_deg == pytest.approx(70.0, abs=0.3)
     assert m.rmse_deg == pytest.approx(np.sqrt(np.mean(noise**2)), rel=0.02)
     assert m.median_deg == pytest.approx(np.median(np.abs(noise)), rel=0.05)
     # In the reference's frame the predictions sit on the truth, up to the noise.
-    assert np.abs(wrap_degrees(m.aligned_deg - true)).max() < 6 * 3.0
+    assert np.abs(wrap_deg(m.aligned_deg - true)).max() < 6 * 3.0
 
 
 def test_weighted_rmse_favours_confident_particles():
@@ -41,7 +41,7 @@ def test_weighted_rmse_favours_confident_particles():
 def test_symmetry_compares_modulo_360_over_n():
     rng = np.random.default_rng(2)
     true = rng.uniform(-180, 180, 3000)
-    pred = wrap_degrees(true + 120.0 * rng.integers(0, 3, true.size) + rng.normal(0, 1.0, true.size))
+    pred = wrap_deg(true + 120.0 * rng.integers(0, 3, true.size) + rng.normal(0, 1.0, true.size))
     assert angle_metrics(pred, true).rmse_deg > 40
     c3 = angle_metrics(pred, true, symmetry=3)
     assert c3.rmse_deg < 1.2 and c3.symmetry == 3

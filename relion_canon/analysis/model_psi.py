@@ -1,11 +1,11 @@
-"""Per-particle estimates from model outputs, in RELION's units and conventions."""
+"""The in-plane angle a model gives each particle, in RELION's units and conventions."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from relion_canon.analysis.latent_angle import polar_readout
-from relion_canon.analysis.metrics import wrap_degrees
+from relion_canon.geometry import wrap_deg
 
 
 def psi_degrees(outputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -15,6 +15,6 @@ def psi_degrees(outputs: dict[str, np.ndarray]) -> np.ndarray:
     the latent's first two principal components (paper B).
     """
     if "psi" in outputs:
-        return wrap_degrees(np.rad2deg(outputs["psi"]))
+        return wrap_deg(np.rad2deg(outputs["psi"]))
     angle, _ = polar_readout(outputs["latent"])
-    return wrap_degrees(np.rad2deg(angle))
+    return wrap_deg(np.rad2deg(angle))
