@@ -7,46 +7,50 @@ row 0 at the top (``scipy.ndimage.rotate(img, +ψ)``, but about box//2). Units a
 ``_rad``, ``_px``, ``_A`` (Å). Torch functions take batches; NumPy faces exist where callers hold arrays.
 """
 
-from relion_canon.geometry.angles import wrap_deg, wrap_rad
-from relion_canon.geometry.fourier_rings import (
-    FRC_THRESHOLD,
-    fourier_ring_correlation,
-    resolution_at_threshold_A,
-    ring_index,
-    ring_mean,
-)
-from relion_canon.geometry.masks import circular_mask, soft_circular_mask
-from relion_canon.geometry.peaks import parabolic_height, parabolic_offset, periodic_peak, shift_peak
-from relion_canon.geometry.polar import polar_grid, ring_points_px, sample_polar, sample_rings
-from relion_canon.geometry.rotation import (
-    canonicalise,
-    canonicalising_shift_px,
-    rotate,
-    rotate_images,
-    turn_vectors,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "FRC_THRESHOLD",
-    "canonicalise",
-    "canonicalising_shift_px",
-    "circular_mask",
-    "fourier_ring_correlation",
-    "parabolic_height",
-    "parabolic_offset",
-    "periodic_peak",
-    "polar_grid",
-    "resolution_at_threshold_A",
-    "ring_index",
-    "ring_mean",
-    "ring_points_px",
-    "rotate",
-    "rotate_images",
-    "sample_polar",
-    "sample_rings",
-    "shift_peak",
-    "soft_circular_mask",
-    "turn_vectors",
-    "wrap_deg",
-    "wrap_rad",
-]
+# Loaded on first use (PEP 562), so that a caller of a NumPy face (``wrap_deg``) does not wait for torch.
+_WHERE = {
+    "wrap_deg": "angles",
+    "wrap_rad": "angles",
+    "FRC_THRESHOLD": "fourier_rings",
+    "fourier_ring_correlation": "fourier_rings",
+    "resolution_at_threshold_A": "fourier_rings",
+    "ring_index": "fourier_rings",
+    "ring_mean": "fourier_rings",
+    "circular_mask": "masks",
+    "soft_circular_mask": "masks",
+    "parabolic_height": "peaks",
+    "parabolic_offset": "peaks",
+    "periodic_peak": "peaks",
+    "shift_peak": "peaks",
+    "polar_grid": "polar",
+    "ring_points_px": "polar",
+    "sample_polar": "polar",
+    "sample_rings": "polar",
+    "canonicalise": "rotation",
+    "canonicalising_shift_px": "rotation",
+    "rotate": "rotation",
+    "rotate_images": "rotation",
+    "turn_vectors": "rotation",
+}
+
+if TYPE_CHECKING:
+    from relion_canon.geometry.angles import wrap_deg, wrap_rad
+    from relion_canon.geometry.fourier_rings import FRC_THRESHOLD, fourier_ring_correlation, resolution_at_threshold_A, ring_index, ring_mean
+    from relion_canon.geometry.masks import circular_mask, soft_circular_mask
+    from relion_canon.geometry.peaks import parabolic_height, parabolic_offset, periodic_peak, shift_peak
+    from relion_canon.geometry.polar import polar_grid, ring_points_px, sample_polar, sample_rings
+    from relion_canon.geometry.rotation import canonicalise, canonicalising_shift_px, rotate, rotate_images, turn_vectors
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = sorted(_WHERE)

@@ -10,9 +10,12 @@ each formula is kept as its callers computed it, so results are unchanged to the
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch only when a tensor is wrapped: the degree face serves callers that never load torch
+    import torch
 
 
 def wrap_deg(angle_deg: np.ndarray | float) -> np.ndarray:
@@ -20,6 +23,6 @@ def wrap_deg(angle_deg: np.ndarray | float) -> np.ndarray:
     return (np.asarray(angle_deg, dtype=np.float64) + 180.0) % 360.0 - 180.0
 
 
-def wrap_rad(angle_rad: torch.Tensor) -> torch.Tensor:
+def wrap_rad(angle_rad: "torch.Tensor") -> "torch.Tensor":
     """Radians wrapped to (−π, π], in the tensor's dtype."""
-    return math.pi - torch.remainder(math.pi - angle_rad, 2 * math.pi)
+    return math.pi - (math.pi - angle_rad).remainder(2 * math.pi)
