@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from relion_canon.context import QUIET
 from relion_canon.analysis.model_psi import psi_degrees
 from relion_canon.io.star import ParticleStar, read_star
 from relion_canon.preprocess import PreprocessConfig
@@ -62,7 +63,7 @@ def train_and_predict(spec: ModelSpec, data: Dataset, work: Path, preprocess: Pr
     out = work / f"{data.name}__{spec.label.replace(' ', '_').replace('/', '-')}"
     _log(f"{data.name}: training {spec.label} on {len(data.train)} particles for {spec.epochs} epochs")
     t0 = time.perf_counter()
-    result = train(source.subset(data.train), out, config, resume=False, progress=False, log=lambda s: None)
+    result = train(source.subset(data.train), out, config, resume=False, context=QUIET)
     train_s = time.perf_counter() - t0
     last = result.history[-1]
     _log(f"{data.name}: {spec.label} trained in {train_s:.0f} s; last epoch "
@@ -71,7 +72,7 @@ def train_and_predict(spec: ModelSpec, data: Dataset, work: Path, preprocess: Pr
     t0 = time.perf_counter()
     loaded = load_model(result.model_path, resolve_device(device))
     dataset = dataset_for(loaded, data.particles.subset(data.test))
-    outputs = run_inference(loaded, dataset, batch_size=256, progress=False, canonical=canonical)
+    outputs = run_inference(loaded, dataset, batch_size=256, canonical=canonical, context=QUIET)
     predict_s = time.perf_counter() - t0
     return Prediction(label=spec.label, psi_deg=psi_degrees(outputs), latent=outputs["latent"],
                       canonical=outputs.get("canonical"), train_s=train_s, predict_s=predict_s,

@@ -14,38 +14,55 @@ from relion_canon.geometry import canonicalising_shift_px, fourier_ring_correlat
 
 
 class HalfSetSums:
-    """Sums of CTF-weighted particles turned back to the canonical frame, for two half-sets."""
+    """Sums of CTF-weighted particles turned back to the canonical frame, for two half-sets of each of
+    ``n_classes`` classes (one: the single reference of an alignment)."""
 
-    def __init__(self, box: int, n_rings: int):
+    def __init__(self, box: int, n_rings: int, n_classes: int = 1):
         # Real-space sums: the Fourier transform is linear, so one rfft2 of each sum (in ``reference``)
-        # replaces one per particle.
-        self.num = torch.zeros(2, box * box, dtype=torch.float64)
-        self.den = torch.zeros(2, n_rings, dtype=torch.float64)
+        # replaces one per particle. Row 2c + h holds half-set h of class c.
+        self.num = torch.zeros(2 * n_classes, box * box, dtype=torch.float64)
+        self.den = torch.zeros(2 * n_classes, n_rings, dtype=torch.float64)
         self.box = box
+        self.n_classes = n_classes
 
     def add(self, indices: np.ndarray, weighted: torch.Tensor, ctf2_rings: torch.Tensor, psi: torch.Tensor,
-            shift: torch.Tensor) -> None:
+            shift: torch.Tensor, classes: torch.Tensor | None = None) -> None:
+        """Add a batch at its poses; ``classes`` (b,) class indices, required with more than one class."""
         # The particle is rotate(canonical, ψ, s): its origin is −s, which canonicalisation undoes.
         canonical = rotate(weighted, -psi, canonicalising_shift_px(psi, -shift))
-        # (2, b) one-hot half-set membership: one matrix product sums each half.
         half = torch.from_numpy(np.asarray(indices) % 2)
-        member = torch.stack([half == 0, half == 1]).to(canonical.dtype)
+        if classes is None:
+            # (2, b) one-hot half-set membership: one matrix product sums each half.
+            member = torch.stack([half == 0, half == 1]).to(canonical.dtype)
+        else:
+            member = torch.nn.functional.one_hot(2 * classes.long() + half, 2 * self.n_classes).T.to(canonical.dtype)
         self.num += (member @ canonical.reshape(len(half), -1)).double()
         self.den += (member.double() @ ctf2_rings.double())
 
-    def reference(self, rings: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
-        """Wiener-filtered canonical average (real space, masked) and the half-set FRC."""
-        n_rings = self.den.shape[1]
-        den = self.den.clamp(min=1e-6).float()
-        num = torch.fft.rfft2(self.num.reshape(2, self.box, self.box)).to(torch.complex64)
+    def reference(self, rings: torch.Tensor, mask: torch.Tensor, c: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+        """Class ``c``'s Wiener-filtered canonical average (real space, masked) and its half-set FRC."""
+        ref, frc, _ = self._filtered(rings, mask, c)
+        return ref, frc
+
+    def halves(self, rings: torch.Tensor, mask: torch.Tensor, c: int = 0) -> torch.Tensor:
+        """(2, B, B) class ``c``'s two half-set averages, filtered like the full one: what they agree on is
+        what the data support."""
+        return self._filtered(rings, mask, c)[2]
+
+    def _filtered(self, rings: torch.Tensor, mask: torch.Tensor, c: int) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
+        num2, den2 = self.num[2 * c: 2 * c + 2], self.den[2 * c: 2 * c + 2]
+        n_rings = den2.shape[1]
+        den = den2.clamp(min=1e-6).float()
+        num = torch.fft.rfft2(num2.reshape(2, self.box, self.box)).to(torch.complex64)
         halves = num / den[:, rings]
         frc = fourier_ring_correlation(halves[0], halves[1], rings, n_rings)
         f = frc.clamp(1e-3, 0.999)
         ssnr = 2 * f / (1 - f)  # of the full average: twice the half-set SSNR
         gain = ssnr / (1 + ssnr)
-        full = num.sum(dim=0) / self.den.sum(dim=0).clamp(min=1e-6).float()[rings]
+        full = num.sum(dim=0) / den2.sum(dim=0).clamp(min=1e-6).float()[rings]
         ref = torch.fft.irfft2(full * gain[rings], s=mask.shape) * mask
-        return ref, frc.numpy()
+        filtered_halves = torch.fft.irfft2(halves * gain[rings], s=mask.shape) * mask
+        return ref, frc.numpy(), filtered_halves
 
 
 def noise_spectrum(images: Iterable[np.ndarray], n_particles: int, rings: torch.Tensor, n_rings: int) -> torch.Tensor:
