@@ -8,6 +8,7 @@ Imported by ``benchmarks/vs_relion/run.py`` and ``benchmarks/classify/run.py`` (
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import sys
@@ -138,3 +139,15 @@ def auc_or_none(labels: np.ndarray, score: np.ndarray) -> float | None:
     if labels.min() == labels.max() or not np.all(np.isfinite(score)):
         return None
     return float(roc_auc_score(labels, score))
+
+
+def add_run_options(parser: argparse.ArgumentParser, out_default: Path) -> None:
+    """The options every relion_canon-against-RELION benchmark takes: how the programs run and where the
+    scratch projects and results go."""
+    parser.add_argument("--epochs", type=int, default=None, help="relion_canon epochs (default: the job's own)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=24 * 3600, help="per program run, seconds")
+    parser.add_argument("--workdir", default=None, help="where the scratch projects go (default: system temp)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch projects")
+    parser.add_argument("--out", default=str(out_default))

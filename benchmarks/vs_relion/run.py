@@ -46,6 +46,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the helpers shared by the benchmarks
 from relion_project_runs import (  # noqa: E402
+    add_run_options,
     auc_or_none,
     cwd,
     external_command,
@@ -245,13 +246,7 @@ def main() -> None:
     parser.add_argument("--box", type=int, default=64)
     parser.add_argument("--pixel-size", type=float, default=2.5)
     parser.add_argument("--relion-iter", type=int, default=20)
-    parser.add_argument("--epochs", type=int, default=None, help="relion_canon epochs (default: the job's own)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--timeout", type=float, default=24 * 3600, help="per program run, seconds")
-    parser.add_argument("--workdir", default=None, help="where the scratch projects go (default: system temp)")
-    parser.add_argument("--keep", action="store_true", help="keep the scratch projects")
-    parser.add_argument("--out", default=str(HERE / "results"))
+    add_run_options(parser, HERE / "results")
     args = parser.parse_args()
     if shutil.which("relion_refine") is None:
         sys.exit("relion_refine not on PATH: install RELION 3.1 (apt-get install relion)")
