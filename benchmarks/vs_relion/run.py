@@ -39,12 +39,22 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # the helpers shared by the benchmarks
+from relion_project_runs import (  # noqa: E402
+    add_run_options,
+    auc_or_none,
+    cwd,
+    external_command,
+    relion_class2d_command,
+    run_measured,
+    simulate_project,
+    tail,
+)
 JOB_DIR = "External/job001/"
 RELION_OUT = "Class2D/run"
 # The job's own network applied alone (no refinement), to show what the refinement adds.
@@ -59,121 +69,16 @@ def _ints(text: str) -> list[int]:
     return [int(s) for s in text.split(",") if s.strip()]
 
 
-@contextmanager
-def _cwd(path: Path):
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
-
-
-def external_command() -> list[str]:
-    """The installed console script (as a RELION user runs it), else the same entry point through python -m."""
-    script = Path(sys.executable).parent / "relion_canon_external"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("relion_canon_external")
-    return [found] if found else [sys.executable, "-m", "relion_canon.relion.external"]
-
-
-def _vm_hwm(pid: int) -> int:
-    """The kernel's high-water mark of a process's RSS (bytes) since its exec; 0 when it is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-def run_measured(cmd: list[str], cwd: Path, stdout: Path, stderr: Path, timeout: float) -> dict:
-    """Run ``cmd``; wall time and peak RSS, sampled every 0.1 s: the larger of the summed RSS of its process
-    tree (psutil) and the largest single process's high-water mark (``VmHWM``, which catches peaks between
-    samples; unlike ``wait4``'s ``ru_maxrss`` it does not count the benchmark's own memory, which a forked
-    child shares until it execs)."""
-    import resource
-
-    import psutil
-
-    stdout.parent.mkdir(parents=True, exist_ok=True)
-    sampled = hwm = 0
-    loads = []
-    # CPU seconds of the reaped process tree: unlike wall time, hardly changed by other jobs on the machine.
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    with open(stdout, "ab") as out, open(stderr, "ab") as err:
-        proc = psutil.Popen(cmd, cwd=cwd, stdout=out, stderr=err, start_new_session=True)
-        try:
-            while proc.poll() is None:
-                total = 0
-                try:
-                    procs = [proc, *proc.children(recursive=True)]
-                except psutil.NoSuchProcess:
-                    procs = []
-                for p in procs:
-                    try:
-                        total += p.memory_info().rss
-                    except (psutil.NoSuchProcess, psutil.AccessDenied):
-                        continue
-                    hwm = max(hwm, _vm_hwm(p.pid))
-                sampled = max(sampled, total)
-                loads.append(os.getloadavg()[0])
-                if time.perf_counter() - t0 > timeout:
-                    raise TimeoutError(f"{cmd[0]} ran past {timeout:.0f} s")
-                time.sleep(0.1)
-        finally:
-            if proc.poll() is None:
-                for p in [*proc.children(recursive=True), proc]:
-                    try:
-                        p.kill()
-                    except psutil.NoSuchProcess:
-                        pass
-                proc.wait()
-    wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"returncode": proc.returncode, "wall_s": wall, "cpu_s": cpu,
-            "load_average_mean": float(np.mean(loads)) if loads else None,
-            "peak_rss_mb": max(sampled, hwm) / 2**20,
-            "peak_rss_sampled_tree_mb": sampled / 2**20, "peak_rss_hwm_mb": hwm / 2**20}
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 def simulate(project: Path, n: int, box: int, pixel_size: float, snr: float, junk: float, seed: int) -> None:
-    from relion_canon.simulate import SimulationConfig, simulate_dataset
+    from relion_canon.simulate import SimulationConfig
 
-    project.mkdir(parents=True, exist_ok=True)
-    (project / "default_pipeline.star").write_text("data_pipeline_general\n\n_rlnPipeLineJobCounter 1\n")
     config = SimulationConfig(n_particles=n, box=box, pixel_size=pixel_size, snr=snr, junk_fraction=junk,
                               seed=seed, defocus_range=(5000.0, 25000.0), views=1, psi_sigma=None)
-    with _cwd(project):  # image names relative to the project directory, as RELION reads them
-        simulate_dataset(config, Path("Input"))
+    simulate_project(project, config)
 
 
 def relion_command(box: int, pixel_size: float, iterations: int, threads: int) -> list[str]:
-    diameter = round(0.75 * box * pixel_size)
-    return ["relion_refine", "--i", "Input/particles.star", "--o", RELION_OUT, "--K", "1", "--iter", str(iterations),
-            "--psi_step", "6", "--offset_range", "5", "--offset_step", "2", "--ctf", "--norm", "--scale",
-            "--flatten_solvent", "--zero_mask", "--particle_diameter", str(diameter), "--j", str(threads),
-            "--random_seed", "0"]
-
-
-def _auc(labels: np.ndarray, score: np.ndarray) -> float | None:
-    from sklearn.metrics import roc_auc_score
-
-    if labels.min() == labels.max() or not np.all(np.isfinite(score)):
-        return None
-    return float(roc_auc_score(labels, score))
+    return relion_class2d_command("Input/particles.star", RELION_OUT, 1, iterations, 0.75 * box * pixel_size, threads)
 
 
 def network_alone(project: Path, threads: int) -> None:
@@ -182,7 +87,7 @@ def network_alone(project: Path, threads: int) -> None:
     from relion_canon.threads import cpu_threads
     from relion_canon.predict_star import predict_file
 
-    with _cwd(project), cpu_threads(threads):
+    with cwd(project), cpu_threads(threads):
         predict_file(Path("Input/particles.star"), Path(JOB_DIR) / "model.pt", Path(NETWORK_STAR), context=QUIET)
 
 
@@ -220,9 +125,9 @@ def evaluate(project: Path, iterations: int) -> dict:
         "ours_auc": None, "relion_auc_maxvalueprob": None, "relion_auc_loglikeli": None,
     }
     if junk.any():
-        result["ours_auc"] = _auc(junk, ours["rlnParticleSelectZScore"].to_numpy(float))
-        result["relion_auc_maxvalueprob"] = _auc(junk, -relion["rlnMaxValueProbDistribution"].to_numpy(float))
-        result["relion_auc_loglikeli"] = _auc(junk, -relion["rlnLogLikeliContribution"].to_numpy(float))
+        result["ours_auc"] = auc_or_none(junk, ours["rlnParticleSelectZScore"].to_numpy(float))
+        result["relion_auc_maxvalueprob"] = auc_or_none(junk, -relion["rlnMaxValueProbDistribution"].to_numpy(float))
+        result["relion_auc_loglikeli"] = auc_or_none(junk, -relion["rlnLogLikeliContribution"].to_numpy(float))
     if "rlnCanonDefocus" in ours.columns:
         true_def = 0.5 * (truth["rlnDefocusU"] + truth["rlnDefocusV"]).to_numpy(float)[good]
         est = ours["rlnCanonDefocus"].to_numpy(float)[good]
@@ -244,7 +149,7 @@ def run_setting(work: Path, n: int, snr: float, junk: float, args: argparse.Name
     (project / "Class2D").mkdir()
     r = run_measured(cmd, project, project / "Class2D/run.out", project / "Class2D/run.err", args.timeout)
     if r["returncode"] != 0:
-        raise RuntimeError(f"[{tag}] relion_refine failed ({r['returncode']}):\n{_tail(project / 'Class2D/run.err')}")
+        raise RuntimeError(f"[{tag}] relion_refine failed ({r['returncode']}):\n{tail(project / 'Class2D/run.err')}")
     row.update({"relion_wall_s": r["wall_s"], "relion_cpu_s": r["cpu_s"], "relion_load_average": r["load_average_mean"],
                 "relion_peak_rss_mb": r["peak_rss_mb"], "relion_command": " ".join(cmd),
                 "relion_rss_detail_mb": {k: r[k] for k in ("peak_rss_sampled_tree_mb", "peak_rss_hwm_mb")}})
@@ -256,7 +161,7 @@ def run_setting(work: Path, n: int, snr: float, junk: float, args: argparse.Name
     job = project / JOB_DIR
     r = run_measured(cmd, project, job / "run.out", job / "run.err", args.timeout)
     if not (job / "RELION_JOB_EXIT_SUCCESS").exists():
-        raise RuntimeError(f"[{tag}] relion_canon_external did not succeed ({r['returncode']}):\n{_tail(job / 'run.err')}")
+        raise RuntimeError(f"[{tag}] relion_canon_external did not succeed ({r['returncode']}):\n{tail(job / 'run.err')}")
     row.update({"ours_wall_s": r["wall_s"], "ours_cpu_s": r["cpu_s"], "ours_load_average": r["load_average_mean"],
                 "ours_peak_rss_mb": r["peak_rss_mb"], "ours_command": " ".join(cmd),
                 "ours_rss_detail_mb": {k: r[k] for k in ("peak_rss_sampled_tree_mb", "peak_rss_hwm_mb")}})
@@ -341,13 +246,7 @@ def main() -> None:
     parser.add_argument("--box", type=int, default=64)
     parser.add_argument("--pixel-size", type=float, default=2.5)
     parser.add_argument("--relion-iter", type=int, default=20)
-    parser.add_argument("--epochs", type=int, default=None, help="relion_canon epochs (default: the job's own)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--timeout", type=float, default=24 * 3600, help="per program run, seconds")
-    parser.add_argument("--workdir", default=None, help="where the scratch projects go (default: system temp)")
-    parser.add_argument("--keep", action="store_true", help="keep the scratch projects")
-    parser.add_argument("--out", default=str(HERE / "results"))
+    add_run_options(parser, HERE / "results")
     args = parser.parse_args()
     if shutil.which("relion_refine") is None:
         sys.exit("relion_refine not on PATH: install RELION 3.1 (apt-get install relion)")
