@@ -24,6 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from relion_canon.analysis.class_summary import class_summaries
 from relion_canon.io.imagename import format_image_name
 from relion_canon.io.mrc import header_pixel_size, open_stack, stack_shape, write_stack
 from relion_canon.io.star import ParticleStar, write_star
@@ -96,32 +97,23 @@ def _contiguous_stack(stack: Path, numbers: list[int], padded: Path) -> tuple[Pa
 def class_rows(class_numbers: np.ndarray, stack: Path, position: Mapping[int, int],
                class_reports: Mapping[str, Mapping[str, Any]]) -> list[ClassRow]:
     """Classes 1..K in order (K the largest class in ``position``); a class the report lacks or without
-    particles gets fraction 0 and unmeasured accuracies, as RELION writes an empty class."""
-    n = max(len(class_numbers), 1)
+    particles gets its counted fraction (0 when empty) and unmeasured accuracies, as RELION writes an empty
+    class."""
+    summaries = class_summaries(class_reports, len(class_numbers))
     rows = []
     for number in range(1, max(position) + 1):
-        facts = class_reports.get(str(number), {})
-        fraction = facts.get("fraction", float(np.sum(class_numbers == number)) / n)
+        known = summaries.get(number)
+        fraction = known.fraction if known else float(np.sum(class_numbers == number)) / max(len(class_numbers), 1)
         rows.append(ClassRow(
-            number=number, image=format_image_name(position[number], stack.as_posix()), fraction=float(fraction),
-            accuracy_rot_deg=_measured(facts.get("accuracy_rot_deg")),
-            accuracy_trans_A=_measured(facts.get("accuracy_trans_A")),
-            resolution_A=_measured(class_resolution_A(facts)),
-            is_junk=None if facts.get("is_junk") is None else bool(facts["is_junk"]),
+            number=number, image=format_image_name(position[number], stack.as_posix()), fraction=fraction,
+            accuracy_rot_deg=_measured(known and known.accuracy_rot_deg),
+            accuracy_trans_A=_measured(known and known.accuracy_trans_A),
+            resolution_A=_measured(known and known.resolution_A), is_junk=known.is_junk if known else None,
         ))
     return rows
 
 
-def class_resolution_A(facts: Mapping[str, Any]) -> float | None:
-    """The class's resolution: the report's, else the last refinement round's; None when neither is known."""
-    if facts.get("resolution_A") is not None:
-        return float(facts["resolution_A"])
-    history = facts.get("alignment") or []
-    last = history[-1] if isinstance(history, list) and history else {}
-    return None if last.get("resolution_A") is None else float(last["resolution_A"])
-
-
-def _measured(value: Any) -> float:
+def _measured(value: float | None) -> float:
     return NOT_MEASURED if value is None or not np.isfinite(value) else float(value)
 
 

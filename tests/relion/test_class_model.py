@@ -42,7 +42,7 @@ def test_model_names_the_class_averages_in_class_order(tmp_path):
     star = _particles([1, 1, 2, 3, 3, 3])
     report = _report(tmp_path, [1, 2, 3], {"1": {"fraction": 0.25, "resolution_A": 12.0, "is_junk": False,
                                                   "accuracy_rot_deg": 3.0},
-                                            "2": {"alignment": [{"resolution_A": 20.0}, {"resolution_A": 15.0}],
+                                            "2": {"n_particles": 1, "alignment": [{"resolution_A": 20.0}, {"resolution_A": 15.0}],
                                                   "is_junk": True}})
     assert has_class_model(star, report)
     files = write_class_model(star, tmp_path, report)
