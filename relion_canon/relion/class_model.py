@@ -135,7 +135,7 @@ def model_blocks(rows: list[ClassRow], box: int, pixel_size_A: float) -> dict[st
         "rlnClassPriorOffsetY": 0.0,
     })
     if any(r.is_junk is not None for r in rows):
-        # Not a RELION label (3.1 skips it with a warning, 4.0 and 5.0 keep it): shown in the display's text.
+        # Not a RELION label: 3.1 skips it with a warning, 4.0 and 5.0 keep it (and can show it).
         classes["rlnCanonClassIsJunk"] = [int(bool(r.is_junk)) for r in rows]
     return {"model_general": general, "model_classes": classes}
 
