@@ -6,6 +6,9 @@ particles → (train a model, or load one) → predict → per-particle estimate
 * ``model.pt`` / ``checkpoint.pt`` (when training; ``checkpoint.pt`` lets a continued job resume),
 * ``particles.star``: every input block, column and row, plus the new columns,
 * ``particles_selected.star`` / ``particles_rejected.star``: the same split by the outlier flag,
+* ``run_it000_model.star`` / ``_data.star`` / ``_optimiser.star`` when the particles have classes with a class
+  average each: RELION's Select job takes the classes from them as from a Class2D (``report.json``'s
+  ``class_model`` names them; see :mod:`relion_canon.relion.class_model`),
 * ``report.json``: what was done and found (threshold, symmetry, timings),
 * ``logfile.pdf`` and PNGs: the figures.
 
@@ -31,6 +34,7 @@ from relion_canon.io.atomic import atomic_path
 from relion_canon.io.particles import is_cryosparc, read_particles, write_results_cs
 from relion_canon.io.star import ParticleStar, write_star
 from relion_canon.options import BOOL, EXTERNAL, INT, PAIRS, PATH, TEXT, option
+from relion_canon.relion.class_model import has_class_model, write_class_model
 from relion_canon.threads import cpu_threads
 
 log = logging.getLogger(__name__)
@@ -159,6 +163,7 @@ def _run_job(particles: str | Path | ParticleStar, out_dir: Path, config: JobCon
         "selected": write_star(out.subset(~flag), out_dir / SELECTED_STAR),
         "rejected": write_star(out.subset(flag), out_dir / REJECTED_STAR),
     }
+    class_model = write_class_model(out, out_dir, estimates.report) if has_class_model(out, estimates.report) else {}
     if not isinstance(particles, ParticleStar) and is_cryosparc(particles):
         written = write_results_cs(particles, passthrough, out, out_dir)
         log.info(f"Wrote cryoSPARC results: {', '.join(str(p) for p in written)}")
@@ -173,6 +178,7 @@ def _run_job(particles: str | Path | ParticleStar, out_dir: Path, config: JobCon
         "seconds": timings,
         "training_history": history,
         **estimates.report,
+        **({"class_model": class_model} if class_model else {}),
     }
     t0 = time.perf_counter()
     figures = write_figures(out_dir, estimates, history)

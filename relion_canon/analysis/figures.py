@@ -15,6 +15,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from relion_canon.analysis.class_summary import ClassSummary
 from relion_canon.analysis.latent_angle import polar_readout
 
 _CYCLIC = "twilight"  # for angles: −180° and 180° get the same colour
@@ -329,6 +330,39 @@ def class_averages(averages: Mapping[int, np.ndarray]) -> Figure:
     names = [("all particles" if k == 0 else f"class {k}") for k, _ in items]
     return image_grid({"average": np.stack([np.asarray(a) for _, a in items])},
                       title="Canonical class averages (in the learned frame)", column_titles=names)
+
+
+def class_gallery(averages: Mapping[int, np.ndarray], summaries: Mapping[int, ClassSummary],
+                  columns: int = 6) -> Figure:
+    """The class averages, largest class first, each titled with its number, particle count and share, and
+    resolution; classes judged junk framed in red and titled so."""
+    numbers = sorted((c for c in averages if c in summaries), key=lambda c: (-summaries[c].n_particles, c))
+    if not numbers:
+        raise ValueError("no class averages with a class summary to show")
+    size = max(np.asarray(averages[c]).shape[-1] for c in numbers)
+    n_cols = min(columns, len(numbers))
+    n_rows = -(-len(numbers) // n_cols)
+    cell = 1.6
+    fig = _figure(n_cols * cell + 0.2, n_rows * (cell + 0.55) + 0.5, layout=None)
+    fig.suptitle(f"Class averages by population ({len(numbers)} classes)")
+    for k, number in enumerate(numbers):
+        summary = summaries[number]
+        ax = fig.add_subplot(n_rows, n_cols, k + 1)
+        ax.imshow(_display_scale(_resize(np.asarray(averages[number], np.float64), size)), cmap=_GREY,
+                  vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        resolution = "res ?" if summary.resolution_A is None else f"{summary.resolution_A:.1f} Å"
+        title = f"class {number}{' JUNK' if summary.is_junk else ''}\n" \
+                f"{summary.n_particles} ({100 * summary.fraction:.1f}%), {resolution}"
+        ax.set_title(title, fontsize="small", color="red" if summary.is_junk else "black")
+        for spine in ax.spines.values():
+            spine.set_visible(bool(summary.is_junk))
+            spine.set_edgecolor("red")
+            spine.set_linewidth(3)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.5 / fig.get_figheight(), hspace=0.45,
+                        wspace=0.08)
+    return fig
 
 
 def text_page(text: str) -> Figure:

@@ -17,6 +17,7 @@ from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
 from relion_canon.analysis import figures
+from relion_canon.analysis.class_summary import class_summaries
 from relion_canon.analysis.evaluation import Evaluation
 from relion_canon.analysis.estimate.results import Estimates
 from relion_canon.io.atomic import atomic_path
@@ -33,7 +34,7 @@ NamedFigures = list[tuple[str, Figure]]
 _ALIGNED = "after one global offset and sign (paper B, eq. 8)"
 # Every figure a job can draw (file stems), in the order of the logfile.
 JOB_FIGURES = ("training_curves", "latent_pca", "psi_histogram", "defocus_vs_star", "outlier_scores",
-               "canonical_examples", "class_averages")
+               "canonical_examples", "class_averages", "class_gallery")
 
 
 def job_figures(estimates: Estimates, history: Sequence[dict[str, Any]]) -> NamedFigures:
@@ -87,6 +88,9 @@ def job_figures(estimates: Estimates, history: Sequence[dict[str, Any]]) -> Name
             title="Particles and their canonical (unrotated, denoised) images", column_titles=titles)))
     if estimates.class_averages:
         out.append(("class_averages", figures.class_averages(estimates.class_averages)))
+        summaries = class_summaries(estimates.report.get("classes", {}), len(estimates.latent))
+        if any(c in summaries for c in estimates.class_averages):
+            out.append(("class_gallery", figures.class_gallery(estimates.class_averages, summaries)))
     return out
 
 

@@ -8,7 +8,9 @@ RELION runs it from the project directory as (RELION 3.1, 4.0 and 5.0 alike)::
 with stdout appended to ``run.out`` and stderr to ``run.err``. It writes only inside ``--o``:
 ``particles.star`` (every input column kept, the new ones appended), ``particles_selected.star``,
 ``particles_rejected.star``, ``logfile.pdf``, ``report.json``, ``model.pt`` (+ ``checkpoint.pt`` when it
-trains), then ``RELION_OUTPUT_NODES.star`` typed for the running RELION version, then exactly one of
+trains), with classes the model STAR files a Select job takes them from (see
+:mod:`~relion_canon.relion.class_model`), then ``RELION_OUTPUT_NODES.star`` typed for the running RELION
+version, then exactly one of
 ``RELION_JOB_EXIT_SUCCESS`` / ``_FAILURE`` (the reason is the last line of ``run.err``) / ``_ABORTED``.
 Whatever happens short of SIGKILL, one exit file is written: a job without one hangs ``relion_pipeliner``.
 RELION's abort request (``RELION_JOB_ABORT_NOW``, polled per training epoch and per prediction batch) and
@@ -48,6 +50,7 @@ from relion_canon.relion.exit_files import (
     clear_stale_files,
     write_exit_file,
 )
+from relion_canon.relion.class_model import selection_node
 from relion_canon.relion.job_star import JOB_STAR, detect_relion_version, read_job_star
 from relion_canon.relion.nodes import NodeKind, write_output_nodes
 from relion_canon.relion.params import (
@@ -252,6 +255,8 @@ class ExternalJob:
                                                  ("particles_selected.star", NodeKind.PARTICLES),
                                                  ("logfile.pdf", NodeKind.LOGFILE))
                  if (self.out / name).exists()]
+        if getattr(result, "report", {}).get("class_model"):  # this run's, never a file an earlier run left
+            nodes.append(selection_node(version))
         write_output_nodes(self.out, [((self.out / name).as_posix(), kind) for name, kind in nodes], version)
         n_sel = result.report.get("n_selected") if hasattr(result, "report") else None
         _log(f"Done in {time.perf_counter() - t0:.1f} s: {', '.join(name for name, _ in nodes)}"

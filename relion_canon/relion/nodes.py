@@ -25,16 +25,23 @@ class NodeKind(enum.Enum):
     DENSITY_MAP = "map"
     MASK_3D = "mask"
     LOGFILE = "logfile"
+    CLASS_MODEL = "model"  # 3.1 only: what its Select job takes classes from (4.0 and 5.0 take the optimiser)
+    OPTIMISER = "optimiser"
 
 
-# kind → (3.1 int, 4.0 label, 5.0 label); from pipeline_jobs.h of RELION 3.1.3, 4.0.1 and 5.0.1.
-_NODE_TYPES: dict[NodeKind, tuple[int, str, str]] = {
+# kind → (3.1 int, 4.0 label, 5.0 label); from pipeline_jobs.h of RELION 3.1.3, 4.0.1 and 5.0.1. None: that
+# version has no such type.
+_NODE_TYPES: dict[NodeKind, tuple[int, str | None, str | None]] = {
     NodeKind.PARTICLES: (3, "ParticlesData.star.relion", "ParticleGroupMetadata.star.relion"),
     NodeKind.IMAGES_2D: (5, "ImagesData.star.relion", "Image2DGroupMetadata.star.relion"),
     NodeKind.DENSITY_MAP: (6, "DensityMap.mrc", "DensityMap.mrc"),
     NodeKind.MASK_3D: (7, "Mask3D.mrc", "Mask3D.mrc"),
     NodeKind.LOGFILE: (13, "LogFile.pdf.relion", "LogFile.pdf.relion"),
+    NodeKind.CLASS_MODEL: (8, None, None),
+    NodeKind.OPTIMISER: (9, "ProcessData.star.relion.optimiser", "OptimiserData.star.relion"),
 }
+# The label column of a 3.1 file for a kind 4.0 has no label for (3.1 reads only the integer).
+_NO_LABEL = "-"
 
 
 def node_type_int(kind: NodeKind) -> int:
@@ -46,7 +53,12 @@ def node_type_label(kind: NodeKind, version: str) -> str:
     if version not in VERSIONS:
         raise ValueError(f"unknown RELION version {version!r}; one of {', '.join(VERSIONS)}")
     _, label40, label50 = _NODE_TYPES[kind]
-    return label50 if version == "5.0" else label40
+    label = label50 if version == "5.0" else label40
+    if label is None:
+        if version == "3.1":
+            return _NO_LABEL
+        raise ValueError(f"RELION {version} has no node type for a {kind.value} node")
+    return label
 
 
 def write_output_nodes(out_dir: str | Path, nodes: Iterable[tuple[str, NodeKind]], version: str) -> Path:

@@ -184,3 +184,20 @@ def test_class_averages_titles():
     assert texts == ["average", "all particles", "class 2"] and mosaic.shape == (16, 33)
     with pytest.raises(ValueError):
         figures.class_averages({})
+
+
+def test_class_gallery_largest_first_with_junk_marked():
+    from relion_canon.analysis.class_summary import class_summaries
+
+    img = np.random.default_rng(0).normal(size=(16, 16))
+    reports = {"1": {"n_particles": 10, "resolution_A": 9.0}, "2": {"n_particles": 30, "is_junk": True},
+               "3": {"n_particles": 20, "alignment": [{"resolution_A": 12.5}]}}
+    fig = figures.class_gallery({1: img, 2: img, 3: img}, class_summaries(reports, 60))
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["class 2 JUNK\n30 (50.0%), res ?", "class 3\n20 (33.3%), 12.5 Å", "class 1\n10 (16.7%), 9.0 Å"]
+    junk = fig.axes[0]
+    assert junk.title.get_color() == "red" and all(s.get_visible() for s in junk.spines.values())
+    assert not any(s.get_visible() for s in fig.axes[1].spines.values())
+    FigureCanvasAgg(fig).draw()
+    with pytest.raises(ValueError):
+        figures.class_gallery({0: img}, {})
