@@ -62,3 +62,53 @@ def find_junk(features: np.ndarray, method: str, threshold: float, seed: int, cl
     log.info(f"Outliers ({method}): {int(flag.sum())} of {len(flag)} particles above Z = {threshold:g}")
     report = {**result.report(), "threshold": threshold, "n_flagged": int(flag.sum())}
     return Junk(z=result.z, flag=flag, per_detector=result.per_detector, report=report)
+
+
+# A class whose average is this many times coarser than the typical class's (population-weighted median
+# resolution), or whose particles match it less than this fraction as well as the typical class's match
+# theirs, holds no consistent view: its particles agree on too little to be one.
+JUNK_CLASS_RESOLUTION_FACTOR = 1.5
+JUNK_CLASS_SCORE_FRACTION = 0.5
+
+
+def junk_by_alignment_score(score: np.ndarray, threshold: float) -> Junk:
+    """With classes, each particle's junk score is how far its correlation with its own class's average falls
+    below the typical particle's, in robust standard deviations (median and MAD): one-sided, since a particle
+    that matches its class unusually well is no junk. The detectors of :func:`find_junk` score both tails
+    of every feature, and with classes of different contrast the latent adds nothing to separate them."""
+    median = float(np.median(score))
+    spread = 1.4826 * float(np.median(np.abs(score - median)))
+    z = (median - score) / max(spread, 1e-12)
+    flag = z > threshold
+    log.info(f"Outliers (alignment score): {int(flag.sum())} of {len(flag)} particles above Z = {threshold:g}")
+    report = {"method": "alignment_score", "threshold": threshold, "n_flagged": int(flag.sum()),
+              "median_score": median, "score_spread": spread}
+    return Junk(z=z, flag=flag, per_detector={"alignment_score": z}, report=report)
+
+
+def junk_classes(classes: dict[int, np.ndarray], resolution_A: dict[int, float], score: np.ndarray) -> dict[int, bool]:
+    """Class number → whether it is a junk class: its average's resolution is more than
+    :data:`JUNK_CLASS_RESOLUTION_FACTOR` times the typical class's, or its particles' median correlation with
+    it is below :data:`JUNK_CLASS_SCORE_FRACTION` of the typical class's (both typical values the
+    population-weighted medians over classes). Its particles go with it, as a RELION user drops a junk class
+    after Class2D."""
+    numbers = sorted(classes)
+    sizes = np.array([len(classes[n]) for n in numbers], dtype=float)
+    resolution = np.array([resolution_A[n] for n in numbers])
+    median_score = np.array([np.median(score[classes[n]]) if len(classes[n]) else 0.0 for n in numbers])
+    typical_resolution = _weighted_median(resolution, sizes)
+    typical_score = _weighted_median(median_score, sizes)
+    marked = {n: bool(r > JUNK_CLASS_RESOLUTION_FACTOR * typical_resolution
+                      or m < JUNK_CLASS_SCORE_FRACTION * typical_score)
+              for n, r, m in zip(numbers, resolution, median_score)}
+    if any(marked.values()):
+        log.info("Junk classes (averages coarser than %.1f x the typical %.1f Å, or matched less than %.1f x as "
+                 "well as the typical class): %s", JUNK_CLASS_RESOLUTION_FACTOR, typical_resolution,
+                 JUNK_CLASS_SCORE_FRACTION, ", ".join(str(n) for n, junk in marked.items() if junk))
+    return marked
+
+
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    order = np.argsort(values)
+    position = np.searchsorted(np.cumsum(weights[order]), 0.5 * weights.sum())
+    return float(values[order][min(position, len(values) - 1)])

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from relion_canon.analysis.alignment import AlignmentConfig, align_particles
+from relion_canon.analysis.alignment import Alignment, AlignmentConfig, align_particles
 from relion_canon.analysis.ctf_fit import fit_defocus
 from relion_canon.analysis.estimate.timing import Clock
 from relion_canon.analysis.estimate_config import EstimateConfig
@@ -58,6 +58,7 @@ class Refinement:
     class_averages: dict[int, np.ndarray] = field(default_factory=dict)  # only with refinement
     box: int = 0  # the working box, px
     pixel_size_A: float = 0.0  # median pixel size at the working box
+    classification: dict[str, Any] | None = None  # when the job classified: classes found, convergence, rounds
 
     @property
     def symmetry(self) -> dict[str, Any]:
@@ -112,13 +113,20 @@ def align_class(images: ParticleBatches, rows: np.ndarray, number: int, ctf: Ctf
     """Alignment against the class's learnt reference, the defocus fit to it, and its symmetry."""
     log.info(f"Refining in-plane angles against the learnt canonical image"
              f"{'' if number == 0 else f' of class {number}'} ({len(rows)} particles)")
-    batches = _batches(images, rows)
+    batches = batches_of(images, rows)
     clock.lap()
     alignment = align_particles(
         batches, len(rows), ctf, images.pixel_size[rows], images.box, initial_psi_deg,
         AlignmentConfig(max_shift=config.max_shift_px, seed=config.seed), context=context,
     )
     clock.lap("refine")
+    return finish_class(images, rows, number, alignment, ctf, clock)
+
+
+def finish_class(images: ParticleBatches, rows: np.ndarray, number: int, alignment: Alignment,
+                 ctf: CtfParams | None, clock: Clock) -> ClassAlignment:
+    """A class once aligned: each particle's defocus fitted to the class's reference, and its symmetry."""
+    batches = batches_of(images, rows)
     defocus_fit_A, fit_peak = np.full(len(rows), np.nan), np.full(len(rows), np.nan)
     if ctf is not None:
         defocus_fit_A, fit_peak = fit_defocus(batches, alignment, ctf, images.pixel_size[rows], images.box)
@@ -144,7 +152,7 @@ def in_class_frame(psi_deg: np.ndarray, given_psi_deg: np.ndarray,
     return framed, {"offset_deg": fit.offset, "sign": fit.sign, "rmse_vs_input_deg": fit.rmse}
 
 
-def _batches(images: ParticleBatches, rows: np.ndarray,
+def batches_of(images: ParticleBatches, rows: np.ndarray,
              size: int = ALIGN_BATCH) -> Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]:
     """A re-startable iterator over ``rows`` as (positions within rows, preprocessed images)."""
 

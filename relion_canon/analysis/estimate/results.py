@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 COLUMNS = (
+    "rlnClassNumber",
     "rlnAnglePsi",
     "rlnAnglePsiPrior",
     "rlnCanonDefocus",

@@ -8,9 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from relion_canon.analysis.estimate.classify import classify_classes
 from relion_canon.analysis.estimate.canonical import CanonicalImages, canonical_images
 from relion_canon.analysis.estimate.defocus_columns import DefocusColumns, estimate_defocus
-from relion_canon.analysis.estimate.junk import Junk, find_junk, outlier_features
+from relion_canon.analysis.estimate.junk import Junk, find_junk, junk_by_alignment_score, junk_classes, outlier_features
 from relion_canon.analysis.estimate.predict import predict
 from relion_canon.analysis.estimate.refine import Refinement, ctf_or_none, refine_classes
 from relion_canon.analysis.estimate.results import Estimates
@@ -26,18 +27,27 @@ def estimate(star: ParticleStar, model_path: str | Path, out_dir: str | Path, co
     clock = Clock()
     prediction = predict(star, model_path, config.device, config.seed, context, clock)
     ctf = ctf_or_none(star)
-    refinement = refine_classes(star, prediction.psi_deg, prediction.dataset.source, ctf, config, context, clock)
+    if config.refine and not config.per_class and config.classes != 1:
+        refinement = classify_classes(star, prediction.psi_deg, prediction.dataset.source, ctf, config, context, clock)
+    else:
+        refinement = refine_classes(star, prediction.psi_deg, prediction.dataset.source, ctf, config, context, clock)
     defocus_input_A = None if ctf is None else 0.5 * (ctf.defocus_u + ctf.defocus_v)
     defocus = estimate_defocus(prediction.latent, refinement.defocus_fit_A, defocus_input_A, config.defocus_range)
     features = outlier_features(prediction.latent, refinement.score, refinement.fit_peak, refinement.defocus_fit_A,
                                 defocus_input_A)
-    junk = find_junk(features, config.outlier_method, config.outlier_threshold, config.seed, clock)
+    if refinement.classification is None:
+        junk = find_junk(features, config.outlier_method, config.outlier_threshold, config.seed, clock)
+    else:
+        junk = junk_by_alignment_score(refinement.score, config.outlier_threshold)
+        mark_junk_classes(refinement, junk)
     canonical = canonical_images(prediction, refinement.class_averages, refinement.classes, Path(out_dir),
                                  refinement.box, refinement.pixel_size_A, config.write_canonical, context)
     report: dict[str, Any] = {
         "model": prediction.model_name, "seconds": clock.seconds, "classes": refinement.class_reports,
         "symmetry": refinement.symmetry, "defocus": defocus.report, "outliers": junk.report, **canonical.report,
     }
+    if refinement.classification is not None:
+        report["classification"] = refinement.classification
     return Estimates(
         columns=star_columns(refinement, defocus, junk, canonical, config.refine), report=report,
         latent=prediction.latent, psi_model=prediction.psi_deg, defocus_input=defocus_input_A,
@@ -50,7 +60,10 @@ def estimate(star: ParticleStar, model_path: str | Path, out_dir: str | Path, co
 def star_columns(refinement: Refinement, defocus: DefocusColumns, junk: Junk, canonical: CanonicalImages,
                  refined: bool) -> dict[str, np.ndarray]:
     """The new STAR columns in :data:`~relion_canon.analysis.estimate.results.COLUMNS` order (those the run made)."""
-    columns = {
+    columns: dict[str, np.ndarray] = {}
+    if refinement.classification is not None:
+        columns["rlnClassNumber"] = class_numbers(refinement.classes, len(refinement.psi_deg))
+    columns |= {
         "rlnAnglePsi": refinement.psi_deg,
         "rlnAnglePsiPrior": refinement.psi_deg,
         **defocus.columns,
@@ -62,3 +75,26 @@ def star_columns(refinement: Refinement, defocus: DefocusColumns, junk: Junk, ca
     if canonical.column is not None:
         columns["rlnCanonCanonicalImage"] = canonical.column
     return columns
+
+
+def class_numbers(classes: dict[int, np.ndarray], n: int) -> np.ndarray:
+    """(N,) each particle's class number."""
+    numbers = np.zeros(n, dtype=np.int64)
+    for number, rows in classes.items():
+        numbers[rows] = number
+    return numbers
+
+
+def mark_junk_classes(refinement: Refinement, junk: Junk) -> None:
+    """Flag every particle of a junk class (see :func:`~relion_canon.analysis.estimate.junk.junk_classes`),
+    and record which classes are junk and how many views the others show."""
+    marked = junk_classes(refinement.classes, {n: refinement.class_reports[str(n)]["resolution_A"]
+                                               for n in refinement.classes}, refinement.score)
+    for number, is_junk in marked.items():
+        refinement.class_reports[str(number)]["is_junk"] = is_junk
+        if is_junk:
+            junk.flag[refinement.classes[number]] = True
+    facts = refinement.classification if refinement.classification is not None else {}
+    facts["n_junk_classes"] = sum(marked.values())
+    facts["n_views_found"] = len(marked) - sum(marked.values())
+    junk.report["n_flagged"] = int(junk.flag.sum())

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import mrcfile
 import numpy as np
+from sklearn.metrics import roc_auc_score
 import pytest
 
 from relion_canon.analysis.metrics import align_angles
@@ -51,7 +52,8 @@ def sim(tmp_path_factory):
 @pytest.fixture(scope="module")
 def refined(sim):
     star, _, model_path, root = sim
-    return _estimate(star, model_path, root / "refined", write_canonical=True)
+    # One reference for all particles (--classes 1): the path these tests pin; the classifier is tested below.
+    return _estimate(star, model_path, root / "refined", classes=1, write_canonical=True)
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +64,9 @@ def network_only(sim):
 
 def test_columns_and_shapes(sim, refined, network_only):
     star = sim[0]
-    assert list(refined.columns) == list(COLUMNS)
-    # Without refinement there is no alignment score.
-    assert list(network_only.columns) == [c for c in COLUMNS if c != "rlnCanonAlignmentScore"]
+    # Without classes there is no class number, and without refinement no alignment score.
+    assert list(refined.columns) == [c for c in COLUMNS if c != "rlnClassNumber"]
+    assert list(network_only.columns) == [c for c in COLUMNS if c not in ("rlnClassNumber", "rlnCanonAlignmentScore")]
     for est in (refined, network_only):
         for label, values in est.columns.items():
             assert values.shape == (N,), label
@@ -242,3 +244,30 @@ def test_without_ctf_a_given_range_maps_the_latent(no_ctf):
     assert est.report["defocus"]["method"] == "latent_radius_quantiles"
     assert np.all((defocus >= lo - 1e-6) & (defocus <= hi + 1e-6)) and np.ptp(defocus) > 0.5 * (hi - lo)
     np.testing.assert_allclose(est.columns["rlnParticleFigureOfMerit"], np.expm1(defocus / 1e4))
+
+
+@pytest.fixture(scope="module")
+def classified(sim):
+    star, _, model_path, root = sim
+    return _estimate(star, model_path, root / "classified", classes=None)
+
+
+def test_classes_auto_classifies_and_reports_each_class(classified):
+    assert list(classified.columns) == [c for c in COLUMNS if c != "rlnCanonCanonicalImage"]
+    numbers = classified.columns["rlnClassNumber"]
+    assert numbers.min() == 1 and set(np.unique(numbers)) == set(classified.class_averages)
+    report = classified.report
+    assert report["classification"]["n_classes"] == len(classified.class_averages)
+    assert report["classification"]["n_views_found"] + report["classification"]["n_junk_classes"] == \
+        report["classification"]["n_classes"]
+    for number, facts in report["classes"].items():
+        assert facts["n_particles"] == int((numbers == int(number)).sum())
+        assert 0 < facts["fraction"] <= 1 and facts["resolution_A"] > 0 and isinstance(facts["is_junk"], bool)
+        if facts["is_junk"]:  # every particle of a junk class is flagged
+            assert classified.columns["rlnCanonIsOutlier"][numbers == int(number)].all()
+
+
+def test_the_classifier_scores_junk(sim, classified):
+    truth = sim[1]
+    junk = truth["rlnCanonIsJunk"].to_numpy().astype(bool)
+    assert roc_auc_score(junk, classified.columns["rlnParticleSelectZScore"]) > 0.85

@@ -1,0 +1,74 @@
+"""How alike two class averages are, in the terms the classification decides by: laid onto each other by
+the best turn and shift (not mirror), compared through each other's Wiener filter, in the units of a
+particle's log-likelihood (CTF²/noise-weighted power)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from relion_canon.analysis.alignment import SearchGrid
+from relion_canon.geometry import periodic_peak, rotate, sample_polar, shift_peak
+
+
+def half_agreement(halves: torch.Tensor) -> torch.Tensor:
+    """(K,) correlation of each class's two (K, 2, B, B) half-set averages, in the same frame."""
+    a, b = halves[:, 0].flatten(1), halves[:, 1].flatten(1)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp(min=1e-20)
+
+
+def pair_alignment(references: torch.Tensor, grid: SearchGrid,
+                    max_shift_px: float = 6.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For every pair (k, l) of references, the turn (rad) and shift (px) that best lay l onto k (turns and
+    shifts, not mirrors), and the normalised correlation there: (K, K), (K, K, 2), (K, K). The turn comes
+    from the magnitudes of their spectra, which no shift changes (known there up to sign and a half turn, so
+    the four candidates are tried); the shift from the cross-correlation at that turn."""
+    k = len(references)
+    magnitude = torch.fft.fftshift(torch.fft.fft2(references).abs(), dim=(-2, -1))
+    polar = sample_polar(magnitude, grid.xy)
+    polar = (polar - polar.mean(dim=-1, keepdim=True)) * grid.ring_weight.sqrt()
+    spectra = torch.fft.rfft(polar, dim=-1)
+    corr = torch.fft.irfft(torch.einsum("irf,jrf->ijf", spectra.conj(), spectra), n=grid.angular_samples, dim=-1)
+    turn = (periodic_peak(corr.flatten(0, 1))[0] * grid.step_rad).float()
+    fixed, moving = (i.flatten() for i in torch.meshgrid(torch.arange(k), torch.arange(k), indexing="ij"))
+    fixed_fft = torch.fft.rfft2(references[fixed])
+    norms = references.flatten(1).norm(dim=1).clamp(min=1e-20)
+    best = torch.full((k * k,), -2.0)
+    best_turn, best_shift = torch.zeros(k * k), torch.zeros(k * k, 2)
+    for candidate in (turn, -turn, turn + math.pi, -turn + math.pi):
+        turned = rotate(references[moving], candidate)
+        cc = torch.fft.irfft2(fixed_fft * torch.fft.rfft2(turned).conj(), s=references.shape[-2:])
+        # cc peaks at the shift s (x, y) for which the turned reference moved by s matches the fixed one.
+        shift = shift_peak(cc, max_shift_px)
+        laid = rotate(references[moving], candidate, shift)
+        ncc = (laid * references[fixed]).flatten(1).sum(1) / (norms[fixed] * laid.flatten(1).norm(dim=1).clamp(min=1e-20))
+        better = ncc > best
+        best = torch.where(better, ncc, best)
+        best_turn = torch.where(better, candidate, best_turn)
+        best_shift = torch.where(better[:, None], shift, best_shift)
+    return best_turn.reshape(k, k), best_shift.reshape(k, k, 2), best.reshape(k, k)
+
+
+def wiener_gain(frc: np.ndarray) -> torch.Tensor:
+    """(R,) the Wiener filter :class:`~relion_canon.analysis.alignment_reference.HalfSetSums` applied, from its FRC."""
+    f = torch.from_numpy(frc).float().clamp(1e-3, 0.999)
+    ssnr = 2 * f / (1 - f)
+    return ssnr / (1 + ssnr)
+
+
+def filtered(images: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+    """``images`` (..., B, B) multiplied in Fourier space by ``gain`` (..., B, B//2 + 1)."""
+    return torch.fft.irfft2(torch.fft.rfft2(images) * gain, s=images.shape[-2:])
+
+
+def laid(image: torch.Tensor, turn_rad: torch.Tensor, shift_px: torch.Tensor) -> torch.Tensor:
+    return rotate(image[None], turn_rad[None], shift_px[None])[0]
+
+
+def whitened_power(images: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """(n,) Σ_f w(f)|X(f)|² / B² over the full Fourier grid: what a particle's log-likelihood sees of ``images``
+    (n, B, B), with ``weight`` (B, B) = CTF²/σ² (fft2 layout)."""
+    b = images.shape[-1]
+    return (torch.fft.fft2(images.double()).abs() ** 2 * weight).sum(dim=(-2, -1)) / b**2

@@ -1,0 +1,372 @@
+"""Unsupervised 2-D classification: classes of one view each, every particle's class, angle and shift
+against K references learnt from the particles (multi-reference refinement).
+
+1. Initial classes: k-means on rotation-invariant, mirror-sensitive features
+   (:mod:`relion_canon.analysis.class_features`), so that particles of one view start together whatever
+   their angle.
+2. A few rounds align each class to its own reference only, so every reference becomes a sharp image of
+   its view before particles may move.
+3. Then every round searches every particle against every reference (one polar transform per particle,
+   one product and inverse FFT per reference) and moves it to the class whose reference explains it best:
+   the Gaussian log-likelihood ⟨x, CR⟩/σ² − ½‖CR‖²/σ² at the best angle, with the CTF C and noise σ² of the
+   particle. Hard assignment: at the SNR of particles the winning class is usually clear once references
+   are sharp, and a hard class is what RELION's Subset selection and the priors need.
+4. Classes that are too small are dissolved, and two classes whose averages agree (after the best turn) as
+   well as each class's own two half-sets agree are one view: the smaller is merged into the other. So the
+   number of classes found follows the data, from the starting number down.
+5. Stop when fewer than ``converged_fraction`` of the particles change class and the angles move less than
+   ``converged_deg``; the report says when the rounds ran out first.
+
+References are the CTF-corrected, Wiener-filtered class averages of :mod:`relion_canon.analysis.alignment`,
+with the same half-set FRC; each class's angles are in its own average's frame, as RELION's Class2D gives.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from relion_canon.analysis.alignment import (
+    Alignment,
+    AlignmentConfig,
+    ImageBatches,
+    Poses,
+    Prepared,
+    PreparedParticles,
+    SearchGrid,
+)
+from relion_canon.analysis.alignment_reference import HalfSetSums
+from relion_canon.analysis.class_comparison import filtered, half_agreement, laid, pair_alignment, whitened_power, wiener_gain
+from relion_canon.analysis.class_features import initial_classes, invariant_features
+from relion_canon.context import QUIET, RunContext
+from relion_canon.ctf import CtfParams
+from relion_canon.geometry import (
+    periodic_peak,
+    resolution_at_threshold_A,
+    ring_mean,
+    rotate,
+    sample_polar,
+    shift_peak,
+    wrap_deg,
+    wrap_rad,
+)
+
+log = logging.getLogger(__name__)
+
+# Two classes are one view when their averages differ by no more than this many times the noise their
+# half-sets show. Above 1 because laying one average onto another interpolates it; the measured gap
+# between classes of one view and of different views is in benchmarks/classify/README.md.
+MERGE_FACTOR = 6.0
+MERGE_WHEN_MOVED = 0.02  # merging waits until fewer than this fraction of the particles change class
+
+
+@dataclass
+class ClassificationConfig:
+    n_classes: int | None = None  # classes to start from; None: one per ``particles_per_class`` particles
+    particles_per_class: int = 100
+    max_classes: int = 50
+    rounds: int = 30  # at most, fixed rounds included
+    fixed_rounds: int = 3  # rounds that align each class to its own reference before particles may move
+    min_rounds: int = 6
+    converged_fraction: float = 0.005  # of the particles changing class in a round
+    converged_deg: float = 0.5  # rms psi change of the particles that kept their class
+    min_class_fraction: float = 0.25  # of the mean class size: smaller classes are dissolved
+    alignment: AlignmentConfig = field(default_factory=lambda: AlignmentConfig(max_shift=2.0))
+    seed: int = 0
+
+
+@dataclass
+class Classification:
+    """Classes sorted by population, largest first (index 0 is class number 1)."""
+
+    class_index: np.ndarray  # (N,) int
+    psi_deg: np.ndarray  # (N,) in the particle's class average's frame, [−180, 180)
+    shift_px: np.ndarray  # (N, 2) (x, y) at the working box
+    score: np.ndarray  # (N,) normalised cross-correlation with the own class's reference
+    references: np.ndarray  # (K, B, B)
+    frc: np.ndarray  # (K, B//2 + 1) half-set FRC of each reference
+    half_agreement: np.ndarray  # (K,) correlation of each class's two half-set averages
+    resolution_A: np.ndarray  # (K,) at FRC 0.143
+    noise: np.ndarray  # (B//2 + 1,) noise power per ring, for whitening
+    converged: bool
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.references)
+
+    def alignment_of(self, c: int) -> tuple[np.ndarray, Alignment]:
+        """Class ``c``'s rows and its particles' alignment, as a one-class alignment would give it."""
+        rows = np.flatnonzero(self.class_index == c)
+        return rows, Alignment(self.psi_deg[rows], self.shift_px[rows], self.score[rows], self.references[c],
+                               self.frc[c], self.noise, self.history)
+
+
+def default_n_classes(n_particles: int, config: ClassificationConfig) -> int:
+    """Enough classes that each holds ``particles_per_class`` particles, within [1, ``max_classes``]."""
+    if config.n_classes is not None:
+        return max(1, min(config.n_classes, n_particles // 2))
+    return int(np.clip(round(n_particles / config.particles_per_class), 1, config.max_classes))
+
+
+@dataclass
+class _State:
+    poses: Poses
+    classes: torch.Tensor  # (N,) index into the live references
+    sums: HalfSetSums
+
+
+def classify_particles(
+    batches: ImageBatches,
+    n_particles: int,
+    ctf: CtfParams | None,
+    pixel_size: np.ndarray,
+    box: int,
+    initial_psi_deg: np.ndarray | None = None,
+    config: ClassificationConfig = ClassificationConfig(),
+    *,
+    context: RunContext = QUIET,
+) -> Classification:
+    """Classify and align the particles ``batches`` yields (as :func:`~relion_canon.analysis.alignment.align_particles`
+    takes them) into classes of one view each; see the module docstring."""
+    al = config.alignment
+    rng = np.random.default_rng(config.seed)
+    poses = Poses.start(initial_psi_deg, n_particles, rng)
+    k = default_n_classes(n_particles, config)
+    reference_particles = None if al.reference_particles is None else max(al.reference_particles, 200 * k)
+    subset = None
+    if reference_particles is not None and n_particles > reference_particles:
+        subset = np.sort(rng.choice(n_particles, reference_particles, replace=False))
+    pixel_size_A = np.broadcast_to(np.asarray(pixel_size, dtype=np.float64), (n_particles,))
+    grid = SearchGrid.build(box, al)
+    particles = PreparedParticles(batches, n_particles, ctf, pixel_size_A, grid, subset, al.cache_bytes)
+    rows = particles.rows
+    features = invariant_features(particles.for_rounds(), n_particles, grid)
+    classes = np.zeros(n_particles, dtype=np.int64)
+    classes[rows] = initial_classes(features[rows], k, config.seed)
+    log.info("classification: %d particles, %d starting classes (rotation-invariant features, k-means)",
+             len(rows), k)
+    state = _State(poses, torch.from_numpy(classes), _sums_of(particles.for_rounds(), poses,
+                                                                torch.from_numpy(classes), k, grid))
+    rounds = _Rounds(particles, grid, config, float(np.median(pixel_size_A)), context)
+    state, converged = rounds.run(state, rows)
+    if subset is not None:
+        particles.drop_subset()
+        for pass_ in range(2):
+            state = rounds.one(state, particles.everyone(), np.arange(n_particles), reassign=True,
+                               title=f"pass over all particles {pass_ + 1}/2", tidy=False)[0]
+    return rounds.result(state, particles.noise, converged)
+
+
+def _sums_of(batches: Iterable[Prepared], poses: Poses, classes: torch.Tensor, k: int, grid: SearchGrid) -> HalfSetSums:
+    sums = HalfSetSums(grid.box, grid.n_rings, k)
+    for idx, weighted, _, ctf2 in batches:
+        t = torch.from_numpy(idx)
+        sums.add(idx, weighted, ctf2, poses.psi_rad[t], poses.shift_px[t], classes[t])
+    return sums
+
+
+class _Rounds:
+    """The rounds of the multi-reference refinement over one set of prepared particles."""
+
+    def __init__(self, particles: PreparedParticles, grid: SearchGrid, config: ClassificationConfig,
+                 pixel_size_A: float, context: RunContext):
+        self.particles, self.grid, self.config, self.context = particles, grid, config, context
+        self.pixel_size_A = pixel_size_A
+        self.history: list[dict[str, float]] = []
+        full = torch.fft.fftfreq(grid.box) * grid.box
+        radius = torch.sqrt(full[:, None] ** 2 + full[None, :] ** 2).round().long().clamp(max=grid.box // 2)
+        # Coefficients per ring on the full FFT grid, for the norm ‖CR‖²/σ² from ring means.
+        self.ring_counts = torch.bincount(radius.flatten(), minlength=grid.n_rings).double()
+
+    def run(self, state: _State, rows: np.ndarray) -> tuple[_State, bool]:
+        config = self.config
+        for round_ in range(config.rounds):
+            reassign = round_ >= config.fixed_rounds
+            title = f"round {round_ + 1}/{config.rounds}" + ("" if reassign else " (classes held)")
+            state, moved, rms, dropped = self.one(state, self.particles.for_rounds(), rows, reassign, title)
+            if (reassign and round_ + 1 >= config.min_rounds and not dropped
+                    and moved < config.converged_fraction and rms < config.converged_deg):
+                return state, True
+        # A last search without dissolving or merging, so that no particle keeps a pose from a class that
+        # the last round removed.
+        state, moved, rms, _ = self.one(state, self.particles.for_rounds(), rows, True, "final round", tidy=False)
+        log.warning("classification: stopped after %d rounds without converging (%.1f %% of the particles "
+                    "changed class in the final round, psi changed by %.2f° rms)", config.rounds + 1, 100 * moved, rms)
+        return state, False
+
+    def one(self, state: _State, batches: Iterable[Prepared], rows: np.ndarray, reassign: bool,
+            title: str, tidy: bool = True) -> tuple[_State, float, float, bool]:
+        """One search of ``rows`` against the references of ``state``; then dissolve and merge classes. The
+        new state, the fraction of particles that changed class, the rms psi change of those that kept it,
+        and whether a class was dropped."""
+        self.context.check_stop("classification")
+        references = self._references(state.sums)[0]
+        round_number = len(self.history)
+        max_shift = self.config.alignment.max_shift if round_number >= self.config.alignment.shift_from_round else 0.0
+        new = self._search(batches, state, references, reassign, max_shift)
+        t = torch.from_numpy(rows)
+        kept = new.classes[t] == state.classes[t]
+        moved = float((~kept).double().mean())
+        change = torch.rad2deg(wrap_rad(new.poses.psi_rad[t][kept] - state.poses.psi_rad[t][kept]))
+        rms = float(torch.sqrt((change**2).mean())) if len(change) else 0.0
+        new, dropped = self._tidy(new, rows, moved) if reassign and tidy else (new, False)
+        self._record(title, new, rows, moved, rms)
+        return new, moved, rms, dropped
+
+    def _references(self, sums: HalfSetSums) -> tuple[torch.Tensor, torch.Tensor]:
+        refs, halves = [], []
+        for c in range(sums.n_classes):
+            refs.append(sums.reference(self.grid.rings, self.grid.mask, c)[0])
+            halves.append(sums.halves(self.grid.rings, self.grid.mask, c))
+        return torch.stack(refs), torch.stack(halves)
+
+    def _search(self, batches: Iterable[Prepared], state: _State, references: torch.Tensor, reassign: bool,
+                max_shift_px: float) -> _State:
+        grid, k = self.grid, len(references)
+        ref_polar = sample_polar(references, grid.xy)
+        ref_fft = torch.fft.rfft(ref_polar * grid.ring_weight, dim=-1)
+        ref_norm = torch.sqrt((ref_polar**2 * grid.ring_weight).sum(dim=(1, 2))).clamp(min=1e-12)
+        power = ring_mean(torch.fft.rfft2(references).abs() ** 2, grid.rings, grid.n_rings).double()  # (K, R)
+        norm_weights = self.ring_counts / self.particles.noise.double() / (grid.box**2)
+        off_centre = max_shift_px > 0 or bool(state.poses.shift_px.any())
+        poses, classes = state.poses.copy(), state.classes.clone()
+        sums = HalfSetSums(grid.box, grid.n_rings, k)
+        ctf2_sum, n_seen = torch.zeros(grid.n_rings, dtype=torch.float64), 0
+        for idx, weighted, whitened, ctf2 in batches:
+            t = torch.from_numpy(idx)
+            ctf2_sum += ctf2.double().sum(0)
+            n_seen += len(idx)
+            centres = poses.shift_px[t]
+            if max_shift_px > 0:
+                turned = rotate(references[state.classes[t]], state.poses.psi_rad[t])
+                cc = torch.fft.irfft2(torch.fft.rfft2(whitened) * torch.fft.rfft2(turned).conj(), s=whitened.shape[-2:])
+                centres = shift_peak(cc, max_shift_px)
+                poses.shift_px[t] = centres
+            polar = sample_polar(whitened, grid.xy, centres if off_centre else None)
+            spectra = torch.fft.rfft(polar, dim=-1).conj()
+            corr = torch.fft.irfft(torch.einsum("brf,krf->bkf", spectra, ref_fft), n=grid.angular_samples, dim=-1)
+            pos, height = periodic_peak(corr.reshape(-1, grid.angular_samples))
+            pos, height = pos.reshape(len(idx), k), height.reshape(len(idx), k)
+            if reassign:
+                # ⟨x, CR⟩/σ² from the polar sum (its samples stand for ρ dρ dθ of area), less ½‖CR‖²/σ².
+                penalty = 0.5 * (ctf2.double() * norm_weights) @ power.T
+                loglik = height.double() * (2 * math.pi / grid.angular_samples) - penalty
+                classes[t] = loglik.argmax(dim=1)
+            chosen = classes[t]
+            rows = torch.arange(len(idx))
+            poses.psi_rad[t] = pos[rows, chosen] * grid.step_rad
+            norm = torch.sqrt((polar**2 * grid.ring_weight).sum(dim=(1, 2))).clamp(min=1e-12)
+            poses.score[t] = height[rows, chosen] / (norm * ref_norm[chosen])
+            sums.add(idx, weighted, ctf2, poses.psi_rad[t], poses.shift_px[t], chosen)
+        self.mean_ctf2 = ctf2_sum / max(n_seen, 1)
+        return _State(poses, classes, sums)
+
+    def _tidy(self, state: _State, rows: np.ndarray, moved: float) -> tuple[_State, bool]:
+        """Dissolve classes smaller than ``min_class_fraction`` of the mean, and merge classes that show
+        one view; the surviving classes renumbered in order. Their particles keep their poses and find
+        their new class at the next search."""
+        k = state.sums.n_classes
+        counts = torch.bincount(state.classes[torch.from_numpy(rows)], minlength=k).double()
+        keep = counts >= self.config.min_class_fraction * counts.sum() / max(k, 1)
+        # Merging waits until the assignment has settled (references sharp, few particles moving), and then
+        # merges the most alike pairs first, a few at a time, so that no merge is judged on blurred averages.
+        merging = len(self.history) >= self.config.fixed_rounds + 2 and moved < MERGE_WHEN_MOVED
+        merged_into = self._duplicates(state.sums, counts, keep) if merging else {}
+        for small in merged_into:
+            keep[small] = False
+        if bool(keep.all()):
+            return state, False
+        poses = state.poses.copy()
+        for small, (large, turn) in merged_into.items():
+            # The merged class's particles are turned into the frame of the class they join, so that its
+            # average is not a blend of two frames: the small average turned by ``turn`` is the large one.
+            members = state.classes == small
+            poses.psi_rad[members] = torch.remainder(poses.psi_rad[members] - turn + math.pi, 2 * math.pi) - math.pi
+        survivors = torch.nonzero(keep).flatten()
+        new_index = torch.full((k,), -1, dtype=torch.long)
+        new_index[survivors] = torch.arange(len(survivors))
+        for small, (large, _) in merged_into.items():
+            new_index[small] = new_index[large]
+        classes = new_index[state.classes]
+        # A dissolved class's particles go, for now, to the largest class; the next search places them.
+        classes[classes < 0] = int(new_index[survivors[counts[survivors].argmax()]])
+        log.info("classification: %d classes dissolved (too few particles), %d merged (same view); %d left",
+                 int((~keep).sum()) - len(merged_into), len(merged_into), len(survivors))
+        sums = _sums_of(self.particles.for_rounds(), poses, classes, len(survivors), self.grid)
+        return _State(poses, classes, sums), True
+
+    def _duplicates(self, sums: HalfSetSums, counts: torch.Tensor, keep: torch.Tensor) -> dict[int, tuple[int, float]]:
+        """Smaller class → larger class, for pairs whose averages, laid onto each other, differ by no more
+        than ``MERGE_FACTOR`` times what their own noise explains (from their half-sets), in the units a
+        particle's log-likelihood sees them: the data cannot tell them apart. Each average is compared through
+        the other's Wiener filter, so two classes of one view filtered differently (more or fewer particles)
+        still compare equal."""
+        references, halves = self._references(sums)
+        gains = torch.stack([wiener_gain(sums.reference(self.grid.rings, self.grid.mask, c)[1])
+                             for c in range(sums.n_classes)])[:, self.grid.rings]  # (K, B, B//2 + 1)
+        weight = self._likelihood_weight()
+        turn, shift, _ = pair_alignment(references, self.grid)
+        candidates: list[tuple[float, int, int]] = []
+        for large in range(len(references)):
+            for small in range(len(references)):
+                if small == large or not keep[large] or not keep[small] or counts[small] > counts[large] or \
+                        (counts[small] == counts[large] and small < large):
+                    continue
+                pair = torch.stack([references[large], laid(references[small], turn[large, small], shift[large, small])])
+                noise = torch.stack([halves[large, 0] - halves[large, 1], halves[small, 0] - halves[small, 1]]) / 2
+                cross = gains[[small, large]]  # each through the other's filter
+                distance = whitened_power((filtered(pair[0], cross[0]) - filtered(pair[1], cross[1]))[None], weight)[0]
+                # What laying an average onto itself by the same turn loses to interpolation: at high SNR the
+                # averages' own noise is tiny and this is what separates two copies of one view.
+                there_and_back = laid(laid(references[large], turn[large, small], torch.zeros(2)),
+                                      -turn[large, small], torch.zeros(2))
+                floor = whitened_power(filtered(references[large] - there_and_back, cross[0])[None], weight)[0]
+                own = whitened_power(filtered(noise, cross), weight).sum()
+                ratio = float(distance - floor) / max(float(own), 1e-30)
+                if ratio <= MERGE_FACTOR:
+                    candidates.append((ratio, small, large))
+        merged: dict[int, tuple[int, float]] = {}
+        for _, small, large in sorted(candidates):
+            if len(merged) >= max(1, len(references) // 3):
+                break
+            if small not in merged and large not in merged and all(small != into for into, _ in merged.values()):
+                merged[small] = (large, float(turn[large, small]))
+        return merged
+
+    def _likelihood_weight(self) -> torch.Tensor:
+        """(B, B) mean CTF² over noise power per Fourier coefficient (fft2 layout)."""
+        full = torch.fft.fftfreq(self.grid.box) * self.grid.box
+        radius = torch.sqrt(full[:, None] ** 2 + full[None, :] ** 2).round().long().clamp(max=self.grid.box // 2)
+        return (self.mean_ctf2 / self.particles.noise.double())[radius]
+
+    def _record(self, title: str, state: _State, rows: np.ndarray, moved: float, rms: float) -> None:
+        t = torch.from_numpy(rows)
+        entry = {"round": len(self.history) + 1, "n_classes": state.sums.n_classes, "moved_fraction": moved,
+                 "psi_change_rms_deg": rms, "mean_score": float(state.poses.score[t].mean())}
+        self.history.append(entry)
+        log.info("classification %s: %d classes, %.1f %% of the particles changed class, psi changed by %.2f° "
+                 "rms, mean correlation %.3f", title, entry["n_classes"], 100 * moved, rms, entry["mean_score"])
+
+    def result(self, state: _State, noise: torch.Tensor, converged: bool) -> Classification:
+        """The final classes, sorted by population (largest first), with their references and resolutions."""
+        references, halves = self._references(state.sums)
+        frc = np.stack([state.sums.reference(self.grid.rings, self.grid.mask, c)[1]
+                        for c in range(state.sums.n_classes)])
+        counts = torch.bincount(state.classes, minlength=len(references))
+        order = torch.argsort(counts, descending=True, stable=True)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(len(order))
+        resolution = np.array([resolution_at_threshold_A(f, self.pixel_size_A, self.grid.box) for f in frc[order.numpy()]])
+        psi = wrap_deg(np.rad2deg(state.poses.psi_rad.numpy().astype(np.float64)))
+        return Classification(
+            class_index=rank[state.classes].numpy().astype(np.int64), psi_deg=psi,
+            shift_px=state.poses.shift_px.numpy().astype(np.float64),
+            score=state.poses.score.numpy().astype(np.float64), references=references[order].numpy(),
+            frc=frc[order.numpy()], half_agreement=half_agreement(halves)[order].numpy(), resolution_A=resolution,
+            noise=noise.numpy(), converged=converged, history=self.history)
