@@ -49,7 +49,12 @@ def _estimates(n: int = 60, *, defocus: bool = True, latent_dim: int = 4, extras
     k = 4 if extras else 0
     return Estimates(
         columns=columns,
-        report={"outliers": {"method": "ensemble", "threshold": 2.0}},
+        report={"outliers": {"method": "ensemble", "threshold": 2.0},
+                # A classified job: the gallery needs each class's facts.
+                "classes": {"1": {"n_particles": n - 10, "fraction": (n - 10) / n, "resolution_A": 12.0,
+                                  "is_junk": False},
+                            "2": {"n_particles": 10, "fraction": 10 / n, "resolution_A": 30.0, "is_junk": True}}
+                if extras else {}},
         latent=latent,
         psi_model=psi,
         defocus_input=dz if defocus else None,
@@ -57,7 +62,7 @@ def _estimates(n: int = 60, *, defocus: bool = True, latent_dim: int = 4, extras
         example_index=np.arange(k),
         example_inputs=rng.normal(size=(k, 16, 16)),
         example_canonical=rng.normal(size=(k, 16, 16)),
-        class_averages={0: rng.normal(size=(16, 16))} if extras else {},
+        class_averages={1: rng.normal(size=(16, 16)), 2: rng.normal(size=(16, 16))} if extras else {},
     )
 
 

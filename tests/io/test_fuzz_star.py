@@ -258,7 +258,9 @@ def apply(data: bytes, op: tuple) -> bytes:
         labels = [k for k, line in enumerate(lines) if line.startswith(b"_rln")]
         if labels:
             k = labels[op[1] % len(labels)]
-            column = int(lines[k].split(b"#")[-1]) - 1 if b"#" in lines[k] else 0
+            # An earlier mutation may have left "#" without a number: then the first column.
+            number = lines[k].split(b"#")[-1].strip() if b"#" in lines[k] else b""
+            column = int(number) - 1 if number.isdigit() and int(number) > 0 else 0
             del lines[k]
             for r in range(k, len(lines)):
                 tokens = lines[r].split()
