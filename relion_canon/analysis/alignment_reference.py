@@ -5,6 +5,7 @@ whitened by.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
@@ -41,15 +42,12 @@ class HalfSetSums:
 
     def reference(self, rings: torch.Tensor, mask: torch.Tensor, c: int = 0) -> tuple[torch.Tensor, np.ndarray]:
         """Class ``c``'s Wiener-filtered canonical average (real space, masked) and its half-set FRC."""
-        ref, frc, _ = self._filtered(rings, mask, c)
-        return ref, frc
+        average = self.average(rings, mask, c)
+        return average.reference, average.frc
 
-    def halves(self, rings: torch.Tensor, mask: torch.Tensor, c: int = 0) -> torch.Tensor:
-        """(2, B, B) class ``c``'s two half-set averages, filtered like the full one: what they agree on is
-        what the data support."""
-        return self._filtered(rings, mask, c)[2]
-
-    def _filtered(self, rings: torch.Tensor, mask: torch.Tensor, c: int) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
+    def average(self, rings: torch.Tensor, mask: torch.Tensor, c: int = 0) -> "ClassAverage":
+        """Class ``c``'s average with its FRC, the Wiener filter the FRC gives, and its two half-set
+        averages filtered like the full one (what they agree on is what the data support)."""
         num2, den2 = self.num[2 * c: 2 * c + 2], self.den[2 * c: 2 * c + 2]
         n_rings = den2.shape[1]
         den = den2.clamp(min=1e-6).float()
@@ -62,7 +60,15 @@ class HalfSetSums:
         full = num.sum(dim=0) / den2.sum(dim=0).clamp(min=1e-6).float()[rings]
         ref = torch.fft.irfft2(full * gain[rings], s=mask.shape) * mask
         filtered_halves = torch.fft.irfft2(halves * gain[rings], s=mask.shape) * mask
-        return ref, frc.numpy(), filtered_halves
+        return ClassAverage(ref, frc.numpy(), gain, filtered_halves)
+
+
+@dataclass
+class ClassAverage:
+    reference: torch.Tensor  # (B, B) Wiener-filtered, masked
+    frc: np.ndarray  # (B//2 + 1,) half-set FRC
+    gain: torch.Tensor  # (B//2 + 1,) the Wiener filter applied, per ring
+    halves: torch.Tensor  # (2, B, B) the half-set averages, filtered and masked alike
 
 
 def noise_spectrum(images: Iterable[np.ndarray], n_particles: int, rings: torch.Tensor, n_rings: int) -> torch.Tensor:

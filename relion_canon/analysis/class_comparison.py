@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from relion_canon.analysis.alignment import SearchGrid
@@ -49,13 +48,6 @@ def pair_alignment(references: torch.Tensor, grid: SearchGrid,
         best_turn = torch.where(better, candidate, best_turn)
         best_shift = torch.where(better[:, None], shift, best_shift)
     return best_turn.reshape(k, k), best_shift.reshape(k, k, 2), best.reshape(k, k)
-
-
-def wiener_gain(frc: np.ndarray) -> torch.Tensor:
-    """(R,) the Wiener filter :class:`~relion_canon.analysis.alignment_reference.HalfSetSums` applied, from its FRC."""
-    f = torch.from_numpy(frc).float().clamp(1e-3, 0.999)
-    ssnr = 2 * f / (1 - f)
-    return ssnr / (1 + ssnr)
 
 
 def filtered(images: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:

@@ -40,8 +40,8 @@ from relion_canon.analysis.alignment import (
     PreparedParticles,
     SearchGrid,
 )
-from relion_canon.analysis.alignment_reference import HalfSetSums
-from relion_canon.analysis.class_comparison import filtered, half_agreement, laid, pair_alignment, whitened_power, wiener_gain
+from relion_canon.analysis.alignment_reference import ClassAverage, HalfSetSums
+from relion_canon.analysis.class_comparison import filtered, half_agreement, laid, pair_alignment, whitened_power
 from relion_canon.analysis.class_features import initial_classes, invariant_features
 from relion_canon.context import QUIET, RunContext
 from relion_canon.ctf import CtfParams
@@ -206,7 +206,7 @@ class _Rounds:
         new state, the fraction of particles that changed class, the rms psi change of those that kept it,
         and whether a class was dropped."""
         self.context.check_stop("classification")
-        references = self._references(state.sums)[0]
+        references = torch.stack([a.reference for a in self._averages(state.sums)])
         round_number = len(self.history)
         max_shift = self.config.alignment.max_shift if round_number >= self.config.alignment.shift_from_round else 0.0
         new = self._search(batches, state, references, reassign, max_shift)
@@ -219,12 +219,8 @@ class _Rounds:
         self._record(title, new, rows, moved, rms)
         return new, moved, rms, dropped
 
-    def _references(self, sums: HalfSetSums) -> tuple[torch.Tensor, torch.Tensor]:
-        refs, halves = [], []
-        for c in range(sums.n_classes):
-            refs.append(sums.reference(self.grid.rings, self.grid.mask, c)[0])
-            halves.append(sums.halves(self.grid.rings, self.grid.mask, c))
-        return torch.stack(refs), torch.stack(halves)
+    def _averages(self, sums: HalfSetSums) -> list[ClassAverage]:
+        return [sums.average(self.grid.rings, self.grid.mask, c) for c in range(sums.n_classes)]
 
     def _search(self, batches: Iterable[Prepared], state: _State, references: torch.Tensor, reassign: bool,
                 max_shift_px: float) -> _State:
@@ -307,9 +303,10 @@ class _Rounds:
         particle's log-likelihood sees them: the data cannot tell them apart. Each average is compared through
         the other's Wiener filter, so two classes of one view filtered differently (more or fewer particles)
         still compare equal."""
-        references, halves = self._references(sums)
-        gains = torch.stack([wiener_gain(sums.reference(self.grid.rings, self.grid.mask, c)[1])
-                             for c in range(sums.n_classes)])[:, self.grid.rings]  # (K, B, B//2 + 1)
+        averages = self._averages(sums)
+        references = torch.stack([a.reference for a in averages])
+        halves = torch.stack([a.halves for a in averages])
+        gains = torch.stack([a.gain for a in averages])[:, self.grid.rings]  # (K, B, B//2 + 1)
         weight = self._likelihood_weight()
         turn, shift, _ = pair_alignment(references, self.grid)
         candidates: list[tuple[float, int, int]] = []
@@ -355,9 +352,10 @@ class _Rounds:
 
     def result(self, state: _State, noise: torch.Tensor, converged: bool) -> Classification:
         """The final classes, sorted by population (largest first), with their references and resolutions."""
-        references, halves = self._references(state.sums)
-        frc = np.stack([state.sums.reference(self.grid.rings, self.grid.mask, c)[1]
-                        for c in range(state.sums.n_classes)])
+        averages = self._averages(state.sums)
+        references = torch.stack([a.reference for a in averages])
+        halves = torch.stack([a.halves for a in averages])
+        frc = np.stack([a.frc for a in averages])
         counts = torch.bincount(state.classes, minlength=len(references))
         order = torch.argsort(counts, descending=True, stable=True)
         rank = torch.empty_like(order)
