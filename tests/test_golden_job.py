@@ -24,8 +24,11 @@ SIMULATION = SimulationConfig(n_particles=240, box=32, pixel_size=5.0, seed=0, o
 JOB = JobConfig(threads=1, seed=0, write_canonical=True)
 # Per column: the largest difference that counts as rounding (float32 sums taken in another order).
 TOLERANCE = {
+    "rlnClassNumber": 0,
     "rlnAnglePsi": 0.01,  # degrees, compared on the circle
     "rlnAnglePsiPrior": 0.01,
+    "rlnOriginXAngst": 0.01,  # Å
+    "rlnOriginYAngst": 0.01,
     "rlnCanonDefocus": 1.0,  # Å
     "rlnCanonDefocusLatent": 1.0,
     "rlnParticleFigureOfMerit": 1e-4,

@@ -70,7 +70,14 @@ def test_selected_and_rejected_split_by_the_flag(job):
     rej = read_star(job.rejected_star).particles
     assert len(sel) + len(rej) == len(out)
     assert (sel["rlnCanonIsOutlier"] == 0).all() and (rej["rlnCanonIsOutlier"] == 1).all()
-    assert (rej["rlnParticleSelectZScore"] > JobConfig().outlier_threshold).all()
+    # Rejected: a Z-score above the threshold, or a place in a class the job judged junk (as a RELION user drops
+    # a junk class after Class2D).
+    report = json.loads((job.out_dir / "report.json").read_text())
+    junk_classes = [int(n) for n, facts in report["classes"].items() if facts.get("is_junk")]
+    assert ((rej["rlnParticleSelectZScore"] > JobConfig().outlier_threshold)
+            | rej["rlnClassNumber"].isin(junk_classes)).all()
+    assert (sel["rlnParticleSelectZScore"] <= JobConfig().outlier_threshold).all()
+    assert not sel["rlnClassNumber"].isin(junk_classes).any()
 
 
 def test_report_figures_model_and_canonical_images(job):
@@ -79,10 +86,13 @@ def test_report_figures_model_and_canonical_images(job):
         assert key in report
     assert report["outliers"]["threshold"] == JobConfig().outlier_threshold
     assert job.logfile.stat().st_size > 0 and job.model_path.exists()
+    n_classes = report["classification"]["n_classes"]
     with mrcfile.open(job.out_dir / "class_averages.mrcs", header_only=True) as m:
-        assert (int(m.header.nz), int(m.header.nx)) == (1, 48)
-    names = read_star(job.particles_star).particles["rlnCanonCanonicalImage"]
-    assert (names == f"000001@{job.out_dir / 'class_averages.mrcs'}").all()
+        assert (int(m.header.nz), int(m.header.nx)) == (n_classes, 48)  # one average per class found
+    out = read_star(job.particles_star).particles
+    # Each particle's canonical image is its class's average.
+    want = [f"{c:06d}@{job.out_dir / 'class_averages.mrcs'}" for c in out["rlnClassNumber"]]
+    assert list(out["rlnCanonCanonicalImage"]) == want
 
 
 def test_canonical_images_from_the_network_without_refinement(sim, job, tmp_path):

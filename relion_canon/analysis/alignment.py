@@ -45,7 +45,7 @@ from relion_canon.geometry import (
     ring_mean,
     rotate,
     sample_polar,
-    shift_peak,
+    shift_peak_and_height,
     soft_circular_mask,
     wrap_deg,
     wrap_rad,
@@ -134,6 +134,44 @@ class SearchGrid:
         return 2 * math.pi / self.angular_samples
 
 
+@dataclass(frozen=True)
+class ShiftSearch:
+    """A translational search: shifts up to ``max_px`` from the box centre, weighed by a Gaussian prior of
+    ``sigma_px`` per axis (RELION's offset prior). Without the prior, every particle of a centred set would take
+    whatever shift its noise favours and the references would blur; with it, shifts must earn their place."""
+
+    max_px: float
+    sigma_px: float
+
+    def log_prior(self, size: int, box: int) -> torch.Tensor:
+        """(size, size) log prior on the circular shift grid of a ``size`` px cross-correlation of a ``box`` px
+        image, in the units the searches' correlations carry (log-likelihood over box²)."""
+        r = torch.fft.fftfreq(size) * box  # px at the full box
+        return -(r[None, :] ** 2 + r[:, None] ** 2) / (2 * self.sigma_px**2) / box**2
+
+    def peak(self, cc: torch.Tensor, box: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(b, 2) shift (px at the full box) and height of the best shift of (b, s, s) correlations computed at
+        ``s`` px (cropped) or at the full box, prior included."""
+        size = cc.shape[-1]
+        shift, height = shift_peak_and_height(cc + self.log_prior(size, box), self.max_px * size / box)
+        return shift * (box / size), height
+
+    def updated(self, shift_px: torch.Tensor) -> "ShiftSearch":
+        """The prior refitted to the particles' current (n, 2) shifts: their rms per axis, at least
+        :data:`SHIFT_SIGMA_MIN_PX`."""
+        rms = float(torch.sqrt((shift_px.double() ** 2).mean())) if len(shift_px) else self.sigma_px
+        return ShiftSearch(self.max_px, max(rms, SHIFT_SIGMA_MIN_PX))
+
+    @staticmethod
+    def start(max_px: float) -> "ShiftSearch":
+        """Before any shift is known: a prior as wide as half the range."""
+        return ShiftSearch(max_px, max(max_px / 2, SHIFT_SIGMA_MIN_PX))
+
+
+# The offset prior never narrows below this (px), so that particles can still move once a set looks centred.
+SHIFT_SIGMA_MIN_PX = 0.2
+
+
 class PreparedParticles:
     """The particles CTF-weighted and whitened, as every round reads them: kept in memory when they fit in
     ``cache_bytes``, else read and prepared anew per pass; and the random ``subset`` the rounds run on, if
@@ -212,11 +250,11 @@ def reference_from(batches: Iterable[Prepared], poses: Poses, grid: SearchGrid) 
 
 
 def search(batches: Iterable[Prepared], poses: Poses, reference: torch.Tensor, grid: SearchGrid,
-           max_shift_px: float = 0.0) -> tuple[Poses, HalfSetSums]:
+           shifts: ShiftSearch | None = None) -> tuple[Poses, HalfSetSums]:
     """Search every particle of ``batches`` against ``reference``: the new poses (those of particles not in
     ``batches`` unchanged) and the particles' sums, turned back by their new poses, for the next reference.
-    ``max_shift_px`` > 0: search translations up to that too, else keep the current shifts."""
-    search_shift = max_shift_px > 0
+    With ``shifts``, search translations too, else keep the current shifts."""
+    search_shift = shifts is not None and shifts.max_px > 0
     box = grid.box
     ref_polar = sample_polar(reference[None], grid.xy)[0]
     ref_fft = torch.fft.rfft(ref_polar * grid.ring_weight, dim=-1)
@@ -231,7 +269,7 @@ def search(batches: Iterable[Prepared], poses: Poses, reference: torch.Tensor, g
         if search_shift:
             turned = rotate(reference.expand(len(idx), box, box), poses.psi_rad[t])
             cc = torch.fft.irfft2(torch.fft.rfft2(whitened) * torch.fft.rfft2(turned).conj(), s=(box, box))
-            centres = shift_peak(cc, max_shift_px)
+            centres = shifts.peak(cc, box)[0]
             new.shift_px[t] = centres
         polar = sample_polar(whitened, grid.xy, centres if off_centre else None)
         # Summed over rings before the inverse FFT (it is linear): one inverse transform per particle.
@@ -289,11 +327,14 @@ def align_particles(
     median_pixel_size_A = float(np.median(pixel_size_A))
     rows = particles.rows
     name = "round" if subset is None else f"round (reference from {len(rows)} of {n_particles} particles)"
+    shifts = ShiftSearch.start(config.max_shift)
     for round_ in range(config.rounds):
         context.check_stop("alignment")
-        max_shift_px = config.max_shift if round_ >= config.shift_from_round else 0.0
         previous = poses
-        poses, sums = search(particles.for_rounds(), poses, reference, grid, max_shift_px)
+        poses, sums = search(particles.for_rounds(), poses, reference, grid,
+                             shifts if round_ >= config.shift_from_round else None)
+        if round_ >= config.shift_from_round:
+            shifts = shifts.updated(poses.shift_px[torch.from_numpy(rows)])
         reference, frc = sums.reference(grid.rings, grid.mask)
         rms = record_round(history, f"{name} {round_ + 1}/{config.rounds}", previous.psi_rad, poses, rows, rows,
                            resolution_at_threshold_A(frc, median_pixel_size_A, box))
@@ -305,7 +346,7 @@ def align_particles(
         for pass_ in range(2):
             context.check_stop("alignment")
             previous = poses
-            poses, sums = search(particles.everyone(), poses, reference, grid, config.max_shift)
+            poses, sums = search(particles.everyone(), poses, reference, grid, shifts)
             reference, frc = sums.reference(grid.rings, grid.mask)
             record_round(history, f"pass over all particles {pass_ + 1}/2", previous.psi_rad, poses,
                          subset if pass_ == 0 else everyone, everyone, resolution_at_threshold_A(frc, median_pixel_size_A, box))

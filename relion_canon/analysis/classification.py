@@ -6,16 +6,22 @@ against K references learnt from the particles (multi-reference refinement).
    their angle.
 2. A few rounds align each class to its own reference only, so every reference becomes a sharp image of
    its view before particles may move.
-3. Then every round searches every particle against every reference (one polar transform per particle,
-   one product and inverse FFT per reference) and moves it to the class whose reference explains it best:
-   the Gaussian log-likelihood ⟨x, CR⟩/σ² − ½‖CR‖²/σ² at the best angle, with the CTF C and noise σ² of the
-   particle. Hard assignment: at the SNR of particles the winning class is usually clear once references
-   are sharp, and a hard class is what RELION's Subset selection and the priors need.
-4. Classes that are too small are dissolved, and two classes whose averages agree (after the best turn) as
-   well as each class's own two half-sets agree are one view: the smaller is merged into the other. So the
-   number of classes found follows the data, from the starting number down.
+3. Then every round searches every particle against every reference (:mod:`~relion_canon.analysis.class_search`):
+   every turn about its centre (one polar transform per particle, one product and inverse FFT per
+   reference), and for its likeliest classes every shift within range under RELION's kind of offset prior,
+   and moves it to the class whose reference explains it best: the Gaussian log-likelihood
+   ⟨x, CR⟩/σ² − ½‖CR‖²/σ² at its best turn and shift, with the CTF C and noise σ² of the particle. Hard
+   assignment: at the SNR of particles the winning class is usually clear once references are sharp, and a
+   hard class is what RELION's Subset selection and the priors need. Searching shifts against more than the
+   current class matters: a particle far off-centre is otherwise held by a blurred class it happens to fit.
+4. Classes that are too small are dissolved, and two classes are merged (the smaller into the other) when
+   their averages agree (after the best turn) as well as each class's own two half-sets agree, or when their
+   particles prefer their own class over the other by only a few nats: one view. So the number of classes
+   found follows the data, from the starting number down.
 5. Stop when fewer than ``converged_fraction`` of the particles change class and the angles move less than
    ``converged_deg``; the report says when the rounds ran out first.
+6. Given a rule for junk classes, their particles get a second chance against the good classes alone (see
+   :meth:`_Rounds.rehome`).
 
 References are the CTF-corrected, Wiener-filtered class averages of :mod:`relion_canon.analysis.alignment`,
 with the same half-set FRC; each class's angles are in its own average's frame, as RELION's Class2D gives.
@@ -26,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -39,22 +45,15 @@ from relion_canon.analysis.alignment import (
     Prepared,
     PreparedParticles,
     SearchGrid,
+    ShiftSearch,
 )
 from relion_canon.analysis.alignment_reference import ClassAverage, HalfSetSums
 from relion_canon.analysis.class_comparison import filtered, half_agreement, laid, pair_alignment, whitened_power
 from relion_canon.analysis.class_features import initial_classes, invariant_features
+from relion_canon.analysis.class_search import ClassSearch, ClassState, sums_of, supported_band
 from relion_canon.context import QUIET, RunContext
 from relion_canon.ctf import CtfParams
-from relion_canon.geometry import (
-    periodic_peak,
-    resolution_at_threshold_A,
-    ring_mean,
-    rotate,
-    sample_polar,
-    shift_peak,
-    wrap_deg,
-    wrap_rad,
-)
+from relion_canon.geometry import resolution_at_threshold_A, wrap_deg, wrap_rad
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +61,17 @@ log = logging.getLogger(__name__)
 # half-sets show. Above 1 because laying one average onto another interpolates it; the measured gap
 # between classes of one view and of different views is in benchmarks/classify/README.md.
 MERGE_FACTOR = 6.0
+# ... or when each class's particles prefer their own class over the other by less than this many nats on
+# average (each at its best turn about its centre): the classes are about as alike as two copies of one view
+# built from different particles. Distinct views part by tens of nats (benchmarks/classify/README.md).
+MERGE_NATS = 8.0
 MERGE_WHEN_MOVED = 0.02  # merging waits until fewer than this fraction of the particles change class
+# A particle of a junk class joins a good class when it matches it at least this fraction as well as the
+# class's typical (median) particle does: the fraction below which a whole class counts as junk.
+REHOME_SCORE_FRACTION = 0.5
 
-
+JunkRule = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+"""(sizes (K,), resolutions Å (K,), median scores (K,)) → (K,) bool: which classes hold junk."""
 @dataclass
 class ClassificationConfig:
     n_classes: int | None = None  # classes to start from; None: one per ``particles_per_class`` particles
@@ -75,8 +82,10 @@ class ClassificationConfig:
     min_rounds: int = 6
     converged_fraction: float = 0.005  # of the particles changing class in a round
     converged_deg: float = 0.5  # rms psi change of the particles that kept their class
-    min_class_fraction: float = 0.25  # of the mean class size: smaller classes are dissolved
-    alignment: AlignmentConfig = field(default_factory=lambda: AlignmentConfig(max_shift=2.0))
+    # of the starting classes' mean size: smaller classes are dissolved. Fixed at the start, so that a class
+    # of junk (a tenth of the particles, say) survives once the views' classes have merged into a few.
+    min_class_fraction: float = 0.25
+    alignment: AlignmentConfig = field(default_factory=lambda: AlignmentConfig(max_shift=5.0))
     seed: int = 0
 
 
@@ -114,13 +123,6 @@ def default_n_classes(n_particles: int, config: ClassificationConfig) -> int:
     return int(np.clip(round(n_particles / config.particles_per_class), 1, config.max_classes))
 
 
-@dataclass
-class _State:
-    poses: Poses
-    classes: torch.Tensor  # (N,) index into the live references
-    sums: HalfSetSums
-
-
 def classify_particles(
     batches: ImageBatches,
     n_particles: int,
@@ -130,6 +132,7 @@ def classify_particles(
     initial_psi_deg: np.ndarray | None = None,
     config: ClassificationConfig = ClassificationConfig(),
     *,
+    junk_rule: JunkRule | None = None,
     context: RunContext = QUIET,
 ) -> Classification:
     """Classify and align the particles ``batches`` yields (as :func:`~relion_canon.analysis.alignment.align_particles`
@@ -151,40 +154,33 @@ def classify_particles(
     classes[rows] = initial_classes(features[rows], k, config.seed)
     log.info("classification: %d particles, %d starting classes (rotation-invariant features, k-means)",
              len(rows), k)
-    state = _State(poses, torch.from_numpy(classes), _sums_of(particles.for_rounds(), poses,
+    state = ClassState(poses, torch.from_numpy(classes), sums_of(particles.for_rounds(), poses,
                                                                 torch.from_numpy(classes), k, grid))
-    rounds = _Rounds(particles, grid, config, float(np.median(pixel_size_A)), context)
+    rounds = _Rounds(particles, grid, config, float(np.median(pixel_size_A)), k, context)
     state, converged = rounds.run(state, rows)
     if subset is not None:
         particles.drop_subset()
         for pass_ in range(2):
             state = rounds.one(state, particles.everyone(), np.arange(n_particles), reassign=True,
                                title=f"pass over all particles {pass_ + 1}/2", tidy=False)[0]
+    if junk_rule is not None:
+        state = rounds.rehome(state, particles, junk_rule)
     return rounds.result(state, particles.noise, converged)
-
-
-def _sums_of(batches: Iterable[Prepared], poses: Poses, classes: torch.Tensor, k: int, grid: SearchGrid) -> HalfSetSums:
-    sums = HalfSetSums(grid.box, grid.n_rings, k)
-    for idx, weighted, _, ctf2 in batches:
-        t = torch.from_numpy(idx)
-        sums.add(idx, weighted, ctf2, poses.psi_rad[t], poses.shift_px[t], classes[t])
-    return sums
 
 
 class _Rounds:
     """The rounds of the multi-reference refinement over one set of prepared particles."""
 
     def __init__(self, particles: PreparedParticles, grid: SearchGrid, config: ClassificationConfig,
-                 pixel_size_A: float, context: RunContext):
+                 pixel_size_A: float, starting_classes: int, context: RunContext):
         self.particles, self.grid, self.config, self.context = particles, grid, config, context
         self.pixel_size_A = pixel_size_A
         self.history: list[dict[str, float]] = []
-        full = torch.fft.fftfreq(grid.box) * grid.box
-        radius = torch.sqrt(full[:, None] ** 2 + full[None, :] ** 2).round().long().clamp(max=grid.box // 2)
-        # Coefficients per ring on the full FFT grid, for the norm ‖CR‖²/σ² from ring means.
-        self.ring_counts = torch.bincount(radius.flatten(), minlength=grid.n_rings).double()
+        self.starting_classes = starting_classes
+        self.shifts = ShiftSearch.start(config.alignment.max_shift)
+        self.searcher = ClassSearch(grid, particles.noise)
 
-    def run(self, state: _State, rows: np.ndarray) -> tuple[_State, bool]:
+    def run(self, state: ClassState, rows: np.ndarray) -> tuple[ClassState, bool]:
         config = self.config
         for round_ in range(config.rounds):
             reassign = round_ >= config.fixed_rounds
@@ -200,16 +196,20 @@ class _Rounds:
                     "changed class in the final round, psi changed by %.2f° rms)", config.rounds + 1, 100 * moved, rms)
         return state, False
 
-    def one(self, state: _State, batches: Iterable[Prepared], rows: np.ndarray, reassign: bool,
-            title: str, tidy: bool = True) -> tuple[_State, float, float, bool]:
+    def one(self, state: ClassState, batches: Iterable[Prepared], rows: np.ndarray, reassign: bool,
+            title: str, tidy: bool = True) -> tuple[ClassState, float, float, bool]:
         """One search of ``rows`` against the references of ``state``; then dissolve and merge classes. The
         new state, the fraction of particles that changed class, the rms psi change of those that kept it,
         and whether a class was dropped."""
         self.context.check_stop("classification")
-        references = torch.stack([a.reference for a in self._averages(state.sums)])
+        averages = self._averages(state.sums)
+        references = torch.stack([a.reference for a in averages])
+        band = supported_band(averages)
         round_number = len(self.history)
-        max_shift = self.config.alignment.max_shift if round_number >= self.config.alignment.shift_from_round else 0.0
-        new = self._search(batches, state, references, reassign, max_shift)
+        shifts = self.shifts if round_number >= self.config.alignment.shift_from_round else None
+        new = self.searcher.search(batches, state, references, reassign, shifts, band)
+        if shifts is not None:
+            self.shifts = shifts.updated(new.poses.shift_px[torch.from_numpy(rows)])
         t = torch.from_numpy(rows)
         kept = new.classes[t] == state.classes[t]
         moved = float((~kept).double().mean())
@@ -219,61 +219,51 @@ class _Rounds:
         self._record(title, new, rows, moved, rms)
         return new, moved, rms, dropped
 
+    def rehome(self, state: ClassState, particles: PreparedParticles, junk_rule: JunkRule) -> ClassState:
+        """Give the particles of junk classes (``junk_rule``) a second chance: each is searched against the good
+        classes alone and joins the best one when it matches it at least :data:`REHOME_SCORE_FRACTION` as well
+        as that class's typical particle does (a good particle that a blurred class had caught). The others
+        stay, with their correlation with the best good class as their score, so that a junk particle's
+        outlier score says how unlike every view it is, not how well it fits other junk."""
+        averages = self._averages(state.sums)
+        classes = state.classes.numpy()
+        counts = np.bincount(classes, minlength=len(averages))
+        score = state.poses.score.numpy()
+        median = np.array([np.median(score[classes == c]) if counts[c] else 0.0 for c in range(len(counts))])
+        resolution = np.array([resolution_at_threshold_A(a.frc, self.pixel_size_A, self.grid.box) for a in averages])
+        junk = np.asarray(junk_rule(counts, resolution, median), dtype=bool) & (counts > 0)
+        if not junk.any() or junk[counts > 0].all():
+            return state
+        good = torch.from_numpy(np.flatnonzero(~junk & (counts > 0)))
+        references = torch.stack([averages[c].reference for c in good.tolist()])
+        searched = self.searcher.search(particles.everyone(), state, references, True, self.shifts,
+                                supported_band([averages[c] for c in good.tolist()]))
+        best = good[searched.classes]
+        in_junk = torch.from_numpy(junk[classes])
+        fits = searched.poses.score >= REHOME_SCORE_FRACTION * torch.from_numpy(median).float()[best]
+        move = in_junk & fits
+        poses, new_classes = state.poses.copy(), state.classes.clone()
+        poses.psi_rad[move], poses.shift_px[move] = searched.poses.psi_rad[move], searched.poses.shift_px[move]
+        poses.score[in_junk] = searched.poses.score[in_junk]
+        new_classes[move] = best[move]
+        log.info("classification: %d of the %d particles of %d junk class(es) match a good class and join it",
+                 int(move.sum()), int(in_junk.sum()), int(junk.sum()))
+        return ClassState(poses, new_classes, sums_of(particles.everyone(), poses, new_classes, len(averages), self.grid))
+
     def _averages(self, sums: HalfSetSums) -> list[ClassAverage]:
         return [sums.average(self.grid.rings, self.grid.mask, c) for c in range(sums.n_classes)]
 
-    def _search(self, batches: Iterable[Prepared], state: _State, references: torch.Tensor, reassign: bool,
-                max_shift_px: float) -> _State:
-        grid, k = self.grid, len(references)
-        ref_polar = sample_polar(references, grid.xy)
-        ref_fft = torch.fft.rfft(ref_polar * grid.ring_weight, dim=-1)
-        ref_norm = torch.sqrt((ref_polar**2 * grid.ring_weight).sum(dim=(1, 2))).clamp(min=1e-12)
-        power = ring_mean(torch.fft.rfft2(references).abs() ** 2, grid.rings, grid.n_rings).double()  # (K, R)
-        norm_weights = self.ring_counts / self.particles.noise.double() / (grid.box**2)
-        off_centre = max_shift_px > 0 or bool(state.poses.shift_px.any())
-        poses, classes = state.poses.copy(), state.classes.clone()
-        sums = HalfSetSums(grid.box, grid.n_rings, k)
-        ctf2_sum, n_seen = torch.zeros(grid.n_rings, dtype=torch.float64), 0
-        for idx, weighted, whitened, ctf2 in batches:
-            t = torch.from_numpy(idx)
-            ctf2_sum += ctf2.double().sum(0)
-            n_seen += len(idx)
-            centres = poses.shift_px[t]
-            if max_shift_px > 0:
-                turned = rotate(references[state.classes[t]], state.poses.psi_rad[t])
-                cc = torch.fft.irfft2(torch.fft.rfft2(whitened) * torch.fft.rfft2(turned).conj(), s=whitened.shape[-2:])
-                centres = shift_peak(cc, max_shift_px)
-                poses.shift_px[t] = centres
-            polar = sample_polar(whitened, grid.xy, centres if off_centre else None)
-            spectra = torch.fft.rfft(polar, dim=-1).conj()
-            corr = torch.fft.irfft(torch.einsum("brf,krf->bkf", spectra, ref_fft), n=grid.angular_samples, dim=-1)
-            pos, height = periodic_peak(corr.reshape(-1, grid.angular_samples))
-            pos, height = pos.reshape(len(idx), k), height.reshape(len(idx), k)
-            if reassign:
-                # ⟨x, CR⟩/σ² from the polar sum (its samples stand for ρ dρ dθ of area), less ½‖CR‖²/σ².
-                penalty = 0.5 * (ctf2.double() * norm_weights) @ power.T
-                loglik = height.double() * (2 * math.pi / grid.angular_samples) - penalty
-                classes[t] = loglik.argmax(dim=1)
-            chosen = classes[t]
-            rows = torch.arange(len(idx))
-            poses.psi_rad[t] = pos[rows, chosen] * grid.step_rad
-            norm = torch.sqrt((polar**2 * grid.ring_weight).sum(dim=(1, 2))).clamp(min=1e-12)
-            poses.score[t] = height[rows, chosen] / (norm * ref_norm[chosen])
-            sums.add(idx, weighted, ctf2, poses.psi_rad[t], poses.shift_px[t], chosen)
-        self.mean_ctf2 = ctf2_sum / max(n_seen, 1)
-        return _State(poses, classes, sums)
-
-    def _tidy(self, state: _State, rows: np.ndarray, moved: float) -> tuple[_State, bool]:
-        """Dissolve classes smaller than ``min_class_fraction`` of the mean, and merge classes that show
+    def _tidy(self, state: ClassState, rows: np.ndarray, moved: float) -> tuple[ClassState, bool]:
+        """Dissolve classes smaller than ``min_class_fraction`` of the starting mean, and merge classes that show
         one view; the surviving classes renumbered in order. Their particles keep their poses and find
         their new class at the next search."""
         k = state.sums.n_classes
         counts = torch.bincount(state.classes[torch.from_numpy(rows)], minlength=k).double()
-        keep = counts >= self.config.min_class_fraction * counts.sum() / max(k, 1)
+        keep = counts >= self.config.min_class_fraction * counts.sum() / self.starting_classes
         # Merging waits until the assignment has settled (references sharp, few particles moving), and then
         # merges the most alike pairs first, a few at a time, so that no merge is judged on blurred averages.
         merging = len(self.history) >= self.config.fixed_rounds + 2 and moved < MERGE_WHEN_MOVED
-        merged_into = self._duplicates(state.sums, counts, keep) if merging else {}
+        merged_into = self._duplicates(state.sums, counts, keep, self._nats(state.margins)) if merging else {}
         for small in merged_into:
             keep[small] = False
         if bool(keep.all()):
@@ -294,10 +284,17 @@ class _Rounds:
         classes[classes < 0] = int(new_index[survivors[counts[survivors].argmax()]])
         log.info("classification: %d classes dissolved (too few particles), %d merged (same view); %d left",
                  int((~keep).sum()) - len(merged_into), len(merged_into), len(survivors))
-        sums = _sums_of(self.particles.for_rounds(), poses, classes, len(survivors), self.grid)
-        return _State(poses, classes, sums), True
+        sums = sums_of(self.particles.for_rounds(), poses, classes, len(survivors), self.grid)
+        return ClassState(poses, classes, sums), True
 
-    def _duplicates(self, sums: HalfSetSums, counts: torch.Tensor, keep: torch.Tensor) -> dict[int, tuple[int, float]]:
+    def _nats(self, margins: torch.Tensor | None) -> torch.Tensor:
+        """Log-likelihoods as the search sums them, in nats: the noise spectrum is in rfft2 units (B²σ² for
+        white noise of variance σ² per pixel), so those sums are the log-likelihood over B²."""
+        k = self.grid.box
+        return margins * k * k if margins is not None else torch.full((1, 1), math.inf)
+
+    def _duplicates(self, sums: HalfSetSums, counts: torch.Tensor, keep: torch.Tensor,
+                    margins: torch.Tensor) -> dict[int, tuple[int, float]]:
         """Smaller class → larger class, for pairs whose averages, laid onto each other, differ by no more
         than ``MERGE_FACTOR`` times what their own noise explains (from their half-sets), in the units a
         particle's log-likelihood sees them: the data cannot tell them apart. Each average is compared through
@@ -326,7 +323,7 @@ class _Rounds:
                 floor = whitened_power(filtered(references[large] - there_and_back, cross[0])[None], weight)[0]
                 own = whitened_power(filtered(noise, cross), weight).sum()
                 ratio = float(distance - floor) / max(float(own), 1e-30)
-                if ratio <= MERGE_FACTOR:
+                if ratio <= MERGE_FACTOR or max(float(margins[small, large]), float(margins[large, small])) <= MERGE_NATS:
                     candidates.append((ratio, small, large))
         merged: dict[int, tuple[int, float]] = {}
         for _, small, large in sorted(candidates):
@@ -340,9 +337,9 @@ class _Rounds:
         """(B, B) mean CTF² over noise power per Fourier coefficient (fft2 layout)."""
         full = torch.fft.fftfreq(self.grid.box) * self.grid.box
         radius = torch.sqrt(full[:, None] ** 2 + full[None, :] ** 2).round().long().clamp(max=self.grid.box // 2)
-        return (self.mean_ctf2 / self.particles.noise.double())[radius]
+        return (self.searcher.mean_ctf2 / self.particles.noise.double())[radius]
 
-    def _record(self, title: str, state: _State, rows: np.ndarray, moved: float, rms: float) -> None:
+    def _record(self, title: str, state: ClassState, rows: np.ndarray, moved: float, rms: float) -> None:
         t = torch.from_numpy(rows)
         entry = {"round": len(self.history) + 1, "n_classes": state.sums.n_classes, "moved_fraction": moved,
                  "psi_change_rms_deg": rms, "mean_score": float(state.poses.score[t].mean())}
@@ -350,15 +347,16 @@ class _Rounds:
         log.info("classification %s: %d classes, %.1f %% of the particles changed class, psi changed by %.2f° "
                  "rms, mean correlation %.3f", title, entry["n_classes"], 100 * moved, rms, entry["mean_score"])
 
-    def result(self, state: _State, noise: torch.Tensor, converged: bool) -> Classification:
+    def result(self, state: ClassState, noise: torch.Tensor, converged: bool) -> Classification:
         """The final classes, sorted by population (largest first), with their references and resolutions."""
         averages = self._averages(state.sums)
         references = torch.stack([a.reference for a in averages])
         halves = torch.stack([a.halves for a in averages])
         frc = np.stack([a.frc for a in averages])
         counts = torch.bincount(state.classes, minlength=len(references))
-        order = torch.argsort(counts, descending=True, stable=True)
-        rank = torch.empty_like(order)
+        # Largest first; a class that re-homing emptied is dropped.
+        order = torch.argsort(counts, descending=True, stable=True)[: int((counts > 0).sum())]
+        rank = torch.full((len(counts),), -1, dtype=torch.long)
         rank[order] = torch.arange(len(order))
         resolution = np.array([resolution_at_threshold_A(f, self.pixel_size_A, self.grid.box) for f in frc[order.numpy()]])
         psi = wrap_deg(np.rad2deg(state.poses.psi_rad.numpy().astype(np.float64)))

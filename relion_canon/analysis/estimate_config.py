@@ -25,15 +25,15 @@ class EstimateConfig:
                              help="Fourier-crop the particles to this box (px) first.")
     refine: bool = option(True, kind=BOOL, cli_flag="--refine/--no-refine",
                           help="Refine every angle against the learnt canonical image (and fit defocus to it).")
-    # px at the working box
-    max_shift_px: float = option(0.0, kind=FLOAT, minimum=0.0, cli_flag="--max-shift",
-                                 help="Refinement: translational search range in px at the working box (0: none).")
-    # 1 by default until the classifier holds its accuracy at SNR 0.05 (benchmarks/classify/README.md);
+    # px at the working box. 5 is RELION Class2D's default offset range: picked particles sit a few px off.
+    max_shift_px: float = option(5.0, kind=FLOAT, minimum=0.0, cli_flag="--max-shift",
+                                 help="Translational search range in px at the working box (0: none).")
     # None (auto): one class per 100 particles, at most 50, merged down to the views the data show.
     classes: int | None = option(
-        1, kind=INT, minimum=1, none_words=("auto",),
-        help="2D classes to start from (1: one reference for all particles, no classification; auto: one per "
-             "100 particles, at most 50; classes that show one view are merged). Experimental above 1.")
+        None, kind=INT, minimum=1, none_words=("auto",),
+        help="2D classes to start from (auto: one per 100 particles, at most 50; classes that show one view "
+             "are merged, so the number found follows the data; 1: one reference for all particles, no "
+             "classification).")
     outlier_method: str = option(
         "ensemble", kind=TEXT, choices=("ensemble", "iforest", "lof", "covariance"), cli_flag="--outliers",
         help="How junk is scored (iforest: isolation forest, lof: local outlier factor, covariance: robust "

@@ -25,6 +25,7 @@ _WHERE = {
     "parabolic_offset": "peaks",
     "periodic_peak": "peaks",
     "shift_peak": "peaks",
+    "shift_peak_and_height": "peaks",
     "polar_grid": "polar",
     "ring_points_px": "polar",
     "sample_polar": "polar",
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from relion_canon.geometry.angles import wrap_deg, wrap_rad
     from relion_canon.geometry.fourier_rings import FRC_THRESHOLD, fourier_ring_correlation, resolution_at_threshold_A, ring_index, ring_mean
     from relion_canon.geometry.masks import circular_mask, soft_circular_mask
-    from relion_canon.geometry.peaks import parabolic_height, parabolic_offset, periodic_peak, shift_peak
+    from relion_canon.geometry.peaks import parabolic_height, parabolic_offset, periodic_peak, shift_peak, shift_peak_and_height
     from relion_canon.geometry.polar import polar_grid, ring_points_px, sample_polar, sample_rings
     from relion_canon.geometry.rotation import canonicalise, canonicalising_shift_px, rotate, rotate_images, turn_vectors
 

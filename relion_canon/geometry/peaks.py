@@ -32,14 +32,24 @@ def periodic_peak(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def shift_peak(cc: torch.Tensor, max_shift_px: float) -> torch.Tensor:
     """(b, H, W) circular cross-correlation (zero shift at [0, 0]) → (b, 2) shift (x, y) px of its peak
     within ``max_shift_px``, refined per axis by a parabola."""
+    return shift_peak_and_height(cc, max_shift_px)[0]
+
+
+def shift_peak_and_height(cc: torch.Tensor, max_shift_px: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`shift_peak`'s (b, 2) shift and the (b,) height of ``cc`` there (the sum of the two per-axis
+    parabolas' rises over the peak sample)."""
     b, h, w = cc.shape
     r = torch.fft.fftfreq(h) * h
-    allowed = (r[:, None] ** 2 + r[None, :] ** 2) <= max_shift_px**2
-    masked = cc.masked_fill(~allowed, float("-inf")).reshape(b, -1)
-    k = masked.argmax(dim=-1)
-    iy, ix = k // w, k % w
+    # Only the window of allowed shifts is searched: (2m + 1)² samples about zero, not the whole map.
+    near = torch.nonzero(r.abs() <= max_shift_px).flatten()
+    window = cc[:, near][:, :, near]
+    allowed = (r[near][:, None] ** 2 + r[near][None, :] ** 2) <= max_shift_px**2
+    k = window.masked_fill(~allowed, float("-inf")).reshape(b, -1).argmax(dim=-1)
+    iy, ix = near[k // len(near)], near[k % len(near)]
     rows = torch.arange(b)
     y0 = cc[rows, iy, ix]
-    dx = parabolic_offset(cc[rows, iy, (ix - 1) % w], y0, cc[rows, iy, (ix + 1) % w])
-    dy = parabolic_offset(cc[rows, (iy - 1) % h, ix], y0, cc[rows, (iy + 1) % h, ix])
-    return torch.stack([r[ix] + dx, r[iy] + dy], dim=-1)
+    xm, xp = cc[rows, iy, (ix - 1) % w], cc[rows, iy, (ix + 1) % w]
+    ym, yp = cc[rows, (iy - 1) % h, ix], cc[rows, (iy + 1) % h, ix]
+    dx, dy = parabolic_offset(xm, y0, xp), parabolic_offset(ym, y0, yp)
+    height = parabolic_height(xm, y0, xp, dx) + parabolic_height(ym, y0, yp, dy) - y0
+    return torch.stack([r[ix] + dx, r[iy] + dy], dim=-1), height

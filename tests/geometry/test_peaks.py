@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relion_canon.geometry import parabolic_offset, periodic_peak, shift_peak
+from relion_canon.geometry import parabolic_offset, periodic_peak, shift_peak, shift_peak_and_height
 
 
 @settings(max_examples=50, deadline=None)
@@ -46,3 +46,23 @@ def test_shift_peak_only_looks_within_max_shift():
     cc[0, 2, 0] = 1.0  # y = 2 px
     got = shift_peak(cc, 3.0)[0]
     assert got.tolist() == [0.0, 2.0]
+
+
+@settings(max_examples=40, deadline=None)
+@given(sx=st.floats(-3.4, 3.4), sy=st.floats(-3.4, 3.4), height=st.floats(-5, 5))
+def test_shift_peak_height_is_the_paraboloid_top(sx, sy, height):
+    box = 32
+    r = torch.fft.fftfreq(box, dtype=torch.float64) * box
+    cc = (height - (r[None, :] - sx) ** 2 - 2 * (r[:, None] - sy) ** 2)[None]
+    shift, top = shift_peak_and_height(cc, 5.0)
+    assert abs(float(shift[0, 0]) - sx) < 1e-9 and abs(float(shift[0, 1]) - sy) < 1e-9
+    assert abs(float(top[0]) - height) < 1e-9
+
+
+def test_shift_peak_looks_only_within_the_allowed_shift():
+    box = 32
+    cc = torch.zeros(1, box, box, dtype=torch.float64)
+    cc[0, 10, 10] = 9.0  # a higher peak beyond the allowed shift
+    cc[0, 2, box - 1] = 1.0  # shift (x, y) = (−1, 2)
+    shift, top = shift_peak_and_height(cc, 3.0)
+    assert shift[0].tolist() == [-1.0, 2.0] and float(top[0]) == 1.0

@@ -11,7 +11,11 @@ The stages, one module each, composed by :func:`estimate` (:mod:`.run`):
 
 The new STAR columns (:data:`COLUMNS`):
 
-* ``rlnAnglePsi`` / ``rlnAnglePsiPrior``: in-plane angle, degrees in [−180, 180), RELION's convention;
+* ``rlnClassNumber``: when the job classifies (the default), the 2-D class found, 1 = the largest;
+* ``rlnAnglePsi`` / ``rlnAnglePsiPrior``: in-plane angle, degrees in [−180, 180), RELION's convention, in the
+  particle's class average's frame;
+* ``rlnOriginXAngst`` / ``rlnOriginYAngst``: with a translational search (``max_shift_px`` > 0, the default),
+  the particle's origin as RELION reads it (its centre sits at box//2 − origin), replacing the input's;
 * ``rlnCanonDefocus``: estimated mean defocus in Å (the input's ``rlnDefocusU/V`` are never touched): the
   fit of the particle's CTF to the aligned canonical reference when the job refines, else paper B's;
 * ``rlnCanonDefocusLatent``: paper B's estimate (latent polar radius mapped onto the known defocus

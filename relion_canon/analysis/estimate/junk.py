@@ -96,16 +96,22 @@ def junk_classes(classes: dict[int, np.ndarray], resolution_A: dict[int, float],
     sizes = np.array([len(classes[n]) for n in numbers], dtype=float)
     resolution = np.array([resolution_A[n] for n in numbers])
     median_score = np.array([np.median(score[classes[n]]) if len(classes[n]) else 0.0 for n in numbers])
-    typical_resolution = _weighted_median(resolution, sizes)
-    typical_score = _weighted_median(median_score, sizes)
-    marked = {n: bool(r > JUNK_CLASS_RESOLUTION_FACTOR * typical_resolution
-                      or m < JUNK_CLASS_SCORE_FRACTION * typical_score)
-              for n, r, m in zip(numbers, resolution, median_score)}
+    marked = dict(zip(numbers, (bool(j) for j in junk_class_mask(sizes, resolution, median_score))))
     if any(marked.values()):
-        log.info("Junk classes (averages coarser than %.1f x the typical %.1f Å, or matched less than %.1f x as "
-                 "well as the typical class): %s", JUNK_CLASS_RESOLUTION_FACTOR, typical_resolution,
-                 JUNK_CLASS_SCORE_FRACTION, ", ".join(str(n) for n, junk in marked.items() if junk))
+        log.info("Junk classes (averages coarser than %.1f x the typical, or matched less than %.1f x as well as "
+                 "the typical class): %s", JUNK_CLASS_RESOLUTION_FACTOR, JUNK_CLASS_SCORE_FRACTION,
+                 ", ".join(str(n) for n, junk in marked.items() if junk))
     return marked
+
+
+def junk_class_mask(sizes: np.ndarray, resolution_A: np.ndarray, median_score: np.ndarray) -> np.ndarray:
+    """(K,) bool: :func:`junk_classes`' rule on classes given by their (K,) sizes, resolutions (Å) and their
+    particles' median correlation with their average."""
+    sizes = np.asarray(sizes, dtype=float)
+    typical_resolution = _weighted_median(resolution_A, sizes)
+    typical_score = _weighted_median(median_score, sizes)
+    return (np.asarray(resolution_A) > JUNK_CLASS_RESOLUTION_FACTOR * typical_resolution) | \
+        (np.asarray(median_score) < JUNK_CLASS_SCORE_FRACTION * typical_score)
 
 
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:

@@ -38,6 +38,7 @@ class ClassAlignment:
 
     psi_deg: np.ndarray
     score: np.ndarray
+    shift_px: np.ndarray  # (n, 2) (x, y) at the working box: the particle's centre is box//2 + shift
     reference: np.ndarray  # (box, box) the class's canonical average
     defocus_fit_A: np.ndarray
     fit_peak: np.ndarray
@@ -59,6 +60,9 @@ class Refinement:
     box: int = 0  # the working box, px
     pixel_size_A: float = 0.0  # median pixel size at the working box
     classification: dict[str, Any] | None = None  # when the job classified: classes found, convergence, rounds
+    # (N, 2) Å, RELION's rlnOriginX/YAngst (the particle's centre sits at box//2 − origin), where a
+    # translational search found them; None without one
+    origin_A: np.ndarray | None = None
 
     @property
     def symmetry(self) -> dict[str, Any]:
@@ -98,6 +102,10 @@ def refine_classes(star: ParticleStar, psi_model_deg: np.ndarray, source: Any, c
             result.psi_deg[rows], result.score[rows] = aligned.psi_deg, aligned.score
             result.defocus_fit_A[rows], result.fit_peak[rows] = aligned.defocus_fit_A, aligned.fit_peak
             result.class_averages[number] = aligned.reference
+            if config.max_shift_px > 0:
+                if result.origin_A is None:
+                    result.origin_A = np.zeros((n, 2))
+                result.origin_A[rows] = origin_A(aligned.shift_px, images.pixel_size[rows])
             info.update(aligned.report)
         if config.per_class and number != 0 and "rlnAnglePsi" in star.particles.columns:
             given = star.particles["rlnAnglePsi"].to_numpy(np.float64)[rows]
@@ -135,9 +143,16 @@ def finish_class(images: ParticleBatches, rows: np.ndarray, number: int, alignme
     if symmetry.n > 1:
         log.info(f"Class {number}: the canonical image looks C{symmetry.n}-symmetric (confidence "
                  f"{symmetry.confidence:.2f}): psi is determined only modulo {360 / symmetry.n:g}°")
-    return ClassAlignment(psi_deg=alignment.psi, score=alignment.score, reference=alignment.reference,
+    return ClassAlignment(psi_deg=alignment.psi, score=alignment.score, shift_px=alignment.shift,
+                          reference=alignment.reference,
                           defocus_fit_A=defocus_fit_A, fit_peak=fit_peak,
                           report={"alignment": alignment.history, "symmetry": symmetry.report()})
+
+
+def origin_A(shift_px: np.ndarray, pixel_size_A: np.ndarray) -> np.ndarray:
+    """(n, 2) RELION origins in Å of particles whose centres sit ``shift_px`` (n, 2) px from box//2 at a box of
+    ``pixel_size_A`` (n,) Å/px: RELION moves content by −origin."""
+    return -np.asarray(shift_px, dtype=np.float64) * np.asarray(pixel_size_A, dtype=np.float64)[:, None]
 
 
 def in_class_frame(psi_deg: np.ndarray, given_psi_deg: np.ndarray,

@@ -11,6 +11,8 @@ COLUMNS = (
     "rlnClassNumber",
     "rlnAnglePsi",
     "rlnAnglePsiPrior",
+    "rlnOriginXAngst",
+    "rlnOriginYAngst",
     "rlnCanonDefocus",
     "rlnCanonDefocusLatent",
     "rlnParticleFigureOfMerit",

@@ -66,6 +66,8 @@ def star_columns(refinement: Refinement, defocus: DefocusColumns, junk: Junk, ca
     columns |= {
         "rlnAnglePsi": refinement.psi_deg,
         "rlnAnglePsiPrior": refinement.psi_deg,
+        **({} if refinement.origin_A is None else
+           {"rlnOriginXAngst": refinement.origin_A[:, 0], "rlnOriginYAngst": refinement.origin_A[:, 1]}),
         **defocus.columns,
         "rlnParticleSelectZScore": junk.z,
         "rlnCanonIsOutlier": junk.flag.astype(np.int64),

@@ -27,3 +27,12 @@ def test_in_class_frame_fits_on_the_better_half_only():
     framed, frame = in_class_frame(psi, given, score)
     assert frame["sign"] == 1 and abs(wrap_deg(np.array([frame["offset_deg"] + 30.0]))[0]) < 1e-6
     np.testing.assert_allclose(wrap_deg(framed[:100] - given[:100]), 0.0, atol=1e-6)
+
+
+def test_origins_are_minus_the_shift_in_angstrom():
+    from relion_canon.analysis.estimate.refine import origin_A
+
+    # A particle whose centre sits 2 px right of box//2 at 1.5 Å/px has RELION origin −3 Å (RELION moves
+    # content by −origin to centre it).
+    got = origin_A(np.array([[2.0, -1.0], [0.0, 0.5]]), np.array([1.5, 2.0]))
+    np.testing.assert_allclose(got, [[-3.0, 1.5], [0.0, -1.0]])

@@ -64,9 +64,10 @@ def network_only(sim):
 
 def test_columns_and_shapes(sim, refined, network_only):
     star = sim[0]
-    # Without classes there is no class number, and without refinement no alignment score.
+    # Without classes there is no class number, and without refinement no alignment score and no origins.
     assert list(refined.columns) == [c for c in COLUMNS if c != "rlnClassNumber"]
-    assert list(network_only.columns) == [c for c in COLUMNS if c not in ("rlnClassNumber", "rlnCanonAlignmentScore")]
+    assert list(network_only.columns) == [c for c in COLUMNS if c not in (
+        "rlnClassNumber", "rlnCanonAlignmentScore", "rlnOriginXAngst", "rlnOriginYAngst")]
     for est in (refined, network_only):
         for label, values in est.columns.items():
             assert values.shape == (N,), label
@@ -119,7 +120,7 @@ def test_fitted_defocus_is_near_the_truth(sim, refined):
 @pytest.mark.parametrize("threshold", [1.0, 2.5])
 def test_outlier_flag_follows_the_threshold(sim, refined, threshold):
     star, _, model_path, root = sim
-    est = _estimate(star, model_path, root / f"threshold{threshold}", outlier_threshold=threshold)
+    est = _estimate(star, model_path, root / f"threshold{threshold}", classes=1, outlier_threshold=threshold)
     z, flag = est.columns["rlnParticleSelectZScore"], est.columns["rlnCanonIsOutlier"]
     # The scores do not depend on the threshold; the flag is exactly "score above it".
     np.testing.assert_array_equal(z, refined.columns["rlnParticleSelectZScore"])
@@ -265,6 +266,14 @@ def test_classes_auto_classifies_and_reports_each_class(classified):
         assert 0 < facts["fraction"] <= 1 and facts["resolution_A"] > 0 and isinstance(facts["is_junk"], bool)
         if facts["is_junk"]:  # every particle of a junk class is flagged
             assert classified.columns["rlnCanonIsOutlier"][numbers == int(number)].all()
+
+
+def test_the_classifier_writes_origins_near_zero_on_a_centred_set(sim, classified):
+    truth = sim[1]
+    good = truth["rlnCanonIsJunk"].to_numpy() == 0
+    origin = np.c_[classified.columns["rlnOriginXAngst"], classified.columns["rlnOriginYAngst"]][good]
+    # Centred particles (no shifts simulated): the offset prior keeps a noisy shift search near zero.
+    assert np.median(np.hypot(*origin.T)) < 0.5 * 4.0
 
 
 def test_the_classifier_scores_junk(sim, classified):

@@ -1,0 +1,164 @@
+"""One round's search of a multi-reference 2-D classification: every particle against every class reference,
+at every turn about its centre (polar correlation) and, for its likeliest classes, at every shift (under the
+offset prior of :class:`~relion_canon.analysis.alignment.ShiftSearch`); the class whose reference explains it
+best wins (the Gaussian log-likelihood ⟨x, CR⟩/σ² − ½‖CR‖²/σ², with the particle's CTF C and noise σ²).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+
+from relion_canon.analysis.alignment import Poses, Prepared, SearchGrid, ShiftSearch
+from relion_canon.analysis.alignment_reference import ClassAverage, HalfSetSums
+from relion_canon.geometry import periodic_peak, ring_mean, rotate, sample_polar
+
+# Classes per particle whose reference a translational search tries, the likeliest at the particle's centre.
+SHIFT_CANDIDATES = 10
+# The translational search lays each reference at the nearest of this many turns (2.8° apart: under a
+# pixel at the edge of a 64 px box) instead of turning it anew for every particle.
+SHIFT_TURNS = 128
+SHIFT_IMAGES = 4096  # cross-correlations computed at once
+# The band the references hold: out to the last ring where the classes' Wiener filters pass more than this
+# on average (beyond it their half-sets agree about as much as noise does).
+SUPPORTED_GAIN = 0.1
+
+
+@dataclass
+class ClassState:
+    """Where a classification stands: every particle's pose and class, and the class sums they give."""
+
+    poses: Poses
+    classes: torch.Tensor  # (N,) index into the live references
+    sums: HalfSetSums
+    # (K, K) [a, b]: the mean over class a's particles of their log-likelihood under a less that under b
+    # (each at its best turn), from the search that made this state; None before the first search.
+    margins: torch.Tensor | None = None
+
+
+def sums_of(batches: Iterable[Prepared], poses: Poses, classes: torch.Tensor, k: int, grid: SearchGrid) -> HalfSetSums:
+    sums = HalfSetSums(grid.box, grid.n_rings, k)
+    for idx, weighted, _, ctf2 in batches:
+        t = torch.from_numpy(idx)
+        sums.add(idx, weighted, ctf2, poses.psi_rad[t], poses.shift_px[t], classes[t])
+    return sums
+
+
+def _turned_spectra(references: torch.Tensor) -> torch.Tensor:
+    """(K, SHIFT_TURNS, B, B//2 + 1) rfft2 of every reference turned by every multiple of 2π/SHIFT_TURNS."""
+    k, box = references.shape[0], references.shape[-1]
+    turns = torch.arange(SHIFT_TURNS) * (2 * math.pi / SHIFT_TURNS)
+    turned = rotate(references.repeat_interleave(SHIFT_TURNS, dim=0), turns.repeat(k))
+    return torch.fft.rfft2(turned).reshape(k, SHIFT_TURNS, box, box // 2 + 1)
+
+
+def _cropped(spectra: torch.Tensor, size: int) -> torch.Tensor:
+    """rfft2 spectra (..., B, B//2 + 1) cut to the frequencies of an even ``size`` box (..., size, size//2 + 1)."""
+    half = size // 2
+    if size >= spectra.shape[-2]:
+        return spectra
+    return torch.cat([spectra[..., :half, : half + 1], spectra[..., -half:, : half + 1]], dim=-2)
+
+
+def supported_band(averages: list[ClassAverage]) -> int:
+    """The rings the class averages hold signal in (see :data:`SUPPORTED_GAIN`)."""
+    supported = torch.stack([a.gain for a in averages]).mean(dim=0) > SUPPORTED_GAIN
+    return int(torch.nonzero(supported).max()) + 1 if bool(supported.any()) else len(averages[0].gain) - 1
+
+
+class ClassSearch:
+    """The search of one classification's rounds, over particles whitened by ``noise`` (per ring)."""
+
+    def __init__(self, grid: SearchGrid, noise: torch.Tensor):
+        self.grid, self.noise = grid, noise
+        full = torch.fft.fftfreq(grid.box) * grid.box
+        radius = torch.sqrt(full[:, None] ** 2 + full[None, :] ** 2).round().long().clamp(max=grid.box // 2)
+        # Coefficients per ring on the full FFT grid, for the norm ‖CR‖²/σ² from ring means.
+        self.ring_counts = torch.bincount(radius.flatten(), minlength=grid.n_rings).double()
+        self.mean_ctf2 = torch.ones(grid.n_rings, dtype=torch.float64)  # over the particles of the last search
+
+    def search(self, batches: Iterable[Prepared], state: ClassState, references: torch.Tensor, reassign: bool,
+                shifts: ShiftSearch | None, band: int) -> ClassState:
+        """Every particle against every reference: the best turn about its current centre (polar
+        correlation), then, for the likeliest classes there, the best shift at that turn; the class whose
+        reference explains the particle best at its own turn and shift wins."""
+        grid, k = self.grid, len(references)
+        ref_polar = sample_polar(references, grid.xy)
+        ref_fft = torch.fft.rfft(ref_polar * grid.ring_weight, dim=-1)
+        ref_norm = torch.sqrt((ref_polar**2 * grid.ring_weight).sum(dim=(1, 2))).clamp(min=1e-12)
+        power = ring_mean(torch.fft.rfft2(references).abs() ** 2, grid.rings, grid.n_rings).double()  # (K, R)
+        norm_weights = self.ring_counts / self.noise.double() / (grid.box**2)
+        search_shift = shifts is not None and shifts.max_px > 0
+        off_centre = search_shift or bool(state.poses.shift_px.any())
+        poses, classes = state.poses.copy(), state.classes.clone()
+        sums = HalfSetSums(grid.box, grid.n_rings, k)
+        turned = None
+        if search_shift:
+            full = _turned_spectra(references)
+            turned = (full, _cropped(full, min(grid.box, 2 * (band + 1))))
+        ctf2_sum, n_seen = torch.zeros(grid.n_rings, dtype=torch.float64), 0
+        margin_sum, members = torch.zeros(k, k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64)
+        for idx, weighted, whitened, ctf2 in batches:
+            t = torch.from_numpy(idx)
+            ctf2_sum += ctf2.double().sum(0)
+            n_seen += len(idx)
+            polar = sample_polar(whitened, grid.xy, poses.shift_px[t] if off_centre else None)
+            spectra = torch.fft.rfft(polar, dim=-1).conj()
+            corr = torch.fft.irfft(torch.einsum("brf,krf->bkf", spectra, ref_fft), n=grid.angular_samples, dim=-1)
+            pos, height = periodic_peak(corr.reshape(-1, grid.angular_samples))
+            pos, height = pos.reshape(len(idx), k), height.reshape(len(idx), k)
+            # ⟨x, CR⟩/σ² from the polar sum (its samples stand for ρ dρ dθ of area), less ½‖CR‖²/σ².
+            penalty = 0.5 * (ctf2.double() * norm_weights) @ power.T
+            loglik = height.double() * (2 * math.pi / grid.angular_samples) - penalty
+            rows = torch.arange(len(idx))
+            chosen = loglik.argmax(dim=1) if reassign else state.classes[t]
+            if search_shift:
+                chosen, poses.shift_px[t] = self._shifted(whitened, turned, pos * grid.step_rad, loglik,
+                                                          penalty, chosen if not reassign else None, shifts)
+            classes[t] = chosen
+            margin_sum.index_add_(0, chosen, loglik[rows, chosen][:, None] - loglik)
+            members += torch.bincount(chosen, minlength=k).double()
+            poses.psi_rad[t] = pos[rows, chosen] * grid.step_rad
+            norm = torch.sqrt((polar**2 * grid.ring_weight).sum(dim=(1, 2))).clamp(min=1e-12)
+            poses.score[t] = height[rows, chosen] / (norm * ref_norm[chosen])
+            sums.add(idx, weighted, ctf2, poses.psi_rad[t], poses.shift_px[t], chosen)
+        self.mean_ctf2 = ctf2_sum / max(n_seen, 1)
+        return ClassState(poses, classes, sums, margin_sum / members.clamp(min=1)[:, None])
+
+    def _shifted(self, whitened: torch.Tensor, turned: tuple[torch.Tensor, torch.Tensor], psi_rad: torch.Tensor,
+                 loglik: torch.Tensor, penalty: torch.Tensor, held: torch.Tensor | None,
+                 shifts: ShiftSearch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The class and (b, 2) shift of each particle after a translational search against its
+        ``SHIFT_CANDIDATES`` likeliest classes (or only its ``held`` class), each at the particle's best turn
+        for that class (to the nearest of the references' precomputed turns, ``turned``: their spectra at
+        the full box and cropped to the band the references hold). Searching more than the current class
+        keeps a particle far off-centre from being held by a blurred class whose centre it happens to fit.
+        The classes are compared on the cropped band (cheaper; the references hold nothing beyond it), and
+        the winner's shift is then found at the full box."""
+        full, cropped = turned
+        b, box, size = len(whitened), self.grid.box, cropped.shape[-2]
+        n_turns = full.shape[1]
+        turn = torch.round(psi_rad / (2 * math.pi / n_turns)).long() % n_turns  # (b, K)
+        particle_fft = torch.fft.rfft2(whitened)
+        if held is not None:
+            chosen = held
+        else:
+            candidates = loglik.topk(min(SHIFT_CANDIDATES, loglik.shape[1]), dim=1).indices  # (b, M)
+            rows = torch.arange(b)[:, None].expand_as(candidates)
+            small = _cropped(particle_fft, size)
+            peaks = []
+            step = max(1, SHIFT_IMAGES // b)
+            for m in range(0, candidates.shape[1], step):
+                c = candidates[:, m:m + step]
+                u = turn[rows[:, m:m + step], c]
+                # irfft2 at the cropped size divides by size², not box²: rescaled to the full box's units.
+                cc = torch.fft.irfft2(small[:, None] * cropped[c, u].conj(), s=(size, size)) * (size / box) ** 2
+                peaks.append(shifts.peak(cc.flatten(0, 1), box)[1].reshape(b, -1))
+            shifted = torch.cat(peaks, dim=1).double() - penalty[rows, candidates]
+            chosen = candidates[torch.arange(b), shifted.argmax(dim=1)]
+        u = turn[torch.arange(b), chosen]
+        cc = torch.fft.irfft2(particle_fft * full[chosen, u].conj(), s=(box, box))
+        return chosen, shifts.peak(cc, box)[0]
