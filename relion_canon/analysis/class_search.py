@@ -75,10 +75,16 @@ class ClassSearch:
     def __init__(self, grid: SearchGrid, noise: torch.Tensor):
         self.grid, self.noise = grid, noise
         full = torch.fft.fftfreq(grid.box) * grid.box
-        radius = torch.sqrt(full[:, None] ** 2 + full[None, :] ** 2).round().long().clamp(max=grid.box // 2)
+        # The ring of every coefficient of the full (fft2) grid.
+        self.radius = torch.sqrt(full[:, None] ** 2 + full[None, :] ** 2).round().long().clamp(max=grid.box // 2)
         # Coefficients per ring on the full FFT grid, for the norm ‖CR‖²/σ² from ring means.
-        self.ring_counts = torch.bincount(radius.flatten(), minlength=grid.n_rings).double()
+        self.ring_counts = torch.bincount(self.radius.flatten(), minlength=grid.n_rings).double()
         self.mean_ctf2 = torch.ones(grid.n_rings, dtype=torch.float64)  # over the particles of the last search
+
+    def likelihood_weight(self) -> torch.Tensor:
+        """(B, B) mean CTF² (over the last search's particles) over noise power per Fourier coefficient (fft2
+        layout)."""
+        return (self.mean_ctf2 / self.noise.double())[self.radius]
 
     def search(self, batches: Iterable[Prepared], state: ClassState, references: torch.Tensor, reassign: bool,
                 shifts: ShiftSearch | None, band: int) -> ClassState:

@@ -304,7 +304,7 @@ class _Rounds:
         references = torch.stack([a.reference for a in averages])
         halves = torch.stack([a.halves for a in averages])
         gains = torch.stack([a.gain for a in averages])[:, self.grid.rings]  # (K, B, B//2 + 1)
-        weight = self._likelihood_weight()
+        weight = self.searcher.likelihood_weight()
         turn, shift, _ = pair_alignment(references, self.grid)
         candidates: list[tuple[float, int, int]] = []
         for large in range(len(references)):
@@ -332,12 +332,6 @@ class _Rounds:
             if small not in merged and large not in merged and all(small != into for into, _ in merged.values()):
                 merged[small] = (large, float(turn[large, small]))
         return merged
-
-    def _likelihood_weight(self) -> torch.Tensor:
-        """(B, B) mean CTF² over noise power per Fourier coefficient (fft2 layout)."""
-        full = torch.fft.fftfreq(self.grid.box) * self.grid.box
-        radius = torch.sqrt(full[:, None] ** 2 + full[None, :] ** 2).round().long().clamp(max=self.grid.box // 2)
-        return (self.searcher.mean_ctf2 / self.particles.noise.double())[radius]
 
     def _record(self, title: str, state: ClassState, rows: np.ndarray, moved: float, rms: float) -> None:
         t = torch.from_numpy(rows)
