@@ -29,9 +29,31 @@ class Junk:
     """The score written as ``rlnParticleSelectZScore``, each detector's, the flag, and the report entry."""
 
     z: np.ndarray  # (N,) high = likely junk
-    flag: np.ndarray  # (N,) bool: z above the threshold
+    flag: np.ndarray  # (N,) bool: z above the threshold, or (with classes) in a junk class
     per_detector: dict[str, np.ndarray]
     report: dict[str, Any]
+
+    def flag_junk_class(self, rows: np.ndarray) -> None:
+        """Flag every particle of a junk class, whatever its score, and count again."""
+        self.flag[rows] = True
+        self.report.update(flag_counts(self.z, self.flag, float(self.report["threshold"])))
+
+
+def flag_counts(z: np.ndarray, flag: np.ndarray, threshold: float) -> dict[str, Any]:
+    """The report's counts of ``flag`` (what ``rlnCanonIsOutlier`` says), all from that one array: the
+    particles flagged, their fraction, and how many by their score and how many only by their class.
+    Counting the score's flags in one place and the junk classes' in another made ``n_flagged`` and
+    ``fraction_flagged`` of one report disagree."""
+    by_score = np.asarray(z, dtype=np.float64) > threshold
+    flag = np.asarray(flag, dtype=bool)
+    n = int(flag.size)
+    return {
+        "n_particles": n,
+        "n_flagged": int(flag.sum()),
+        "fraction_flagged": float(flag.sum() / n) if n else 0.0,
+        "n_flagged_by_score": int((flag & by_score).sum()),
+        "n_flagged_by_junk_class_only": int((flag & ~by_score).sum()),
+    }
 
 
 def outlier_features(latent: np.ndarray, score: np.ndarray, fit_peak: np.ndarray, defocus_fit_A: np.ndarray,
@@ -60,7 +82,8 @@ def find_junk(features: np.ndarray, method: str, threshold: float, seed: int, cl
     clock.lap("outliers")
     flag = flag_outliers(result.z, threshold)
     log.info(f"Outliers ({method}): {int(flag.sum())} of {len(flag)} particles above Z = {threshold:g}")
-    report = {**result.report(), "threshold": threshold, "n_flagged": int(flag.sum())}
+    # result.report() counts at the detectors' own threshold; the job's is the user's.
+    report = {**result.report(), "threshold": threshold, **flag_counts(result.z, flag, threshold)}
     return Junk(z=result.z, flag=flag, per_detector=result.per_detector, report=report)
 
 
@@ -81,7 +104,7 @@ def junk_by_alignment_score(score: np.ndarray, threshold: float) -> Junk:
     z = (median - score) / max(spread, 1e-12)
     flag = z > threshold
     log.info(f"Outliers (alignment score): {int(flag.sum())} of {len(flag)} particles above Z = {threshold:g}")
-    report = {"method": "alignment_score", "threshold": threshold, "n_flagged": int(flag.sum()),
+    report = {"method": "alignment_score", "threshold": threshold, **flag_counts(z, flag, threshold),
               "median_score": median, "score_spread": spread}
     return Junk(z=z, flag=flag, per_detector={"alignment_score": z}, report=report)
 

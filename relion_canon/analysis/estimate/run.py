@@ -3,6 +3,7 @@ canonical images → columns. Each stage is its own module with explicit inputs 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from relion_canon.analysis.estimate.timing import Clock
 from relion_canon.analysis.estimate_config import EstimateConfig
 from relion_canon.context import RunContext
 from relion_canon.io.star import ParticleStar
+
+log = logging.getLogger(__name__)
 
 
 def estimate(star: ParticleStar, model_path: str | Path, out_dir: str | Path, config: EstimateConfig, *,
@@ -95,8 +98,10 @@ def mark_junk_classes(refinement: Refinement, junk: Junk) -> None:
     for number, is_junk in marked.items():
         refinement.class_reports[str(number)]["is_junk"] = is_junk
         if is_junk:
-            junk.flag[refinement.classes[number]] = True
+            junk.flag_junk_class(refinement.classes[number])
     facts = refinement.classification if refinement.classification is not None else {}
     facts["n_junk_classes"] = sum(marked.values())
     facts["n_views_found"] = len(marked) - sum(marked.values())
-    junk.report["n_flagged"] = int(junk.flag.sum())
+    if any(marked.values()):
+        log.info(f"Outliers: {junk.report['n_flagged']} of {len(junk.flag)} particles flagged, "
+                 f"{junk.report['n_flagged_by_junk_class_only']} of them only for being in a junk class")
