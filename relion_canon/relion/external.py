@@ -24,6 +24,10 @@ CUDA_VISIBLE_DEVICES; ``0``; ``0,1``: torchrun; ``cpu``), and every option of th
 with their help and defaults. Any of them can also go into "Additional arguments" (``--seed 1``,
 ``--set KEY=VALUE``, repeatable), as can ``--relion_version`` (override the version read from ``job.star``).
 Unknown arguments are ignored with a warning in ``run.out``.
+
+``relion_canon_external --install-gui-template [--relion_version V] [--force]``, run in the RELION project
+folder, writes ``.gui_externaljob.star`` there: the settings RELION's GUI loads when External is selected
+(see :mod:`~relion_canon.relion.gui_template`).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from relion_canon.relion.exit_files import (
     clear_stale_files,
     write_exit_file,
 )
+from relion_canon.relion import gui_template
 from relion_canon.relion.class_model import selection_node
 from relion_canon.relion.job_star import JOB_STAR, detect_relion_version, read_job_star
 from relion_canon.relion.nodes import NodeKind, write_output_nodes
@@ -340,6 +345,8 @@ def _copy_model(source: Path, target: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point; returns 0 (success), 1 (failure) or 2 (aborted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if gui_template.INSTALL_FLAG in argv:
+        return gui_template.main(argv)
     if "-h" in argv or "--help" in argv:
         print(__doc__)
         print(params_help())

@@ -2,9 +2,11 @@
 
 RELION reads this file once, when it first sees ``RELION_JOB_EXIT_SUCCESS``. Version 3.1 reads only the
 integer ``_rlnPipeLineNodeType``; 4.0 and 5.0 read only the string ``_rlnPipeLineNodeTypeLabel`` (an
-int-only file gives them an empty type; a label-only file makes 3.1 register the node as movies). Both
-columns are written, the label being the running version's: 5.0 renamed the labels and does not convert
-them in this file, so a 4.0 label under 5.0 keeps the node out of the 5.0 particle browsers.
+int-only file gives them an empty type; a label-only file makes 3.1 register the node as movies). So 3.1
+gets the integer alone: 3.1 does not know the label column and warns about it ("will ignore (but maintain)
+values for the unknown label: rlnPipeLineNodeTypeLabel"), which its GUI shows in red. 4.0 and 5.0 get
+both columns (both labels exist there), the label being the running version's: 5.0 renamed the labels and
+does not convert them in this file, so a 4.0 label under 5.0 keeps the node out of the 5.0 particle browsers.
 Node names are project-relative paths (the job runs from the project directory).
 """
 
@@ -40,8 +42,6 @@ _NODE_TYPES: dict[NodeKind, tuple[int, str | None, str | None]] = {
     NodeKind.CLASS_MODEL: (8, None, None),
     NodeKind.OPTIMISER: (9, "ProcessData.star.relion.optimiser", "OptimiserData.star.relion"),
 }
-# The label column of a 3.1 file for a kind 4.0 has no label for (3.1 reads only the integer).
-_NO_LABEL = "-"
 
 
 def node_type_int(kind: NodeKind) -> int:
@@ -49,39 +49,44 @@ def node_type_int(kind: NodeKind) -> int:
 
 
 def node_type_label(kind: NodeKind, version: str) -> str:
-    """The type label RELION ``version`` files this kind of node under (3.1 has no labels: 4.0's is written)."""
+    """The type label RELION ``version`` (4.0 or 5.0) files this kind of node under; 3.1 has none."""
     if version not in VERSIONS:
         raise ValueError(f"unknown RELION version {version!r}; one of {', '.join(VERSIONS)}")
+    if version == "3.1":
+        raise ValueError("RELION 3.1 types nodes by number only (node_type_int)")
     _, label40, label50 = _NODE_TYPES[kind]
     label = label50 if version == "5.0" else label40
     if label is None:
-        if version == "3.1":
-            return _NO_LABEL
         raise ValueError(f"RELION {version} has no node type for a {kind.value} node")
     return label
 
 
 def write_output_nodes(out_dir: str | Path, nodes: Iterable[tuple[str, NodeKind]], version: str) -> Path:
     """Write ``RELION_OUTPUT_NODES.star`` into ``out_dir`` (atomically) for (project-relative name, kind) pairs."""
-    rows = [(name, node_type_int(kind), node_type_label(kind, version)) for name, kind in nodes]
-    if not rows:
+    if version not in VERSIONS:
+        raise ValueError(f"unknown RELION version {version!r}; one of {', '.join(VERSIONS)}")
+    nodes = list(nodes)
+    if not nodes:
         raise ValueError("no output nodes to write")
-    for name, _, _ in rows:
+    for name, _ in nodes:
         if not name or any(c.isspace() for c in name):
             # RELION's STAR reader splits on whitespace: such a name would corrupt the pipeline.
             raise ValueError(f"output node name {name!r} is empty or contains white space")
+    with_label = version != "3.1"
+    rows = [(name, node_type_int(kind), node_type_label(kind, version) if with_label else "") for name, kind in nodes]
     star_version = 50001 if version == "5.0" else 30001
     width = max(len(name) for name, _, _ in rows)
+    columns = ["_rlnPipeLineNodeName #1", "_rlnPipeLineNodeType #2"]
+    if with_label:
+        columns.append("_rlnPipeLineNodeTypeLabel #3")
     lines = [
         f"# version {star_version}",
         "",
         "data_output_nodes",
         "",
         "loop_",
-        "_rlnPipeLineNodeName #1",
-        "_rlnPipeLineNodeType #2",
-        "_rlnPipeLineNodeTypeLabel #3",
-        *(f"{name:<{width}} {number:>3} {label}" for name, number, label in rows),
+        *columns,
+        *(f"{name:<{width}} {number:>3} {label}".rstrip() for name, number, label in rows),
         "",
     ]
     path = Path(out_dir) / OUTPUT_NODES

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -169,7 +170,6 @@ def test_detect_relion_version_order(tmp_path):
 
 
 @pytest.mark.parametrize("version, particles_label", [
-    ("3.1", "ParticlesData.star.relion"),
     ("4.0", "ParticlesData.star.relion"),
     ("5.0", "ParticleGroupMetadata.star.relion"),
 ])
@@ -185,6 +185,22 @@ def test_output_nodes_both_columns(tmp_path, version, particles_label):
     assert "_rlnPipeLineNodeType #2" in text and "_rlnPipeLineNodeTypeLabel #3" in text
     assert text.startswith("# version 50001" if version == "5.0" else "# version 30001")
     assert not list(tmp_path.glob(".*tmp"))  # written through a temporary file, nothing left over
+
+
+def test_output_nodes_31_without_the_label_column(tmp_path, require_relion):
+    """RELION 3.1 reads the integer alone and warns about a label column it does not know; the file it gets
+    has none, and relion_star_handler 3.1 reads it without a warning."""
+    path = write_output_nodes(tmp_path, [("External/job001/particles.star", NodeKind.PARTICLES),
+                                         ("External/job001/run_it000_model.star", NodeKind.CLASS_MODEL)], "3.1")
+    text = path.read_text()
+    _, _, loops = parse_star_text(text)
+    assert loops["output_nodes"] == [["External/job001/particles.star", "3"],
+                                     ["External/job001/run_it000_model.star", "8"]]
+    assert "TypeLabel" not in text and text.startswith("# version 30001")
+    res = subprocess.run(["relion_star_handler", "--i", str(path), "--o", str(tmp_path / "copy.star")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "unknown label" not in res.stdout + res.stderr
 
 
 def test_output_nodes_refuse_bad_names(tmp_path):
