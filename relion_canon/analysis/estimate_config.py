@@ -49,8 +49,12 @@ class EstimateConfig:
              "quantile mapping (default: the input's own defocus).")
     per_class: bool = option(False, kind=BOOL,
                              help="Refine and estimate per rlnClassNumber, in each class's own frame.")
-    write_canonical: bool = option(False, kind=BOOL,
-                                   help="Also write canonical.mrcs (one canonical image per particle).")
+    write_canonical: bool = option(
+        False, kind=BOOL,
+        help="Add rlnCanonCanonicalImage. With refinement (the default) it names each particle's class average in "
+             "class_averages.mrcs (one image per class, shared by its particles; no canonical.mrcs is written); "
+             "with --no-refine (refine no) it names the network's own image of each particle, written to "
+             "canonical.mrcs.")
     device: str = option("auto", kind=TEXT, not_in={EXTERNAL: _NO_DEVICE_PARAM},
                          help="auto, cpu, cuda or cuda:N.")
     seed: int = option(0, kind=INT, minimum=0, help="Random seed (training subset, network, outlier scores).")

@@ -130,8 +130,10 @@ def evaluation_figures(evaluation: Evaluation) -> NamedFigures:
         titles = [f"row {int(r)}" for r in c.example_rows]
         out.append(("canonical_examples", figures.image_grid(
             rows, title=f"Inputs, canonical images and clean truth (mean MSE {c.mean_mse:.3g})", column_titles=titles)))
-        worst_mse = c.mse[np.argsort(c.mse)[::-1][: len(c.worst_rows)]]
-        out.append(("canonical_worst", figures.worst_cases(_grid_rows(c.worst), worst_mse, c.worst_rows)))
+        # No page when every particle's canonical image is one class average: it would show that one image again
+        # and again (the evaluation's notes say so).
+        if len(c.worst_rows):
+            out.append(("canonical_worst", figures.worst_cases(_grid_rows(c.worst), c.worst_mses, c.worst_rows)))
     return out
 
 

@@ -123,3 +123,29 @@ def test_write_evaluation_files(evaluation, tmp_path):
     assert {"angle_vs_reference.png", "peer1_angle_vs_reference.png", "defocus_vs_reference.png", "roc.png",
             "canonical_examples.png", "canonical_worst.png"} <= set(pngs)
     assert _pages(out / EVALUATION_PDF) == len(pngs)
+
+
+@pytest.mark.parametrize("n_images", [1, 3])
+def test_worst_canonical_page_shows_each_shared_image_once(tmp_path, n_images):
+    """With refinement, --write-canonical names each particle's class average: many particles share one image.
+    The page of worst canonical images shows each distinct image once, and is left out (the notes say why) when
+    every particle has the same one."""
+    from relion_canon.analysis.report import evaluation_figures
+    from relion_canon.io.star import read_star, write_star
+
+    sim = simulated_set(tmp_path / "sim", n=40, seed=5)
+    job = fake_job(sim, tmp_path / "job")
+    star = read_star(job / "particles.star")
+    names = star.particles["rlnCanonCanonicalImage"].astype(str)
+    shared = [names.iloc[i % n_images] for i in range(len(names))]  # "class averages": n_images for all rows
+    write_star(star.with_columns({"rlnCanonCanonicalImage": np.array(shared, dtype=object)}), job / "particles.star")
+    ev = evaluate(job, sim, None)
+    figs = dict(evaluation_figures(ev))
+    notes = " ".join(ev.notes)
+    if n_images == 1:
+        assert "canonical_worst" not in figs and "canonical_examples" in figs
+        assert "same image (one class average): no page of worst canonical images" in notes
+    else:
+        titles = [t.get_text() for t in figs["canonical_worst"].axes[0].texts if t.get_text().startswith("row ")]
+        assert len(titles) == n_images  # the worst particle of each distinct image, one column each
+        assert re.search(rf"names {n_images} distinct images for \d+ particles", notes)

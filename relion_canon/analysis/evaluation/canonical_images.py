@@ -68,15 +68,47 @@ def canonical_metrics(
             out = {"input": sources.inputs.read(rows[positions]), **out}
         return out
 
-    worst_order = np.argsort(mse)[::-1][: max(n_worst, 1)]
+    order = np.argsort(mse, kind="stable")[::-1]  # worst first
+    worst_order = _worst_positions(order, _shared_names(job_star, rows, notes), n_worst)
     example_positions = spread_indices(rows.size, n_examples)
     return CanonicalMetrics(
         n=int(rows.size), mean_mse=float(mse.mean()), worst_mse=float(mse.max()),
-        worst_row=int(rows[worst_order[0]] + 1),
+        worst_row=int(rows[order[0]] + 1),
         rotation_deg=rotation, mirrored=mirrored, box=int(box), normalisation=NORMALISATION, mse=mse,
         examples=images(example_positions), example_rows=rows[example_positions] + 1,
-        worst=images(worst_order), worst_rows=rows[worst_order] + 1,
+        worst=images(worst_order) if worst_order.size else {}, worst_rows=rows[worst_order] + 1,
+        worst_mses=mse[worst_order],
     )
+
+
+def _worst_positions(order: np.ndarray, names: np.ndarray | None, n_worst: int) -> np.ndarray:
+    """The first ``n_worst`` of ``order`` (positions, worst first). With shared canonical images (``names``, one
+    per position), the worst particle of each distinct image; none when all share one."""
+    if names is None:
+        return order[: max(n_worst, 1)]
+    _, first = np.unique(names[order], return_index=True)
+    if first.size == 1:
+        return order[:0]
+    return order[np.sort(first)][: max(n_worst, 1)]
+
+
+def _shared_names(job_star: ParticleStar, rows: np.ndarray, notes: list[str]) -> np.ndarray | None:
+    """The canonical image names of ``rows`` when particles share them (with refinement, --write-canonical
+    names each particle's class average), saying so in ``notes``; None when each has its own."""
+    if CANONICAL_COLUMN not in job_star.particles.columns:
+        return None
+    names = job_star.particles[CANONICAL_COLUMN].astype(str).to_numpy()[rows]
+    distinct = len(np.unique(names))
+    if distinct == len(names):
+        return None
+    if distinct == 1:
+        notes.append(f"Every particle's {CANONICAL_COLUMN} is the same image (one class average): no page of "
+                     "worst canonical images, which would show that image again and again.")
+    else:
+        notes.append(f"{CANONICAL_COLUMN} names {distinct} distinct images for {len(names)} particles (class "
+                     "averages): the canonical MSE compares each particle's class average with its clean truth, "
+                     "and the worst canonical images are the worst particle of each distinct image.")
+    return names
 
 
 def _pair_reader(sources: _Sources, truth_rows: np.ndarray, job_rows: np.ndarray, box: int) -> PairReader:

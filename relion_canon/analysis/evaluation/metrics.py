@@ -116,12 +116,12 @@ class CanonicalMetrics:
     example_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, int), repr=False)
     worst: dict[str, np.ndarray] = field(default_factory=dict, repr=False, metadata={"figure_only": True})
     worst_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, int), repr=False)
+    worst_mses: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)  # of worst_rows
 
     def to_dict(self) -> dict[str, Any]:
         # The worst cases by row, so that a user can look them up in the STAR file.
-        worst = np.sort(self.mse)[::-1][: len(self.worst_rows)]
         return {**_scalars(self), "worst_cases": [{"row": int(r), "mse": float(m)}
-                                                   for r, m in zip(self.worst_rows, worst)]}
+                                                   for r, m in zip(self.worst_rows, self.worst_mses)]}
 
 
 def angle_metrics(
