@@ -8,7 +8,9 @@ and the front doors that deliberately leave it out (with the reason). The front 
   (:mod:`relion_canon.cli.job_options`),
 * ``relion_canon_external`` declares and parses its RELION params from it (:mod:`relion_canon.relion.external`),
 
-so a field added to ``JobConfig`` with an :func:`option` appears in all of them. A field holding a nested
+so a field added to ``JobConfig`` with an :func:`option` appears in all of them. Every front door checks the
+values it was given against the same table (:func:`check_config`: range, choices, finite numbers, a field's own
+rule) before any file is read, and names the option as that front door spells it. A field holding a nested
 config dataclass contributes that dataclass's options (:func:`job_options` walks into it); option names stay
 flat, so they must be unique across the nesting.
 
@@ -19,8 +21,11 @@ a function, called only when a front door is built.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from relion_canon.errors import InputError
 
 RUN = "run"  # relion-canon run
 EXTERNAL = "external"  # relion_canon_external (RELION External job)
@@ -48,9 +53,11 @@ class Option:
     not_in: Mapping[str, str] = field(default_factory=dict)
     # Words that mean None on every front door (train_particles: "all" or "0" = every particle).
     none_words: tuple[str, ...] = ()
-    # The smallest number accepted. Checked by the External job; the command line keeps taking any number, as
-    # it always has.
+    # The numbers accepted (inclusive), checked on every front door by :func:`check_config`.
     minimum: float | None = None
+    maximum: float | None = None
+    # A rule of the field's own (the device's spelling): the value -> why it is refused, or None.
+    check: Callable[[Any], str | None] | None = None
 
     def choice_names(self) -> tuple[str, ...] | None:
         if self.choices is None:
@@ -63,6 +70,62 @@ class Option:
         if names is None or value.lower() in names:
             return value.lower() if names is not None else value
         raise ValueError(f"{value!r} is not one of {', '.join(names)}")
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is refused (a phrase: "must be at least 1, got 0"), or None when it is usable.
+        None is always usable: it is the field's automatic setting."""
+        if value is None:
+            return None
+        if self.kind in (INT, FLOAT):
+            return self._number_problem(value)
+        if self.kind == RANGE:
+            return range_problem(value)
+        if self.kind == TEXT and self.choices is not None:
+            names = self.choice_names() or ()
+            if str(value).lower() not in names:
+                return f"{value!r} is not one of {', '.join(names)}"
+        if self.check is not None:
+            return self.check(value)
+        return None
+
+    def _number_problem(self, value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"expected a number, got {value!r}"
+        if not math.isfinite(value):
+            return f"must be a finite number, got {value}"
+        if self.kind == INT and value != int(value):
+            return f"expected a whole number, got {value}"
+        low, high = self.minimum, self.maximum
+        if low is not None and high is not None and not low <= value <= high:
+            return f"must be between {_num(low)} and {_num(high)}, got {_num(value)}"
+        if low is not None and value < low:
+            return f"must be at least {_num(low)}, got {_num(value)}"
+        if high is not None and value > high:
+            return f"must be at most {_num(high)}, got {_num(value)}"
+        return None
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+# A defocus range's upper end below this is a range in µm, not in Å.
+MIN_DEFOCUS_RANGE_MAX = 100.0
+
+
+def range_problem(value: Any) -> str | None:
+    """A defocus range (min, max) in Å: two finite numbers with 0 < min < max, the max clearly in Å."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        return f"expected min and max in Å (e.g. 5000 25000), got {value!r}"
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"expected finite numbers, got {_num(lo) if math.isfinite(lo) else lo} {_num(hi) if math.isfinite(hi) else hi}"
+    if not 0 < lo < hi:
+        return f"expected 0 < min < max, got {_num(lo)} {_num(hi)}"
+    if hi < MIN_DEFOCUS_RANGE_MAX:
+        return f"is in Å, not µm: got {_num(lo)} {_num(hi)} (e.g. 1 µm = 10000)"
+    return None
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, kind: str,
@@ -96,6 +159,15 @@ class JobOption:
     def external_param(self) -> str:
         return self.option.external_param or self.name
 
+    def name_on(self, front_door: str | None) -> str:
+        """The option as ``front_door`` spells it (``--max-shift``, RELION's ``--max_shift_px``); the field
+        name where it is not offered there or no front door is given (a job started from Python)."""
+        if front_door is None or not self.offered_by(front_door):
+            return self.name
+        if front_door == EXTERNAL:
+            return "--" + self.external_param
+        return self.cli_flag.split("/")[0]
+
 
 def _default(f: dataclasses.Field) -> Any:
     if f.default is not dataclasses.MISSING:
@@ -119,6 +191,23 @@ def job_options(config_cls: type, front_door: str | None = None,
         nested = _default(f)
         if dataclasses.is_dataclass(nested) and not isinstance(nested, type):
             yield from job_options(type(nested), front_door, (*_path, f.name))
+
+
+class OptionError(InputError):
+    """An option's value that no job can use; one line naming the option."""
+
+
+def check_config(config: Any, front_door: str | None = None) -> None:
+    """Refuse the first value of ``config`` the table does not accept, as :class:`OptionError` naming the option
+    as ``front_door`` spells it. Every front door calls this before reading a file, and the job again, so a
+    config built in Python is checked too."""
+    for entry in job_options(type(config)):
+        value: Any = config
+        for name in entry.path:
+            value = getattr(value, name)
+        problem = entry.option.problem(value)
+        if problem is not None:
+            raise OptionError(f"{entry.name_on(front_door)}: {problem}")
 
 
 def build_config(config_cls: type, values: Mapping[str, Any]) -> Any:

@@ -280,3 +280,29 @@ def test_readme_names_only_params_the_table_knows():
     additional = next(line for line in text.splitlines() if line.startswith("| Additional arguments:"))
     flags = set(re.findall(r"`--(\w+)", additional))
     assert flags and flags <= _external_param_names()
+
+
+# --- the table's rules, one implementation for every front door ------------------------------------------------
+
+
+def test_every_number_option_has_a_rule_and_the_rules_refuse():
+    from relion_canon.options import OptionError, check_config
+
+    entries = {e.name: e for e in TABLE}
+    assert (entries["box"].option.minimum, entries["box"].option.maximum) == (24, 256)
+    for entry in TABLE:
+        if entry.option.kind in (INT, FLOAT):
+            assert entry.option.minimum is not None or entry.name == "outlier_threshold", entry.name
+            assert entry.option.problem(float("nan")) is not None, entry.name  # never nan, never inf
+            assert entry.option.problem(entry.default) is None, entry.name
+    assert entries["outlier_threshold"].option.problem(float("inf")) == "must be a finite number, got inf"
+    assert entries["defocus_range"].option.problem((25000.0, 5000.0)) == "expected 0 < min < max, got 25000 5000"
+    assert entries["device"].option.problem("cuda:1") is None
+    assert "did you mean cuda?" in entries["device"].option.problem("GPU")
+    # Each front door names the option as its users type it.
+    config = JobConfig(max_shift_px=-1.0)
+    for door, name in ((RUN, "--max-shift"), (CRYOSPARC, "--max-shift"), (EXTERNAL, "--max_shift_px"),
+                       (None, "max_shift_px")):
+        with pytest.raises(OptionError, match=rf"^{name}: must be at least 0, got -1$"):
+            check_config(config, door)
+    check_config(JobConfig())  # the defaults pass

@@ -8,10 +8,24 @@ whole job (:mod:`relion_canon.job`).
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from relion_canon.options import BOOL, EXTERNAL, FLOAT, INT, RANGE, TEXT, option
+
+MIN_BOX, MAX_BOX = 24, 256
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def device_problem(value: str) -> str | None:
+    """Why a device name is refused (torch would fail on it only once training starts), or None."""
+    if _DEVICE.fullmatch(str(value)):
+        return None
+    m = re.fullmatch(r"(?:gpu|nvidia|cuda)\s*:?\s*(\d*)", str(value).strip().lower())
+    hint = f"; did you mean cuda{':' + m.group(1) if m.group(1) else ''}?" if m else ""
+    return f"{value!r} is not a device: use auto, cpu, cuda or cuda:N{hint}"
+
 
 _NO_DEVICE_PARAM = "the gpu param chooses the device (and trains on several GPUs, one process each)"
 
@@ -21,8 +35,9 @@ class EstimateConfig:
     """How the trained model's outputs become the job's estimates; the defaults are what pressing Run gives."""
 
     # None: refinement works on the particles as they are
-    box: int | None = option(None, kind=INT, minimum=8,
-                             help="Fourier-crop the particles to this box (px) first.")
+    # 24-256: the boxes the networks are built for (the job also refuses a box larger than the particles').
+    box: int | None = option(None, kind=INT, minimum=MIN_BOX, maximum=MAX_BOX,
+                             help="Fourier-crop the particles to this box (px, 24-256) first.")
     refine: bool = option(True, kind=BOOL, cli_flag="--refine/--no-refine",
                           help="Refine every angle against the learnt canonical image (and fit defocus to it).")
     # px at the working box. 5 is RELION Class2D's default offset range: picked particles sit a few px off.
@@ -55,7 +70,7 @@ class EstimateConfig:
              "class_averages.mrcs (one image per class, shared by its particles; no canonical.mrcs is written); "
              "with --no-refine (refine no) it names the network's own image of each particle, written to "
              "canonical.mrcs.")
-    device: str = option("auto", kind=TEXT, not_in={EXTERNAL: _NO_DEVICE_PARAM},
+    device: str = option("auto", kind=TEXT, not_in={EXTERNAL: _NO_DEVICE_PARAM}, check=device_problem,
                          help="auto, cpu, cuda or cuda:N.")
     seed: int = option(0, kind=INT, minimum=0, help="Random seed (training subset, network, outlier scores).")
 

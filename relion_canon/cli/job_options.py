@@ -1,7 +1,8 @@
 """The job's options as click options, declared from the one table (:mod:`relion_canon.options`).
 
 ``relion-canon run`` and ``relion-canon cryosparc-job`` decorate their command with :func:`job_click_options`
-and turn what click parsed into a :class:`~relion_canon.job.JobConfig` with :func:`job_config_from_click`.
+and turn what click parsed into a :class:`~relion_canon.job.JobConfig` with :func:`job_config_from_click`, which
+checks every value against the table (:func:`~relion_canon.options.check_config`) before anything is read.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from relion_canon.options import (
     JobOption,
     Option,
     build_config,
+    check_config,
     job_options,
     parse_model_options,
 )
@@ -113,4 +115,6 @@ def job_config_from_click(values: Mapping[str, Any], front_door: str) -> JobConf
             except ValueError as exc:
                 raise click.BadParameter(str(exc), param_hint=entry.cli_flag) from None
         settings[entry.name] = value
-    return build_config(JobConfig, settings)
+    config = build_config(JobConfig, settings)
+    check_config(config, front_door)  # before the command reads a file or reaches a server
+    return config

@@ -73,19 +73,27 @@ def _floats(value: str | None) -> tuple[float, ...] | None:
 @click.option("--phantom-seed", type=int, default=_DEFAULT.phantom_seed, show_default=True,
               help="Which built-in phantom molecule.")
 @click.option("--force", is_flag=True, help="Replace a simulated set already in the output folder.")
-@click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for torch.")
+@click.option("--j", "threads", type=int, default=1, show_default=True,
+              help="CPU threads for torch (as --j everywhere else).")
+# The old spelling, kept working but out of --help: --j is the one name every command uses.
+@click.option("--threads", "threads_alias", type=int, default=None, hidden=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def simulate(out_dir: Path, n_particles: int, box: int, pixel_size: float, source: str, map_pixel_size: float | None,
              views: str, rot: float, tilt: float, psi: float | None, psi_sigma: float | None, shift_sigma: float,
              snr: float, no_ctf: bool, voltage: float, cs: float, amplitude_contrast: float, bfactor: float,
              defocus_range: tuple[float, float], defocus_values: str | None, astigmatism: float, junk_fraction: float,
-             junk_kinds: str, seed: int, phantom_seed: int, force: bool, threads: int, quiet: bool) -> None:
+             junk_kinds: str, seed: int, phantom_seed: int, force: bool, threads: int, threads_alias: int | None,
+             quiet: bool) -> None:
     """Simulate particles with ground truth, in RELION's conventions.
 
     The defaults are the "realistic" benchmark protocol: the built-in phantom, 64 px at 2.5 Å, one view,
     uniform psi, no shifts, defocus 0.5-2.5 µm, SNR 0.1, 10 % junk of five kinds.
     """
+    if threads_alias is not None:
+        threads = threads_alias
     try:
+        if threads < 1:
+            raise InputError(f"--j: must be at least 1, got {threads}")
         config = SimulationConfig(
             n_particles=n_particles, box=box, pixel_size=pixel_size, source=source, map_pixel_size=map_pixel_size,
             phantom_seed=phantom_seed, views=_views(views), rot=rot, tilt=tilt, psi_sigma=psi_sigma, psi=psi,

@@ -2,13 +2,16 @@
 :mod:`relion_canon.options`), how their text values parse, and the job configuration they ask for.
 
 RELION passes each param as ``--<label> <value>``; an empty value means the default, booleans take yes/no, and
-a label with an empty value means yes. Bad values raise :class:`UsageError` (one line naming the param).
+a label with an empty value means yes. Bad values, and labels the job does not know, raise :class:`UsageError`
+(one line naming the param; an unknown label with the known ones).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import re
+from typing import Sequence
 
 from relion_canon.errors import InputError
 from relion_canon.options import (
@@ -22,8 +25,10 @@ from relion_canon.options import (
     JobOption,
     Option,
     build_config,
+    check_config,
     job_options,
     parse_model_options,
+    range_problem,
 )
 
 PROG = "relion_canon_external"
@@ -53,6 +58,23 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         # argparse would print usage and sys.exit(2): the job must instead end with an exit file.
         raise UsageError(message)
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        # A misspelt param label (--epoch for --epochs) would otherwise run the whole job with the default.
+        known, unknown = super().parse_known_args(args, namespace)
+        if unknown:
+            raise UsageError(unknown_arguments_message(unknown))
+        return known, unknown
+
+
+def unknown_arguments_message(unknown: Sequence[str]) -> str:
+    """One line: the arguments this job does not know, the nearest known label, and every known label."""
+    labels = [entry.external_param for entry in external_params()]
+    first = next((a for a in unknown if a.startswith("-")), unknown[0])
+    near = difflib.get_close_matches(first.lstrip("-"), labels + ["o", "in_parts", "j", "relion_version"], n=1)
+    hint = f" (did you mean --{near[0]}?)" if near else ""
+    return (f"unknown argument(s) {' '.join(unknown)}{hint}; the params this job knows: "
+            f"{', '.join(labels)} (and RELION's --o, --in_parts, --j)")
 
 
 def external_params() -> list[JobOption]:
@@ -131,15 +153,12 @@ def _bool(name: str, value: str) -> bool:
     raise UsageError(f"param {name}: expected yes or no, got {value!r}")
 
 
-def _number(name: str, value: str, kind: type, minimum: float | None) -> int | float:
+def _number(name: str, value: str, kind: type) -> int | float:
     try:
-        number = kind(value)
+        return kind(value)
     except ValueError:
         expected = "a whole number" if kind is int else "a number"
         raise UsageError(f"param {name}: expected {expected}, got {value!r}") from None
-    if minimum is not None and number < minimum:
-        raise UsageError(f"param {name}: must be at least {minimum}, got {number}")
-    return number
 
 
 def param_value(entry: JobOption, text: str | list[str | None] | None):
@@ -159,13 +178,18 @@ def param_value(entry: JobOption, text: str | list[str | None] | None):
     if opt.kind == BOOL:
         return _bool(name, value)
     if opt.kind in (INT, FLOAT):
-        return _number(name, value, int if opt.kind == INT else float, opt.minimum)
-    if opt.kind == RANGE:
-        return parse_defocus_range(value)
-    try:
-        return opt.choose(value)
-    except ValueError as exc:
-        raise UsageError(f"param {name}: {exc}") from None
+        parsed: object = _number(name, value, int if opt.kind == INT else float)
+    elif opt.kind == RANGE:
+        parsed = parse_defocus_range(value)
+    else:
+        try:
+            parsed = opt.choose(value)
+        except ValueError as exc:
+            raise UsageError(f"param {name}: {exc}") from None
+    problem = opt.problem(parsed)  # the table's rule, as every front door applies it
+    if problem is not None:
+        raise UsageError(f"param {name}: {problem}")
+    return parsed
 
 
 def parse_defocus_range(value: str | None) -> tuple[float, float] | None:
@@ -178,10 +202,9 @@ def parse_defocus_range(value: str | None) -> tuple[float, float] | None:
         lo, hi = (float(s) for s in parts)
     except ValueError:
         raise UsageError(f"param defocus_range: expected min,max in Å (e.g. 5000,25000), got {value!r}") from None
-    if not 0 < lo < hi:
-        raise UsageError(f"param defocus_range: expected 0 < min < max, got {value!r}")
-    if hi < 100:
-        raise UsageError(f"param defocus_range is in Å, not µm: got {value!r} (e.g. 1 µm = 10000)")
+    problem = range_problem((lo, hi))
+    if problem is not None:
+        raise UsageError(f"param defocus_range: {problem}")
     return lo, hi
 
 
@@ -221,6 +244,8 @@ def config_from_args(args: argparse.Namespace):
         # Several GPUs: each training process takes its own; see ExternalJob._train_distributed.
         values["device"] = "auto"
     values["threads"] = param_value(THREADS, args.j)
-    return build_config(JobConfig, values), gpu_ids
+    config = build_config(JobConfig, values)
+    check_config(config, EXTERNAL)
+    return config, gpu_ids
 
 

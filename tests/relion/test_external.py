@@ -94,10 +94,11 @@ def test_empty_values_give_the_defaults():
     assert (config.defocus_range, config.device, gpu_ids) == (None, "auto", [])
 
 
-def test_unknown_arguments_are_returned_not_fatal():
-    _, _, unknown = _config("--o x/ --in_parts p.star --j 1 --sigma_psi 5 --in_part q.star".split())
-    # --in_part is not mistaken for --in_parts (no prefix matching).
-    assert unknown == ["--sigma_psi", "5", "--in_part", "q.star"]
+def test_unknown_arguments_are_refused_with_the_known_labels():
+    # --in_part is not mistaken for --in_parts (no prefix matching): it is unknown, and the nearest label named.
+    with pytest.raises(UsageError, match=r"unknown argument\(s\) --in_part q.star \(did you mean --in_parts\?\); "
+                                         r"the params this job knows: mode, .*, epochs, .*, gpu \(and RELION"):
+        _config("--o x/ --in_parts p.star --j 1 --in_part q.star".split())
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -168,7 +169,7 @@ def test_success_writes_outputs_nodes_then_exit_file(project, capsys, version, l
     write_job_star(out, version)
     before = snapshot(project)
     job = FakeJob()
-    argv = f"--o {OUT} --in_parts Input/particles.star --epochs 2 --j 2 --sigma_psi 5 --pipeline_control {OUT}"
+    argv = f"--o {OUT} --in_parts Input/particles.star --epochs 2 --j 2 --pipeline_control {OUT}"
     rc = ExternalJob(OUT, job=job).run(argv.split())
     captured = capsys.readouterr()
     assert rc == 0, captured.err
@@ -180,8 +181,6 @@ def test_success_writes_outputs_nodes_then_exit_file(project, capsys, version, l
     assert loops["output_nodes"] == [["External/job001/particles.star", "3", label],
                                      ["External/job001/particles_selected.star", "3", label],
                                      ["External/job001/logfile.pdf", "13", "LogFile.pdf.relion"]]
-    # Unknown arguments: a warning in run.out, not a failure.
-    assert "ignoring argument(s) this job does not know: --sigma_psi 5" in captured.out
     assert f"RELION {version} (from External/job001/job.star); new run" in captured.out
     # RELION's job.star said "new run": no resume; the job runs quietly (no progress bar in run.err).
     assert job.calls[0]["resume"] is False and job.calls[0]["progress"] is False

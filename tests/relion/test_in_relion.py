@@ -80,7 +80,7 @@ def external_run(project) -> dict:
     name = add_job(project, "External",
                    f"fn_exe == {external_script()};in_part == Input/particles.star;"
                    "param1_label == epochs;param1_value == 1;param2_label == outlier_threshold;param2_value == 2;"
-                   "param3_label == gpu;nr_threads == 2;other_args == --seed 1 --no_such_option 3")
+                   "param3_label == gpu;nr_threads == 2;other_args == --seed 1")
     assert name == "External/job001/"
     assert _processes(project)[name] == "1"  # scheduled
     t0 = time.perf_counter()
@@ -104,11 +104,10 @@ def test_job_succeeds_and_registers_its_nodes(project, external_run):
     assert "rlnPipeLineNodeTypeLabel" not in external_run["stdout"] + external_run["stderr"]
     # The command RELION built: empty-valued param as a bare flag, Additional arguments, --pipeline_control.
     note = (job / "note.txt").read_text()
-    assert "--epochs 1 --outlier_threshold 2 --gpu  --j 2 --seed 1 --no_such_option 3" in note
+    assert "--epochs 1 --outlier_threshold 2 --gpu  --j 2 --seed 1" in note
     assert "--pipeline_control External/job001/" in note
     run_out = (job / "run.out").read_text()
     assert "RELION 3.1 (from External/job001/job.star); new run" in run_out
-    assert "ignoring argument(s) this job does not know: --no_such_option 3" in run_out
     for name in ("particles.star", "particles_selected.star", "logfile.pdf", "model.pt"):
         assert (job / name).stat().st_size > 0, name
 
