@@ -33,6 +33,7 @@ from relion_canon.errors import InputError
 from relion_canon.io.atomic import atomic_path
 from relion_canon.io.particles import is_cryosparc, read_particles, write_results_cs
 from relion_canon.io.star import ParticleStar, write_star
+from relion_canon.io.validate import check_job_input
 from relion_canon.options import BOOL, EXTERNAL, INT, PAIRS, PATH, TEXT, option
 from relion_canon.relion.class_model import has_class_model, write_class_model
 from relion_canon.threads import cpu_threads
@@ -132,6 +133,7 @@ def run_job(
 
     ``config.threads`` bounds every CPU thread pool of the job (torch's and the BLAS behind numpy/scikit-learn).
     """
+    check_job_input(particles, config, passthrough, context.project_dir)  # options and data, before any work
     with cpu_threads(config.threads):
         return _run_job(particles, Path(out_dir), config, resume, context, passthrough)
 

@@ -35,6 +35,7 @@ def info(file: Path, project_dir: Path | None, data_dir: Path | None, no_scan: b
     else:
         click.echo(report.format())
     if not report.ok:
-        more = f" (and {len(report.problems) - 1} more problems)" if len(report.problems) > 1 else ""
+        n_more = len(report.problems) - 1
+        more = f" (and {n_more} more problem{'s' if n_more > 1 else ''})" if n_more else ""
         click.echo(f"relion-canon info: error: {report.problems[0]}{more}", err=True)
         sys.exit(1)

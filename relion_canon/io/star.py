@@ -23,6 +23,10 @@ from relion_canon.io.atomic import atomic_path
 from relion_canon.io.star_text import lone_carriage_return_line, why_not_utf8
 from relion_canon.io.star_writer import star_text
 
+# Image files (a particle stack, a micrograph): given where a STAR file belongs, they are named as such.
+STACK_SUFFIXES = (".mrcs", ".mrc", ".st", ".map")
+_MRC_MAP = b"MAP "  # bytes 208-211 of every MRC2014 header
+
 # Block names RELION has used for the particle table, newest first.
 PARTICLE_BLOCK_NAMES = ("particles", "images", "")
 OPTICS_BLOCK = "optics"
@@ -205,6 +209,9 @@ def read_star(path: str | Path) -> ParticleStar:
         raise InputError("is a directory, not a STAR file", path)
     if path.stat().st_size == 0:
         raise InputError("STAR file is empty", path)
+    if _is_image_file(path):
+        raise InputError("this is an image stack; give the particles STAR file (the .star that names its images)",
+                         path)
     cr_line = lone_carriage_return_line(path)
     if cr_line is not None:
         raise InputError(f"line {cr_line} holds a carriage return without a line feed (a corrupt file?)", path)
@@ -240,6 +247,15 @@ def read_star(path: str | Path) -> ParticleStar:
     star = ParticleStar(path, dict(blocks), particles_block, _read_version(path))
     _check_optics_groups(star)
     return star
+
+
+def _is_image_file(path: Path) -> bool:
+    """An MRC file by its header (whatever its name), or a file named as a stack that is not STAR text."""
+    with open(path, "rb") as fh:
+        head = fh.read(212)
+    if head[208:212] == _MRC_MAP:
+        return True
+    return path.suffix.lower() in STACK_SUFFIXES and b"data_" not in head and b"\0" in head
 
 
 def _find_particle_block(blocks: dict, path: Path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from click.testing import CliRunner
@@ -70,3 +71,24 @@ def test_bad_input_is_one_line_with_status_2(inputs, tmp_path):
 
     usage = runner.invoke(cli, ["evaluate", "--i", str(job), "--o", str(tmp_path / "e3")])
     assert usage.exit_code == 2 and "--truth" in usage.output
+
+
+def test_truth_of_another_simulated_set_is_refused(inputs, tmp_path):
+    """Same size, same stack file name, another folder and seed: joined on stack file name and image number it
+    would score psi near 90° and an AUC near 0.5; the simulated defocus shows it is another set."""
+    sim, job = inputs
+    other = simulated_set(tmp_path / "elsewhere" / "sim", n=40, seed=8)
+    before = sorted(p.name for p in job.iterdir())
+    res = CliRunner().invoke(cli, ["evaluate", "--i", str(job), "--truth", str(other), "--o", str(tmp_path / "e")])
+    assert res.exit_code == 2, res.output
+    line = res.stderr.strip()
+    assert line.count("\n") == 0 and "Traceback" not in res.output
+    assert line.startswith(f"relion-canon: error: {job / 'particles.star'}, row 1: the job's particles are not those "
+                           f"of {other / 'ground_truth.star'}: rlnDefocusU ")
+    assert "(40 of 40 rows differ); give the ground truth of the set the job ran on" in line
+    assert not (tmp_path / "e").exists() and sorted(p.name for p in job.iterdir()) == before
+    # The same set under another folder (a RELION project's copy) is still accepted.
+    copy = tmp_path / "copy" / "sim"
+    shutil.copytree(sim, copy)
+    res = CliRunner().invoke(cli, ["evaluate", "--i", str(job), "--truth", str(copy), "--o", str(tmp_path / "e2")])
+    assert res.exit_code == 0, res.output

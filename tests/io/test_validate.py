@@ -122,7 +122,22 @@ def test_non_numeric_defocus_names_its_row(stack):
     star = make_star(tmp / "p.star", names, box=BOX)
     text = star.read_text().replace(f"{names[2]} 10200.0", f"{names[2]} nan")
     star.write_text(text)
-    assert _one_problem_with(inspect_file(star), "defocus") == f"{star}, row 3: defocus is not a number"
+    assert _one_problem_with(inspect_file(star), "is not a number") == f"{star}, row 3, column rlnDefocusU: nan is not a number"
+
+
+def test_text_in_any_number_column_names_row_and_column(stack):
+    """A column the job does not read by name, but whose other values are numbers: text there is a broken row."""
+    tmp, names = stack
+    star = make_star(tmp / "p.star", names, box=BOX)
+    lines = star.read_text().splitlines()
+    head = lines.index("_rlnOpticsGroup #5", lines.index("data_particles"))
+    lines.insert(head + 1, "_rlnCoordinateX #6")
+    rows = [i for i, line in enumerate(lines) if "@a.mrcs" in line]
+    for k, i in enumerate(rows):
+        lines[i] += " x12" if k == 4 else f" {100 + k}.5"
+    star.write_text("\n".join(lines) + "\n")
+    assert _one_problem_with(inspect_file(star), "is not a number") == \
+        f"{star}, row 5, column rlnCoordinateX: 'x12' is not a number"
 
 
 def test_every_problem_is_reported_at_once(stack):

@@ -119,9 +119,50 @@ def _load_inputs(
     job_star, report = load_job(job)
     truth_star = read_ground_truth_star(truth) if truth is not None else None
     truth_idx = match_rows(job_star, truth_star, notes) if truth_star is not None else None
+    if truth_star is not None:
+        _check_same_dataset(job_star, truth_star, truth_idx)
     relion_star = read_star(relion) if relion is not None else None
     relion_idx = match_rows(job_star, relion_star, notes) if relion_star is not None else None
     return _Inputs(job_star, report, truth_star, truth_idx, relion_star, relion_idx)
+
+
+# Input columns a job copies through unchanged and a simulation draws per particle: equal on every joined row
+# when the job ran on this simulation, different almost everywhere when it ran on another one.
+_SAME_DATASET_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle")
+
+
+def _check_same_dataset(job: ParticleStar, truth: ParticleStar, truth_idx: np.ndarray) -> None:
+    """Refuse a ground truth of another simulated set: scored against it, a job gets a random-looking psi error
+    and an AUC near 0.5, with no sign of why. Image names that match exactly are enough; names joined only on
+    stack file name and image number (another folder, e.g. a RELION project's copy), or on row order, must
+    also agree on the per-particle columns the simulation drew."""
+    job_names = np.asarray(job.image_names, dtype=object)
+    truth_names = np.asarray(truth.image_names, dtype=object)[truth_idx]
+    if (job_names == truth_names).all():
+        return
+    for label in _SAME_DATASET_COLUMNS:
+        if label in job.particles.columns and label in truth.particles.columns:
+            here = pd.to_numeric(job.particles[label], errors="coerce").to_numpy(np.float64)
+            there = pd.to_numeric(truth.particles[label], errors="coerce").to_numpy(np.float64)[truth_idx]
+            differ = np.flatnonzero(~np.isclose(here, there, rtol=1e-6, atol=1e-3))
+            if differ.size:
+                row = int(differ[0])
+                raise InputError(
+                    f"the job's particles are not those of {truth.path}: {label} {here[row]:g} here but "
+                    f"{there[row]:g} for its image {truth_names[row]} there ({differ.size} of {len(here)} rows "
+                    f"differ); give the ground truth of the set the job ran on", job.path, row + 1)
+            return
+    if not all(_stack_key(a) == _stack_key(b) for a, b in zip(job_names, truth_names)):
+        row = next(i for i, (a, b) in enumerate(zip(job_names, truth_names)) if _stack_key(a) != _stack_key(b))
+        raise InputError(f"image {job_names[row]} is not in {truth.path} (its row there names {truth_names[row]}): "
+                         "the image names do not match, so this is not the ground truth of the set the job ran on",
+                         job.path, row + 1)
+
+
+def _stack_key(name: str) -> tuple[str, str]:
+    """(image number, stack file name) of an image name, folders left out."""
+    index, _, stack = str(name).partition("@")
+    return index.lstrip("0"), Path(stack).name
 
 
 def _job_answers(job_star: ParticleStar) -> _JobAnswers:

@@ -75,6 +75,20 @@ def _cs_magic(path: Path) -> bytes:
     return magic
 
 
+def _numpy_fields(path: Path) -> tuple[str, ...] | None:
+    """The field names in a NUMPY-format file's header, or None when the header cannot be read (the load then
+    says why)."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            dtype = read_header(fh, max_header_size=1024**3)[2]
+    except Exception:
+        return None
+    return tuple(dtype.names or ())
+
+
 def load_cs(path: str | Path) -> np.ndarray:
     """Read one ``.cs`` file (NUMPY or CSDAT format) as a structured array; :class:`InputError` if unusable.
 
@@ -87,6 +101,10 @@ def load_cs(path: str | Path) -> np.ndarray:
     if magic == CSDAT_MAGIC and dataset is None:
         raise InputError(f"this .cs file is in cryoSPARC's compressed CSDAT format, which needs cryosparc-tools: "
                          f"{INSTALL_HINT}", path)
+    if magic == NUMPY_MAGIC and "uid" not in (_numpy_fields(path) or ("uid",)):
+        # Checked before cryosparc-tools loads it: it invents random uids for such a file on every load, so no
+        # result could ever be joined back to its particle.
+        raise InputError("no uid field: not a cryoSPARC particle file (cryoSPARC gives every particle a uid)", path)
     try:
         if dataset is not None:
             records = as_records(dataset.load(path))

@@ -1,0 +1,103 @@
+"""Issue 14, the RELION External job's side: a misspelt param label, a value the option table refuses, and every bad
+particle set `info` and `run` refuse end the job at once as RELION_JOB_EXIT_FAILURE, with one line in run.err
+naming the param, or the file, row and column; no traceback, nothing in the job folder but the exit file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from relion_canon.relion.external import main
+from tests.io.bad_inputs import CASES, make_case, simulated_set
+from tests.relion.helpers import MINIMAL_PIPELINE, external_script
+
+OUT = "External/job001/"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("params") / "project"
+    root.mkdir()
+    (root / "default_pipeline.star").write_text(MINIMAL_PIPELINE)
+    simulated_set(root / "Input")
+    return root
+
+
+@pytest.fixture
+def project(template, tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "project"
+    shutil.copytree(template, root)
+    monkeypatch.chdir(root)
+    return root
+
+
+def _files(root: Path) -> dict[str, int]:
+    return {p.relative_to(root).as_posix(): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def _failed(project: Path, before: dict[str, int], rc: int, err: str) -> str:
+    """The job failed at once: status 1, only the exit file written, one line on stderr; that line."""
+    assert rc == 1, err
+    after = _files(project)
+    assert {k for k in after if before.get(k) != after[k]} == {OUT + "RELION_JOB_EXIT_FAILURE"}
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _run(project: Path, capsys, *args: str, in_parts: str = "Input/particles.star") -> str:
+    before = _files(project)
+    rc = main(["--o", OUT, "--in_parts", in_parts, "--j", "1", *args, "--pipeline_control", OUT])
+    return _failed(project, before, rc, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epoch", "0"], "unknown argument(s) --epoch 0 (did you mean --epochs?); the params this job knows: mode, box,"),
+    (["--j", "0"], "param j: must be at least 1, got 0"),
+    (["--box", "300"], "param box: must be between 24 and 256, got 300"),
+    (["--box", "64"], "--box 64: larger than the particles (32 px)"),
+    (["--epochs", "0"], "param epochs: must be at least 1, got 0"),
+    (["--outlier_threshold", "nan"], "param outlier_threshold: must be a finite number, got nan"),
+    (["--max_shift_px", "-1"], "param max_shift_px: must be at least 0, got -1"),
+    (["--defocus_range", "20000,5000"], "param defocus_range: expected 0 < min < max, got 20000 5000"),
+])
+def test_bad_param_fails_the_job_at_once(project, capsys, args, message):
+    line = _run(project, capsys, *args)
+    assert line.startswith("relion_canon_external: error: ") and message in line
+
+
+def test_unknown_label_lists_every_known_label(project, capsys):
+    from relion_canon.relion.params import external_params
+
+    line = _run(project, capsys, "--epoch", "3")
+    for entry in external_params():
+        assert entry.external_param in line.split("knows: ", 1)[1]
+
+
+@pytest.mark.parametrize("case", [case for case, (_, refused) in CASES.items() if refused])
+def test_bad_particles_fail_the_job_as_info_and_run_refuse_them(project, capsys, case):
+    make_case(project / "Input/particles.star", case, project / "Input" / f"{case}.star")
+    line = _run(project, capsys, in_parts=f"Input/{case}.star")
+    assert line.startswith(f"relion_canon_external: error: Input/{case}.star") and CASES[case][0] in line
+
+
+def test_a_stack_given_as_input_particles_says_so(project, capsys):
+    line = _run(project, capsys, in_parts="Input/particles.mrcs")
+    assert line == ("relion_canon_external: error: Input/particles.mrcs: this is an image stack; give the particles "
+                    "STAR file (the .star that names its images)")
+
+
+def test_misspelt_label_through_the_installed_script(project):
+    """As RELION runs it: the console script, the misspelt label among the params."""
+    before = _files(project)
+    proc = subprocess.run([external_script(), "--o", OUT, "--in_parts", "Input/particles.star", "--epoch", "2",
+                           "--j", "1"], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))  # this tree, wherever it is installed from
+    line = _failed(project, before, proc.returncode, proc.stderr)
+    assert line.startswith("relion_canon_external: error: unknown argument(s) --epoch 2 (did you mean --epochs?)")
