@@ -212,26 +212,41 @@ def worst_cases(rows: Mapping[str, np.ndarray], mse: Sequence[float], star_rows:
 
 
 def training_curves(history: Sequence[Mapping[str, Any]]) -> Figure:
-    """Every logged loss (keys with a "/", e.g. ``model/loss``, ``critic/wd``) per epoch, one panel per
-    prefix, since the parts of a model's loss live on very different scales."""
+    """Every logged loss (keys with a "/", e.g. ``model/loss``, ``critic/wd``), one panel per prefix, since the
+    parts of a model's loss live on very different scales. Where the epochs recorded each step's loss
+    (``step_losses``), the panel shows those against the step, with each epoch's mean at its last step: a
+    job of one epoch has a curve, not one dot per loss."""
     keys = sorted({k for entry in history for k in entry if "/" in k and _is_number(entry[k])})
     if not keys:
         raise ValueError("the training history has no numeric entries named like 'model/loss'")
     epochs = np.array([float(e.get("epoch", i + 1)) if _is_number(e.get("epoch", i + 1)) else i + 1
                        for i, e in enumerate(history)])
+    per_step = {k: [list(e.get("step_losses", {}).get(k, [])) for e in history] for k in keys}
+    has_steps = any(len(v) for steps in per_step.values() for v in steps)
+    # Each epoch's last step: where the epoch means sit on a per-step axis.
+    ends = np.cumsum([max((len(steps[i]) for steps in per_step.values()), default=0) for i in range(len(history))])
     groups: dict[str, list[str]] = {}
     for k in keys:
         groups.setdefault(k.split("/", 1)[0], []).append(k)
     fig = _figure(4.8 * len(groups), 3.8)
     for ax, (prefix, names) in zip(np.atleast_1d(fig.subplots(1, len(groups))), groups.items()):
-        for name in names:
-            values = np.array([float(e[name]) if _is_number(e.get(name)) else np.nan for e in history])
-            ax.plot(epochs, values, marker="o" if len(epochs) < 30 else None, ms=3, label=name)
-        ax.set_xlabel("epoch")
+        for i, name in enumerate(names):
+            means = np.array([float(e[name]) if _is_number(e.get(name)) else np.nan for e in history])
+            steps = per_step[name]
+            if has_steps:
+                if any(steps):
+                    values = np.concatenate([np.asarray(v, dtype=np.float64) for v in steps])
+                    ax.plot(np.arange(1, len(values) + 1), values, lw=1, alpha=0.7, color=f"C{i}",
+                            label=f"{name}, per step")
+                ax.plot(ends, means, marker="o", ms=5, ls="--", color=f"C{i}", label=f"{name}, epoch mean")
+            else:
+                ax.plot(epochs, means, marker="o" if len(epochs) < 30 else None, ms=3, color=f"C{i}", label=name)
+        ax.set_xlabel("training step" if has_steps else "epoch")
         ax.set_ylabel("loss (model units)")
         ax.set_title(prefix)
         ax.legend(fontsize="small")
-    fig.suptitle(f"Training curves ({len(history)} epochs)")
+    fig.suptitle(f"Training curves ({len(history)} epoch{'s' if len(history) != 1 else ''}"
+                 + (f", {int(ends[-1])} steps)" if has_steps else ")"))
     return fig
 
 
@@ -262,13 +277,19 @@ def angle_histogram(angles_deg: np.ndarray, *, title: str = "In-plane angle (rln
 def error_histogram(
     errors_deg: np.ndarray, *, title: str = "In-plane angle error after global offset and sign"
 ) -> Figure:
-    """Per-particle angle errors (degrees, wrapped to [−180°, 180°)), with rMSE and median |error|."""
+    """Per-particle angle errors (degrees, wrapped to [−180°, 180°)), with rMSE and median |error|. The axis
+    spans the 99th percentile of |error| (at least 5°, at most 180°), so that errors of a few degrees are not
+    squeezed into one bin of a ±180° axis; how many particles lie beyond it is said in the legend."""
     e = np.asarray(errors_deg, dtype=np.float64)
     e = e[np.isfinite(e)]
+    span = 180.0 if not len(e) else float(np.clip(1.1 * np.percentile(np.abs(e), 99), 5.0, 180.0))
+    outside = int((np.abs(e) > span).sum())
     fig = _figure(5.5, 3.6)
     ax = fig.subplots()
-    ax.hist(e, bins=np.linspace(-180, 180, 145), histtype="stepfilled", color="C1", alpha=0.8,
-            label=f"particles (n = {len(e)})")
+    bins = np.linspace(-span, span, 81)
+    ax.hist(np.clip(e, -span, span), bins=bins, histtype="stepfilled", color="C1", alpha=0.8,
+            label=f"particles (n = {len(e)})" + (f"; {outside} beyond ±{span:.3g}° drawn at the edges"
+                                                 if outside else ""))
     if len(e):
         rmse, med = float(np.sqrt(np.mean(e**2))), float(np.median(np.abs(e)))
         for x in (-med, med):
@@ -277,11 +298,14 @@ def error_histogram(
     else:
         ax.set_title(title)
     ax.set_yscale("log")
-    ax.set_xlim(-180, 180)
+    ax.set_xlim(-span, span)
     ax.set_xlabel("error (°)")
-    ax.set_ylabel("particles per 2.5° bin")
+    ax.set_ylabel(f"particles per {bins[1] - bins[0]:.2g}° bin")
     ax.legend(fontsize="small")
     return fig
+
+
+THRESHOLD_COLOUR = "k"  # no detector is drawn in black: the threshold line is never mistaken for one
 
 
 def outlier_scores(
@@ -289,10 +313,13 @@ def outlier_scores(
     threshold: float | None = None,
     *,
     labels: np.ndarray | None = None,
+    flagged: np.ndarray | None = None,
 ) -> Figure:
-    """Histogram of each detector's standardised score (high = junk) with the job's threshold (which applies
-    to the first score); with labels (truth), good particles and outliers are drawn separately."""
-    fig = _figure(8.0, 3.8)
+    """Histogram of each standardised score (high = junk). The first score is the one the job's threshold
+    applies to (the one that decides): drawn filled, the others as outlines. ``flagged`` (the job's flag,
+    ``rlnCanonIsOutlier``) lets the legend count the particles flagged by that score and those flagged only
+    for being in a junk class. With labels (truth), good particles and outliers are drawn separately."""
+    fig = _figure(8.5, 4.0)
     ax = fig.subplots()
     finite = [np.asarray(s, dtype=np.float64) for s in scores.values()]
     finite_values = np.concatenate([s[np.isfinite(s)] for s in finite]) if finite else np.zeros(0)
@@ -302,18 +329,28 @@ def outlier_scores(
     bins = np.linspace(lo, hi if hi > lo else lo + 1, 50)
     for i, (name, s) in enumerate(scores.items()):
         s = np.asarray(s, dtype=np.float64)
+        deciding = i == 0 and threshold is not None
+        style = ({"histtype": "stepfilled", "alpha": 0.35, "lw": 2.0, "ec": f"C{i}"} if deciding
+                 else {"histtype": "step", "lw": 1.2})
+        label = f"{name} (decides)" if deciding else name
         if labels is None:
-            ax.hist(s[np.isfinite(s)], bins=bins, histtype="step", lw=1.5, color=f"C{i}", label=name)
+            ax.hist(s[np.isfinite(s)], bins=bins, color=f"C{i}", label=label, **style)
         else:
             y = np.asarray(labels, dtype=bool)
-            ax.hist(s[~y & np.isfinite(s)], bins=bins, histtype="step", lw=1.5, color=f"C{i}", label=f"{name}, good")
-            ax.hist(s[y & np.isfinite(s)], bins=bins, histtype="step", lw=1.5, ls="--", color=f"C{i}",
-                    label=f"{name}, outliers")
+            ax.hist(s[~y & np.isfinite(s)], bins=bins, color=f"C{i}", label=f"{label}, good", **style)
+            ax.hist(s[y & np.isfinite(s)], bins=bins, ls="--", color=f"C{i}", label=f"{label}, outliers",
+                    **{**style, "histtype": "step"})
     if threshold is not None:
         first = np.asarray(next(iter(scores.values())), dtype=np.float64) if scores else np.zeros(0)
-        first_name = next(iter(scores), "score")
-        ax.axvline(threshold, color="r", lw=1.5,
-                   label=f"threshold {threshold:g}\n({int((first > threshold).sum())} flagged by {first_name})")
+        by_score = first > threshold
+        text = f"threshold {threshold:g}: {int(by_score.sum())} above it"
+        if flagged is not None:
+            flag = np.asarray(flagged, dtype=bool)
+            only_class = int((flag & ~by_score).sum())
+            text = (f"threshold {threshold:g}\n{int(flag.sum())} of {flag.size} flagged:\n"
+                    f"{int((flag & by_score).sum())} with the deciding score above it,\n"
+                    f"{only_class} only for being in a junk class")
+        ax.axvline(threshold, color=THRESHOLD_COLOUR, lw=2, ls="--", label=text)
     ax.set_xlabel("outlier score (Z, high = junk)")
     ax.set_ylabel("particles per bin")
     ax.set_yscale("log")
@@ -322,14 +359,43 @@ def outlier_scores(
     return fig
 
 
-def class_averages(averages: Mapping[int, np.ndarray]) -> Figure:
-    """Canonical (unrotated) averages, per class number (0 = all particles)."""
+def class_averages(averages: Mapping[int, np.ndarray], pixel_size_A: float | None = None) -> Figure:
+    """Canonical (unrotated) averages, per class number (0 = all particles), laid out large (up to 4 a row),
+    each with a scale bar in Å when the pixel size is known."""
     items = sorted(averages.items())
     if not items:
         raise ValueError("no class averages to show")
-    names = [("all particles" if k == 0 else f"class {k}") for k, _ in items]
-    return image_grid({"average": np.stack([np.asarray(a) for _, a in items])},
-                      title="Canonical class averages (in the learned frame)", column_titles=names)
+    n_cols = min(4, len(items))
+    n_rows = -(-len(items) // n_cols)
+    cell = 3.0 if len(items) > 1 else 5.0
+    fig = _figure(n_cols * cell + 0.3, n_rows * (cell + 0.4) + 0.7, layout=None)
+    fig.suptitle("Canonical class averages (in the learned frame)")
+    size = max(np.asarray(a).shape[-1] for _, a in items)
+    for k, (number, image) in enumerate(items):
+        ax = fig.add_subplot(n_rows, n_cols, k + 1)
+        img = np.asarray(image, dtype=np.float64)
+        ax.imshow(_display_scale(_resize(img, size)), cmap=_GREY, vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title("all particles" if number == 0 else f"class {number}", fontsize="medium")
+        if pixel_size_A:
+            _scale_bar(ax, size, pixel_size_A * img.shape[-1] / size)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.6 / fig.get_figheight(), hspace=0.25,
+                        wspace=0.06)
+    return fig
+
+
+def _scale_bar(ax: Any, size: int, pixel_size_A: float) -> None:
+    """A white bar of a round length (about a quarter of the box) in the lower left, labelled in Å."""
+    width_A = size * pixel_size_A
+    target = width_A / 4
+    length = max((x for x in (5, 10, 20, 25, 50, 100, 200, 250, 500, 1000) if x <= target), default=target)
+    pixels = length / pixel_size_A
+    x0, y0 = 0.06 * size, 0.9 * size
+    ax.plot([x0, x0 + pixels], [y0, y0], color="white", lw=4, solid_capstyle="butt")
+    ax.plot([x0, x0 + pixels], [y0, y0], color="black", lw=1, solid_capstyle="butt")
+    ax.text(x0 + pixels / 2, y0 - 0.03 * size, f"{length:g} Å", color="white", ha="center", va="bottom",
+            fontsize="small", fontweight="bold")
 
 
 def class_gallery(averages: Mapping[int, np.ndarray], summaries: Mapping[int, ClassSummary],

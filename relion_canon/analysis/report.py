@@ -69,7 +69,7 @@ def job_figures(estimates: Estimates, history: Sequence[dict[str, Any]]) -> Name
         # The threshold applies to the score written to the STAR, so it comes first (the line counts its flags);
         # each detector is shown beside it unless it is that same score.
         final = np.asarray(cols["rlnParticleSelectZScore"], dtype=np.float64)
-        scores[f"rlnParticleSelectZScore ({outliers.get('method', 'job')})"] = final
+        scores[f"rlnParticleSelectZScore, {outliers.get('method', 'job')}"] = final
         for name, s in estimates.outlier_scores.items():
             s = np.asarray(s, dtype=np.float64)
             if s.shape != final.shape or not np.allclose(s, final, equal_nan=True):
@@ -78,7 +78,9 @@ def job_figures(estimates: Estimates, history: Sequence[dict[str, Any]]) -> Name
         scores = {name: np.asarray(s, dtype=np.float64) for name, s in estimates.outlier_scores.items()}
     if scores:
         threshold = outliers.get("threshold")
-        out.append(("outlier_scores", figures.outlier_scores(scores, None if threshold is None else float(threshold))))
+        flagged = np.asarray(cols["rlnCanonIsOutlier"], dtype=bool) if "rlnCanonIsOutlier" in cols else None
+        out.append(("outlier_scores", figures.outlier_scores(scores, None if threshold is None else float(threshold),
+                                                             flagged=flagged)))
     if len(estimates.example_index) and len(estimates.example_canonical):
         titles = [f"row {int(i) + 1}" for i in estimates.example_index]
         if psi is not None:
@@ -87,7 +89,8 @@ def job_figures(estimates: Estimates, history: Sequence[dict[str, Any]]) -> Name
             {"input": estimates.example_inputs, "canonical": estimates.example_canonical},
             title="Particles and their canonical (unrotated, denoised) images", column_titles=titles)))
     if estimates.class_averages:
-        out.append(("class_averages", figures.class_averages(estimates.class_averages)))
+        pixel_size = (estimates.report.get("class_averages") or {}).get("pixel_size_A")
+        out.append(("class_averages", figures.class_averages(estimates.class_averages, pixel_size)))
         summaries = class_summaries(estimates.report.get("classes", {}), len(estimates.latent))
         if any(c in summaries for c in estimates.class_averages):
             out.append(("class_gallery", figures.class_gallery(estimates.class_averages, summaries)))

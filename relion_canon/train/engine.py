@@ -281,6 +281,8 @@ def _one_epoch(run: _Run, feed: _Feed, epoch: int, progress: bool) -> dict[str, 
     run.model.train()
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
+    # Each step's loss (this process's): the figures show them, since a short job has too few epochs for a curve.
+    steps: dict[str, list[float]] = defaultdict(list)
     t0 = time.perf_counter()
     seen = 0
     bar = tqdm(feed.loader, desc=f"epoch {epoch + 1}/{run.config.epochs}", unit="batch", leave=False,
@@ -292,6 +294,8 @@ def _one_epoch(run: _Run, feed: _Feed, epoch: int, progress: bool) -> dict[str, 
             for key, value in out.items():
                 sums[f"{phase}/{key}"] += float(value.detach())
                 counts[f"{phase}/{key}"] += 1
+                if key == "loss":
+                    steps[f"{phase}/{key}"].append(round(float(value.detach()), 6))
         run.global_step += 1
         seen += len(batch["index"]) * run.world
         if run.is_main and progress:
@@ -299,6 +303,7 @@ def _one_epoch(run: _Run, feed: _Feed, epoch: int, progress: bool) -> dict[str, 
     seconds = time.perf_counter() - t0
     record = {"epoch": epoch + 1, "seconds": seconds, "particles_per_s": seen / max(seconds, 1e-9), "lr_factor": factor}
     record.update({k: _reduce_mean(sums[k] / counts[k], run.world) for k in sorted(sums)})
+    record["step_losses"] = dict(steps)
     return record
 
 

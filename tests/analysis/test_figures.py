@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import matplotlib
 import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -153,6 +154,19 @@ def test_training_curves_every_slash_key_per_prefix():
         figures.training_curves([{"epoch": 1, "lr": 0.1}])
 
 
+def test_training_curves_per_step_for_a_one_epoch_job():
+    history = [{"epoch": 1, "model/loss": 2.0, "model/rec": 1.0,
+                "step_losses": {"model/loss": [3.0, 2.5, 1.5, 1.0]}}]
+    fig = figures.training_curves(history)
+    (ax,) = fig.axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert np.array_equal(lines["model/loss, per step"].get_ydata(), [3.0, 2.5, 1.5, 1.0])
+    assert np.array_equal(lines["model/loss, per step"].get_xdata(), [1, 2, 3, 4])
+    assert lines["model/loss, epoch mean"].get_xdata().tolist() == [4]  # the mean sits at the epoch's last step
+    assert lines["model/rec, epoch mean"].get_xdata().tolist() == [4]
+    assert ax.get_xlabel() == "training step" and "1 epoch, 4 steps" in fig._suptitle.get_text()
+
+
 def test_histograms_and_scores():
     rng = np.random.default_rng(4)
     psi = rng.uniform(-180, 180, 500)
@@ -162,26 +176,50 @@ def test_histograms_and_scores():
     assert outline[:, 1].max() == counts.max()
     assert fig.axes[0].get_xlabel() == "psi (°)"
 
-    errors = rng.normal(0, 2, 400)
+    errors = np.concatenate([rng.normal(0, 2, 400), [150.0]])  # one flipped particle
     err = figures.error_histogram(errors)
     assert f"rMSE {np.sqrt(np.mean(errors ** 2)):.3g}°" in err.axes[0].get_title()
+    # The axis fits the errors of a few degrees, not ±180°; the one far beyond is counted in the legend.
+    lo, hi = err.axes[0].get_xlim()
+    assert -15 < lo < -5 and 5 < hi < 15
+    beyond = int((np.abs(errors) > hi).sum())
+    assert 1 <= beyond <= 5  # the flipped one and the normal tail past the 99th percentile
+    assert f"{beyond} beyond ±" in err.axes[0].get_legend().get_texts()[0].get_text()
 
     scores = {"ensemble": rng.normal(0, 1, 400), "lof": rng.normal(0, 1, 400)}
-    flagged = int((scores["ensemble"] > 2.0).sum())
-    hist = figures.outlier_scores(scores, 2.0)
-    entries = [t.get_text() for t in hist.axes[0].get_legend().get_texts()]
-    assert entries[:2] == ["ensemble", "lof"]
-    assert entries[2] == f"threshold 2\n({flagged} flagged by ensemble)"
+    above = scores["ensemble"] > 2.0
+    in_junk_class = np.zeros(400, bool)
+    in_junk_class[:30] = True
+    flag = above | in_junk_class
+    hist = figures.outlier_scores(scores, 2.0, flagged=flag)
+    ax = hist.axes[0]
+    entries = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert entries[:2] == ["ensemble (decides)", "lof"]
+    assert entries[2] == (f"threshold 2\n{int(flag.sum())} of 400 flagged:\n{int(above.sum())} with the deciding "
+                          f"score above it,\n{int((in_junk_class & ~above).sum())} only for being in a junk class")
+    # The deciding score is filled; the threshold's colour is no detector's.
+    assert ax.patches[0].get_fill() and not ax.patches[1].get_fill()
+    line = ax.get_lines()[0]
+    detector_colours = {tuple(np.round(p.get_edgecolor()[:3], 3)) for p in ax.patches}
+    assert tuple(np.round(matplotlib.colors.to_rgb(line.get_color()), 3)) not in detector_colours
+    unflagged = figures.outlier_scores(scores, 2.0)
+    assert [t.get_text() for t in unflagged.axes[0].get_legend().get_texts()][2] == \
+        f"threshold 2: {int(above.sum())} above it"
     labelled = figures.outlier_scores(scores, 2.0, labels=rng.random(400) < 0.1)
     assert len(labelled.axes[0].get_legend().get_texts()) == 5  # good / outlier per detector + threshold
     assert _png(labelled)
 
 
-def test_class_averages_titles():
+def test_class_averages_large_with_a_scale_bar():
     img = np.outer(np.hanning(16), np.hanning(16))
-    fig = figures.class_averages({2: img, 0: img * 2})
-    mosaic, texts = _grid(fig)
-    assert texts == ["average", "all particles", "class 2"] and mosaic.shape == (16, 33)
+    fig = figures.class_averages({2: img, 0: img * 2}, pixel_size_A=3.0)
+    assert [ax.get_title() for ax in fig.axes] == ["all particles", "class 2"]
+    assert fig.get_figwidth() >= 6  # not one small image on an empty page
+    # 16 px of 3 Å: a round bar of about a quarter of the 48 Å box, labelled in Å.
+    assert [t.get_text() for t in fig.axes[0].texts] == ["10 Å"]
+    bar = fig.axes[0].get_lines()[0].get_xdata()
+    assert bar[1] - bar[0] == pytest.approx(10 / 3)
+    assert not figures.class_averages({1: img}).axes[0].get_lines()  # no pixel size: no bar
     with pytest.raises(ValueError):
         figures.class_averages({})
 

@@ -100,8 +100,11 @@ def test_write_figures_with_parts_missing(tmp_path):
     assert any("estimated defocus" in (ax.get_title() or "") for ax in figs["latent_pca"].axes)
     # The threshold belongs to the STAR's score, drawn first; a detector identical to it is not repeated.
     legend = [t.get_text() for t in figs["outlier_scores"].axes[0].get_legend().get_texts()]
-    assert legend[:2] == ["rlnParticleSelectZScore (ensemble)", "lof"]
-    assert legend[2].endswith("flagged by rlnParticleSelectZScore (ensemble))")
+    assert legend[:2] == ["rlnParticleSelectZScore, ensemble (decides)", "lof"]
+    # The counts are of the written flag: by the deciding score, and only by a junk class (none here).
+    z = _estimates(12, defocus=False).columns["rlnParticleSelectZScore"]
+    assert legend[2] == (f"threshold 2\n{int((z > 2).sum())} of {len(z)} flagged:\n{int((z > 2).sum())} with the "
+                         "deciding score above it,\n0 only for being in a junk class")
 
 
 @pytest.fixture(scope="module")

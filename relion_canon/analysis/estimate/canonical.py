@@ -61,7 +61,8 @@ def _from_class_averages(n: int, example_index: np.ndarray, class_averages: dict
     column = None
     if write_canonical:
         column = np.array([format_image_name(k, str(path)) for k in position], dtype=object)
-    return CanonicalImages(examples, column, {"class_averages": {"file": str(path), "classes": numbers}})
+    return CanonicalImages(examples, column, {"class_averages": {"file": str(path), "classes": numbers,
+                                                          "pixel_size_A": float(pixel_size_A)}})
 
 
 def write_network_canonical(prediction: Prediction, path: Path, box: int, pixel_size_A: float,
