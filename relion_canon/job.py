@@ -14,6 +14,10 @@ particles → (train a model, or load one) → predict → per-particle estimate
 
 Paths inside ``out_dir`` are written as given, so a job run from a RELION project directory with
 ``out_dir="External/job012/"`` writes project-relative names.
+
+The folder is held with :func:`~relion_canon.io.output_dir.output_folder`: one job at a time, no output onto an
+input, and the result set whole or not at all (a failed job leaves the earlier results, or nothing, and
+``checkpoint.pt`` to resume from).
 """
 
 from __future__ import annotations
@@ -31,11 +35,19 @@ from relion_canon.analysis.estimate_config import EstimateConfig
 from relion_canon.context import RunContext
 from relion_canon.errors import InputError
 from relion_canon.io.atomic import atomic_path
-from relion_canon.io.particles import is_cryosparc, read_particles, write_results_cs
+from relion_canon.io.output_dir import OutputFolder, output_folder, stack_files
+from relion_canon.io.particles import RESULT_GROUPS, is_cryosparc, read_particles, write_results_cs
 from relion_canon.io.star import ParticleStar, write_star
 from relion_canon.io.validate import check_job_input
 from relion_canon.options import BOOL, EXTERNAL, INT, PAIRS, PATH, TEXT, option
-from relion_canon.relion.class_model import has_class_model, write_class_model
+from relion_canon.relion.class_model import (
+    DATA_STAR,
+    MODEL_STAR,
+    OPTIMISER_STAR,
+    PADDED_STACK,
+    has_class_model,
+    write_class_model,
+)
 from relion_canon.threads import cpu_threads
 
 log = logging.getLogger(__name__)
@@ -45,6 +57,12 @@ SELECTED_STAR = "particles_selected.star"
 REJECTED_STAR = "particles_rejected.star"
 REPORT_JSON = "report.json"
 LOGFILE_PDF = "logfile.pdf"
+MODEL_FILE = "model.pt"
+CHECKPOINT_FILE = "checkpoint.pt"
+# Results only some runs make: an earlier run's are removed when this one does not make them, so that the
+# folder never mixes two runs. (Figures are report.py's: it removes the ones it does not redraw.)
+OPTIONAL_RESULTS = (MODEL_STAR, DATA_STAR, OPTIMISER_STAR, PADDED_STACK, "class_averages.mrcs", "canonical.mrcs",
+                    *(f"{stem}{suffix}" for stem, *_ in RESULT_GROUPS for suffix in (".cs", ".csg")))
 DEFAULT_EPOCHS = 1
 # rotinv-ae as the job trains it by default: narrower, no Wasserstein critic (at SNR ≤ 0.1 it mostly rewards
 # noise texture), one pass at prediction. Paper A's full model stays available through --model-option.
@@ -134,18 +152,29 @@ def run_job(
     ``config.threads`` bounds every CPU thread pool of the job (torch's and the BLAS behind numpy/scikit-learn).
     """
     check_job_input(particles, config, passthrough, context.project_dir)  # options and data, before any work
-    with cpu_threads(config.threads):
-        return _run_job(particles, Path(out_dir), config, resume, context, passthrough)
+    outputs = [PARTICLES_STAR, SELECTED_STAR, REJECTED_STAR, REPORT_JSON, LOGFILE_PDF]
+    if not config.model_path:
+        outputs += [MODEL_FILE, CHECKPOINT_FILE]
+    inputs = [passthrough, _model_file(config.model_path) if config.model_path else None]
+    if not isinstance(particles, ParticleStar):
+        inputs.append(particles)
+    with cpu_threads(config.threads), output_folder(out_dir, inputs=inputs, outputs=outputs) as folder:
+        return _run_job(particles, Path(out_dir), config, resume, context, passthrough, folder)
+
+
+def _model_file(model_path: str | Path) -> Path:
+    path = Path(model_path)
+    return path / MODEL_FILE if path.is_dir() else path
 
 
 def _run_job(particles: str | Path | ParticleStar, out_dir: Path, config: JobConfig, resume: bool,
-             context: RunContext, passthrough: str | Path | None) -> JobResult:
+             context: RunContext, passthrough: str | Path | None, folder: OutputFolder) -> JobResult:
     from relion_canon.analysis.estimate import estimate
-    from relion_canon.analysis.report import write_figures  # matplotlib: only when a job runs
+    from relion_canon.analysis.report import JOB_FIGURES, write_figures  # matplotlib: only when a job runs
 
     t_start = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
     star = read_particles(particles, passthrough, context.project_dir)
+    folder.protect(stack_files(star, context.project_dir))
     if len(star) < 10:
         raise InputError(f"{len(star)} particles: the job needs at least 10 to learn from", star.path)
 
@@ -182,6 +211,12 @@ def _run_job(particles: str | Path | ParticleStar, out_dir: Path, config: JobCon
         **estimates.report,
         **({"class_model": class_model} if class_model else {}),
     }
+    for name in (*OPTIONAL_RESULTS, *((MODEL_FILE,) if config.model_path else ())):
+        folder.remove(name)  # an earlier run's, not this run's (an applied model in the folder is an input: kept)
+    for stem in JOB_FIGURES:
+        # Set aside through the folder, so that a failure puts them back: write_figures deletes the ones it does
+        # not redraw.
+        folder.remove(f"{stem}.png")
     t0 = time.perf_counter()
     figures = write_figures(out_dir, estimates, history)
     timings["figures"] = time.perf_counter() - t0
@@ -203,6 +238,7 @@ def train_for_job(star: ParticleStar, out_dir: Path, config: JobConfig, *, resum
                   context: RunContext = RunContext()) -> tuple[Path, list[dict]]:
     """The trained model to apply: the user's, or one trained here on these particles."""
     from relion_canon.preprocess import PreprocessConfig
+    from relion_canon.train.checkpoint import save_model_from_checkpoint
     from relion_canon.train.engine import TrainConfig, train
 
     if config.model_path:
@@ -230,6 +266,10 @@ def train_for_job(star: ParticleStar, out_dir: Path, config: JobConfig, *, resum
         threads=config.threads,
     )
     result = train(subset, out_dir, train_config, resume=resume, context=context)
+    if result.epochs_run == 0:
+        # Resumed from a finished checkpoint: the model file is the checkpoint's (one an interrupted run wrote was
+        # removed with its other partial results).
+        save_model_from_checkpoint(out_dir / CHECKPOINT_FILE, result.model_path)
     return result.model_path, result.history
 
 

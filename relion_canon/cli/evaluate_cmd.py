@@ -38,9 +38,11 @@ def evaluate_command(job: Path, truth: Path | None, relion: Path | None, out_dir
     # Heavy imports (matplotlib, scikit-learn, torch) only once the arguments are known to be usable.
     from relion_canon.analysis.evaluation import evaluate
     from relion_canon.analysis.report import write_evaluation
+    from relion_canon.io.output_dir import check_finished
     from relion_canon.logs import log_to
 
     try:
+        check_finished(job if job.is_dir() else job.parent)  # a killed job's folder holds a partial set
         evaluation = evaluate(job, truth, relion, symmetry=symmetry, project_dir=project_dir,
                               relion_z_threshold=relion_z)
         with log_to(sys.stderr):

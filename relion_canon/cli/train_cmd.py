@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -9,13 +10,23 @@ from pathlib import Path
 import click
 
 from relion_canon.context import RunContext
+from relion_canon.io.output_dir import output_folder, stack_files
 from relion_canon.io.particles import is_cryosparc, read_particles
 from relion_canon.logs import log_to
 from relion_canon.models import MODEL_CLASSES
 from relion_canon.options import parse_model_options
 from relion_canon.preprocess import PreprocessConfig
 from relion_canon.threads import cpu_threads
-from relion_canon.train.engine import TrainConfig, TrainingDiverged, device_from_gpu_ids, resolve_device, train
+from relion_canon.train.checkpoint import save_model_from_checkpoint
+from relion_canon.train.engine import (
+    CHECKPOINT_FILE,
+    MODEL_FILE,
+    TrainConfig,
+    TrainingDiverged,
+    device_from_gpu_ids,
+    resolve_device,
+    train,
+)
 from relion_canon.predict_star import predict_file
 
 
@@ -46,7 +57,7 @@ def _relaunch_distributed(gpu: str) -> None:
 @click.option("--project-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Project folder image paths are relative to (RELION's, or cryoSPARC's for a .cs; default: here).")
 @click.option("--o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder: model.pt (the trained model), checkpoint.pt (for resuming).")
+              help="Output folder: model.pt (the trained model), checkpoint.pt (for resuming). One job at a time.")
 @click.option("--model", type=click.Choice(list(MODEL_CLASSES)), default="rotinv-ae", show_default=True)
 @click.option("--epochs", type=int, default=TrainConfig.epochs, show_default=True)
 @click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True,
@@ -90,13 +101,22 @@ def train_command(particles: Path, passthrough: Path | None, project_dir: Path |
         epochs=epochs, batch_size=batch_size, seed=seed, device=device_from_gpu_ids(gpu, device), precision=precision,
         workers=workers, threads=threads,
     )
-    if no_resume and (out_dir / "checkpoint.pt").exists():
-        (out_dir / "checkpoint.pt").unlink()
     context = RunContext(project_dir=project_dir, progress=not quiet)
+    # Under torchrun only rank 0 writes, so only it holds the folder.
+    writer = os.environ.get("RANK", "0") == "0"
+    folder = output_folder(out_dir, inputs=[particles, passthrough], outputs=[MODEL_FILE, CHECKPOINT_FILE]) \
+        if writer else contextlib.nullcontext()
     try:
-        with log_to(click.echo):
-            result = train(read_particles(particles, passthrough, project_dir), out_dir, config,
-                           resume=not no_resume, context=context)
+        with log_to(click.echo), folder as held:
+            if no_resume and writer:
+                (out_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+            star = read_particles(particles, passthrough, project_dir)
+            if held is not None:
+                held.protect(stack_files(star, project_dir))
+            result = train(star, out_dir, config, resume=not no_resume, context=context)
+            if writer and result.epochs_run == 0:
+                # Resumed from a finished checkpoint: its model file (one a killed run wrote is gone with it).
+                save_model_from_checkpoint(out_dir / CHECKPOINT_FILE, result.model_path)
     except TrainingDiverged as exc:
         click.echo(f"relion-canon: error: {exc}", err=True)
         sys.exit(3)

@@ -31,7 +31,8 @@ import numpy as np
 
 from relion_canon.errors import InputError
 from relion_canon.io import cryosparc_files as csio
-from relion_canon.io.particles import write_results_cs
+from relion_canon.io.output_dir import output_folder, stack_files
+from relion_canon.io.particles import RESULT_GROUPS, write_results_cs
 from relion_canon.io.star import read_star
 from relion_canon.job import JobConfig, JobResult
 
@@ -43,6 +44,8 @@ OUTPUTS = (  # (output name, title, which particles)
     ("particles_selected", "Particles kept", "kept"),
     ("particles_rejected", "Particles rejected as junk", "rejected"),
 )
+# The .cs/.csg results written locally beside run_job's own (checked against the inputs before any work).
+LOCAL_OUTPUTS = tuple(f"{stem}{suffix}" for stem, *_ in RESULT_GROUPS for suffix in (".cs", ".csg"))
 DEFAULT_TITLE = "relion_canon: in-plane angle, defocus, weight, junk"
 DESCRIPTION = ("Per-particle in-plane angle (alignments2D/pose), defocus, weight and junk status learned by "
                "relion_canon from the particles themselves; outputs: all, kept and rejected particles.")
@@ -168,19 +171,23 @@ def run_external_job(
 
     cs = connect(url, email, password)
     project = cs.find_project(project_uid)
-    job = _create_job(project, project_uid, workspace_uid, title, input_ref)
-    log.info(f"Created External job {project_uid} {job.uid} on {input_ref}")
-    with job.run(), log_to(job.log):
-        particles = job.load_input(INPUT_NAME, slots="all")
-        records = csio.as_records(particles)
-        where = Path(project_dir) if project_dir is not None else Path(_project_dir(project))
-        star = csio.records_to_star(records, Path(project_uid) / input_ref, project_dir=where)
-        result = run_job(star, out_dir, config, context=RunContext(progress=False))
-        results = read_star(result.particles_star)
-        files = write_results_cs(records, None, results, out_dir)
-        saved = _save_outputs(job, particles, records, results, result.particles_star)
-        log.info(f"Saved {saved['particles']} particles: {saved['particles_selected']} kept, "
-                 f"{saved['particles_rejected']} rejected")
+    # The local folder is held before a job is made on the server: a folder another job is writing is refused
+    # first. Its results are kept only if the whole job, the server's outputs included, succeeds.
+    with output_folder(out_dir, outputs=LOCAL_OUTPUTS) as folder:
+        job = _create_job(project, project_uid, workspace_uid, title, input_ref)
+        log.info(f"Created External job {project_uid} {job.uid} on {input_ref}")
+        with job.run(), log_to(job.log):
+            particles = job.load_input(INPUT_NAME, slots="all")
+            records = csio.as_records(particles)
+            where = Path(project_dir) if project_dir is not None else Path(_project_dir(project))
+            star = csio.records_to_star(records, Path(project_uid) / input_ref, project_dir=where)
+            folder.protect(stack_files(star, where))
+            result = run_job(star, out_dir, config, context=RunContext(progress=False))
+            results = read_star(result.particles_star)
+            files = write_results_cs(records, None, results, out_dir)
+            saved = _save_outputs(job, particles, records, results, result.particles_star)
+            log.info(f"Saved {saved['particles']} particles: {saved['particles_selected']} kept, "
+                     f"{saved['particles_rejected']} rejected")
     return CryosparcJobResult(project_uid, job.uid, saved, result, files)
 
 

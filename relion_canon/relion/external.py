@@ -13,6 +13,9 @@ trains), with classes the model STAR files a Select job takes them from (see
 version, then exactly one of
 ``RELION_JOB_EXIT_SUCCESS`` / ``_FAILURE`` (the reason is the last line of ``run.err``) / ``_ABORTED``.
 Whatever happens short of SIGKILL, one exit file is written: a job without one hangs ``relion_pipeliner``.
+On failure or abort the results are undone first: the folder keeps what it held before, and ``checkpoint.pt``
+(:mod:`relion_canon.io.output_dir`). A folder another job holds is refused on stderr with no exit file (it is
+that job's); so is an input that is one of the outputs (``--in_parts`` naming this job's ``particles.star``).
 RELION's abort request (``RELION_JOB_ABORT_NOW``, polled per training epoch and per prediction batch) and
 SIGTERM / SIGINT / SIGHUP end it as Aborted; exit code 0 success, 1 failure, 2 aborted.
 
@@ -33,6 +36,7 @@ folder, writes ``.gui_externaljob.star`` there: the settings RELION's GUI loads 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -47,8 +51,10 @@ from typing import Callable, Sequence
 from relion_canon import __version__
 from relion_canon.errors import InputError
 from relion_canon.io.atomic import atomic_path
+from relion_canon.io.output_dir import FolderBusy, OutputFolder, output_folder, stack_files
 from relion_canon.relion.exit_files import (
     ABORT_NOW,
+    OUTPUT_NODES,
     ExitStatus,
     abort_requested,
     clear_stale_files,
@@ -69,6 +75,9 @@ from relion_canon.relion.params import (
 )
 
 MODEL_FILE = "model.pt"
+# What the job writes in its folder, checked against its inputs before any work (run_job adds its own names).
+OUTPUTS = ("particles.star", "particles_selected.star", "particles_rejected.star", "logfile.pdf", "report.json",
+           MODEL_FILE, OUTPUT_NODES)
 DDP_SETTINGS = "distributed_training.json"  # the settings handed to the torchrun processes; removed after
 
 
@@ -154,6 +163,9 @@ class ExternalJob:
         self.signals = _Signals()
         self.status: ExitStatus | None = None
         self.stop_requested = False  # the job's should_stop said yes: whatever follows is the abort
+        self.folder: OutputFolder | None = None  # held from the start of _run until the exit file is written
+        self.busy = False  # another job holds the folder: it is not ours to write in
+        self._held = contextlib.ExitStack()
 
     # The abort request is polled by the training engine (per epoch) and the prediction (per batch).
     def should_stop(self) -> bool:
@@ -173,8 +185,11 @@ class ExternalJob:
             self._record(exc)
         finally:
             self.signals.quiet = True
-            self._finish()
-            self.signals.restore()
+            try:
+                self._finish()
+            finally:
+                self._held.close()  # the lock goes after the exit file
+                self.signals.restore()
         assert self.status is not None
         return self.status.return_code
 
@@ -190,6 +205,7 @@ class ExternalJob:
             _log(f"{PROG}: aborted on RELION's request ({ABORT_NOW}): {exc}")
         elif isinstance(exc, InputError):
             self.status = ExitStatus.FAILURE
+            self.busy = isinstance(exc, FolderBusy)
             _err(f"{PROG}: error: {exc}")
         else:
             self.status = ExitStatus.FAILURE
@@ -199,6 +215,12 @@ class ExternalJob:
     def _finish(self) -> None:
         if self.status is None:
             self.status = ExitStatus.ABORTED if self.signals.received is not None else ExitStatus.FAILURE
+        if self.busy:
+            return
+        if self.folder is not None:
+            # The results become the folder's whole set only on success; otherwise they are undone, before RELION
+            # is told the job ended.
+            self.folder.commit() if self.status is ExitStatus.SUCCESS else self.folder.rollback()
         try:
             write_exit_file(self.out, self.status)
         except OSError as exc:
@@ -208,7 +230,8 @@ class ExternalJob:
 
     def _run(self, argv: list[str]) -> None:
         t0 = time.perf_counter()
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.out.mkdir(parents=True, exist_ok=True)  # kept whatever happens: the exit file goes there
+        self.folder = self._held.enter_context(output_folder(self.out, outputs=OUTPUTS))
         removed = clear_stale_files(self.out)
         args, unknown = build_parser().parse_known_args(argv)
         version, source = detect_relion_version(self.out, ".", text_or_none(args.relion_version))
@@ -228,10 +251,8 @@ class ExternalJob:
         if self.should_stop():
             raise _Stop(f"aborted on RELION's request ({ABORT_NOW}) before starting")
 
-        from relion_canon.io.star import read_star
-
         # The particles first: a wrong input is the commonest failure, and this finds it before torch loads.
-        star = read_star(args.in_parts)
+        star = self._read_particles(args.in_parts)
         config, gpu_ids = config_from_args(args)
         model_source = _model_file(config.model_path) if config.model_path else None
         _log("Settings: " + json.dumps(config.to_dict(), default=str))
@@ -267,6 +288,15 @@ class ExternalJob:
         _log(f"Done in {time.perf_counter() - t0:.1f} s: {', '.join(name for name, _ in nodes)}"
              + (f" ({n_sel} particles selected)" if n_sel is not None else ""))
 
+    def _read_particles(self, in_parts: str):
+        """The input particles, refused if the job's outputs would overwrite them or their stacks."""
+        from relion_canon.io.star import read_star
+
+        self.folder.protect([in_parts])  # type: ignore[union-attr]
+        star = read_star(in_parts)
+        self.folder.protect(stack_files(star))  # type: ignore[union-attr]
+        return star
+
     def _is_continue(self) -> bool:
         """RELION's "Continue!" (``_rlnJobIsContinue 1``) resumes from the checkpoint; a new run starts afresh.
         Without a readable job.star (the job run by hand) a checkpoint in the folder is resumed, as
@@ -283,6 +313,8 @@ class ExternalJob:
     def _train_distributed(self, in_parts: str, config, gpu_ids: list[str], resume: bool) -> None:
         from relion_canon.relion.ddp_train import write_settings
 
+        # The torchrun processes write model.pt outside this process's atomic_path: it is this run's all the same.
+        self.folder.claim(MODEL_FILE)  # type: ignore[union-attr]
         settings = write_settings(self.out / DDP_SETTINGS, in_parts, self.out_dir, config, resume)
         cmd = distributed_train_command(str(settings), len(gpu_ids))
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(gpu_ids))

@@ -22,14 +22,30 @@ from relion_canon.io.atomic import atomic_path
 
 FORMAT = "relion_canon.model"
 FORMAT_VERSION = 1
+# What a checkpoint holds beyond its model file: only resuming needs these.
+RESUME_KEYS = ("global_step", "optimizers", "scaler", "rng")
 
 
 def save(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` (tensors, numbers, strings, lists, dicts) atomically with the format header."""
     data = {"format": FORMAT, "format_version": FORMAT_VERSION, "relion_canon_version": __version__, **payload}
     with atomic_path(path) as tmp:
-        torch.save(data, tmp)
+        # Through a Python file, so that a full disk raises OSError(ENOSPC), which atomic_path reports in one
+        # line, and not torch's own writer's "unexpected pos ... vs ...".
+        with open(tmp, "wb") as fh:
+            torch.save(data, fh)
     return Path(path)
+
+
+def save_model_from_checkpoint(checkpoint_path: str | Path, model_path: str | Path) -> Path:
+    """Write the model file that goes with a checkpoint (what training writes beside it at the same epoch).
+
+    A job resumed from a finished checkpoint trains no epoch, so it writes no model file of its own; the one an
+    interrupted run wrote was removed with that run's other partial results.
+    """
+    state = load(checkpoint_path)
+    header = ("format", "format_version", "relion_canon_version")
+    return save(model_path, {k: v for k, v in state.items() if k not in RESUME_KEYS and k not in header})
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

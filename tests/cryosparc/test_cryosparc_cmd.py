@@ -33,3 +33,23 @@ def test_unknown_model_is_refused_before_a_job_is_made(server, pipeline, tmp_pat
     res = CliRunner().invoke(cli, _args(tmp_path, "--password", "pw", "--model", "resnet"))
     assert res.exit_code == 2 and "'resnet' is not one of rotinv-ae" in res.stderr
     server.jobs.create.assert_not_called()
+
+
+def test_a_local_folder_in_use_is_refused_before_a_job_is_made(server, pipeline, tmp_path):
+    import os
+    import signal
+
+    from tests.io.test_output_dir import hold_folder
+
+    holder = hold_folder(tmp_path / "out")
+    try:
+        res = CliRunner().invoke(cli, _args(tmp_path, "--password", "pw"))
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert res.exit_code == 2
+    assert res.stderr.strip().splitlines() == [
+        f"relion-canon: error: {tmp_path / 'out'}: output folder in use by another relion_canon job (PID {holder.pid} "
+        f"on {os.uname().nodename}); wait for it to end or choose another output folder"]
+    server.jobs.create.assert_not_called()
+    assert pipeline.calls == []
