@@ -26,7 +26,7 @@ CUDA_VISIBLE_DEVICES; ``0``; ``0,1``: torchrun; ``cpu``), and every option of th
 (:mod:`relion_canon.options`, on the fields of ``JobConfig``) under its param name; ``--help`` lists them all
 with their help and defaults. Any of them can also go into "Additional arguments" (``--seed 1``,
 ``--set KEY=VALUE``, repeatable), as can ``--relion_version`` (override the version read from ``job.star``).
-Unknown arguments are ignored with a warning in ``run.out``.
+An argument it does not know (a misspelt param label) fails the job at once, naming the labels it knows.
 
 ``relion_canon_external --install-gui-template [--relion_version V] [--force]``, run in the RELION project
 folder, writes ``.gui_externaljob.star`` there: the settings RELION's GUI loads when External is selected
