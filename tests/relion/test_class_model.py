@@ -95,7 +95,7 @@ class _ClassJob(FakeJob):
         return SimpleNamespace(report={**result.report, "class_model": {"model": "x"}})
 
 
-@pytest.mark.parametrize("version, node", [("3.1", ["External/job001/run_it000_model.star", "8", "-"]),
+@pytest.mark.parametrize("version, node", [("3.1", ["External/job001/run_it000_model.star", "8"]),
                                            ("5.0", ["External/job001/run_it000_optimiser.star", "9",
                                                     "OptimiserData.star.relion"])])
 def test_external_job_registers_the_selection_node(tmp_path, monkeypatch, version, node):

@@ -162,7 +162,7 @@ def test_distributed_training_settings_round_trip(tmp_path):
 # --- the protocol around a stand-in job -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version, label", [("3.1", "ParticlesData.star.relion"),
+@pytest.mark.parametrize("version, label", [("3.1", None),  # 3.1 reads the type number alone
                                             ("5.0", "ParticleGroupMetadata.star.relion")])
 def test_success_writes_outputs_nodes_then_exit_file(project, capsys, version, label):
     out = project / OUT
@@ -178,9 +178,10 @@ def test_success_writes_outputs_nodes_then_exit_file(project, capsys, version, l
     exit_time = (out / "RELION_JOB_EXIT_SUCCESS").stat().st_mtime_ns
     assert all(p.stat().st_mtime_ns <= exit_time for p in out.iterdir())
     _, _, loops = parse_star_text((out / "RELION_OUTPUT_NODES.star").read_text())
-    assert loops["output_nodes"] == [["External/job001/particles.star", "3", label],
-                                     ["External/job001/particles_selected.star", "3", label],
-                                     ["External/job001/logfile.pdf", "13", "LogFile.pdf.relion"]]
+    labels = [[label], [label], ["LogFile.pdf.relion"]] if label else [[], [], []]
+    assert loops["output_nodes"] == [["External/job001/particles.star", "3", *labels[0]],
+                                     ["External/job001/particles_selected.star", "3", *labels[1]],
+                                     ["External/job001/logfile.pdf", "13", *labels[2]]]
     assert f"RELION {version} (from External/job001/job.star); new run" in captured.out
     # RELION's job.star said "new run": no resume; the job runs quietly (no progress bar in run.err).
     assert job.calls[0]["resume"] is False and job.calls[0]["progress"] is False
