@@ -19,7 +19,7 @@ from relion_canon.analysis.model_psi import psi_degrees
 from relion_canon.io.star import ParticleStar, read_star
 from relion_canon.preprocess import PreprocessConfig
 from relion_canon.train import TrainConfig, dataset_for, load_model, run_inference, train
-from relion_canon.train.engine import resolve_device
+from relion_canon.train.devices import resolve_device
 
 from paper_data import Dataset
 

@@ -1,4 +1,6 @@
-"""The plots of both papers, each a small function returning a matplotlib :class:`~matplotlib.figure.Figure`.
+"""The plots of both papers, each a small function returning a matplotlib :class:`~matplotlib.figure.Figure`:
+scatter plots, curves and histograms of what a job estimated and how it scored (the particle images themselves,
+grids and class averages, are drawn by :mod:`relion_canon.analysis.image_figures`).
 
 Figures are built with the object API on an Agg canvas, never through ``pyplot``: nothing opens a window,
 nothing is kept in pyplot's global figure list (a long job does not leak memory), and a user's own
@@ -11,20 +13,18 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from relion_canon.analysis.class_summary import ClassSummary
 from relion_canon.analysis.latent_angle import polar_readout
 
 _CYCLIC = "twilight"  # for angles: −180° and 180° get the same colour
-_GREY = colormaps["gray"].with_extremes(bad="white")  # white lines between the tiles of an image grid
 _DENSE = 3000  # above this many points, scatter plots become 2-D histograms (hexagonal bins, as paper B)
 _MAX_POINTS = 20_000  # latent plots show at most this many particles
 
 
-def _figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
+def new_figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
+    """A figure on its own Agg canvas: drawn and saved without pyplot, so nothing opens or stays in memory."""
     fig = Figure(figsize=(width, height), layout=layout)
     FigureCanvasAgg(fig)
     return fig
@@ -64,7 +64,7 @@ def latent_pca(
               ((angle_deg, angle_label, _CYCLIC), (defocus_um, defocus_label, "viridis")) if v is not None]
     if not panels:
         panels = [(None, "", None)]
-    fig = _figure(4.6 * len(panels), 4.2)
+    fig = new_figure(4.6 * len(panels), 4.2)
     for ax, (values, label, cmap) in zip(np.atleast_1d(fig.subplots(1, len(panels))), panels):
         if values is None:
             ax.scatter(pc1, pc2, s=4, alpha=0.6, rasterized=True)
@@ -101,7 +101,7 @@ def predicted_vs_true(
     p = np.asarray(predicted, dtype=np.float64)
     ok = _finite(t, p)
     t, p = t[ok], p[ok]
-    fig = _figure(5.0, 4.6)
+    fig = new_figure(5.0, 4.6)
     ax = fig.subplots()
     lo, hi = (-180.0, 180.0) if cyclic else (float(min(t.min(initial=0), p.min(initial=0))),
                                                float(max(t.max(initial=1), p.max(initial=1))))
@@ -131,7 +131,7 @@ def roc_curves(labels: np.ndarray, scores: Mapping[str, np.ndarray], *, label_so
     from sklearn.metrics import roc_auc_score, roc_curve
 
     y = np.asarray(labels, dtype=bool)
-    fig = _figure(5.0, 4.6)
+    fig = new_figure(5.0, 4.6)
     ax = fig.subplots()
     for name, s in scores.items():
         s = np.asarray(s, dtype=np.float64)
@@ -148,67 +148,6 @@ def roc_curves(labels: np.ndarray, scores: Mapping[str, np.ndarray], *, label_so
     ax.set_title(f"Outlier detection ROC\nlabels: {label_source} ({int(y.sum())} of {len(y)} positive)")
     ax.legend(loc="lower right", fontsize="small")
     return fig
-
-
-def image_grid(
-    rows: Mapping[str, np.ndarray],
-    *,
-    title: str,
-    column_titles: Sequence[str] | None = None,
-) -> Figure:
-    """Paper A, Fig. 2/3: one row per named (K, H, W) image set (e.g. input / canonical / ground truth),
-    K columns; each image is scaled to its own 1st-99th percentile so that noisy and clean images both
-    show their content. Rows of another box size (a Fourier-cropped canonical next to its input) are
-    resized to the largest box, so that every tile shows the same field of view."""
-    named = [(name, np.asarray(images, dtype=np.float64)) for name, images in rows.items()
-             if images is not None and len(images)]
-    if not named:
-        raise ValueError("image_grid needs at least one non-empty row of images")
-    k = max(len(images) for _, images in named)
-    size = max(images.shape[-1] for _, images in named)
-    gap = max(1, size // 16)
-    step = size + gap
-    # One mosaic in one Axes: a grid of Axes costs ~50 ms each to build, more than drawing all the pixels.
-    mosaic = np.full((len(named) * step - gap, k * step - gap), np.nan)
-    for r, (_, images) in enumerate(named):
-        for c, img in enumerate(images):
-            mosaic[r * step : r * step + size, c * step : c * step + size] = _display_scale(_resize(img, size))
-    cell, left, top, bottom = 1.3, 1.9, 0.45 + (0.45 if column_titles is not None else 0.0), 0.1
-    # At least wide enough for the title (~0.1 in per character at the default size).
-    width = max(left + k * cell + 0.1, 0.1 * len(title) + 0.5)
-    height = top + len(named) * cell + bottom
-    fig = _figure(width, height, layout=None)
-    ax = fig.add_axes((left / width, bottom / height, k * cell / width, len(named) * cell / height))
-    ax.imshow(mosaic, cmap=_GREY, vmin=0.0, vmax=1.0, interpolation="nearest")
-    ax.set_axis_off()
-    for r, (name, _) in enumerate(named):
-        ax.text(-gap, r * step + size / 2, name, ha="right", va="center", fontsize="small")
-    for c, text in enumerate(list(column_titles or [])[:k]):
-        ax.text(c * step + size / 2, -gap, text, ha="center", va="bottom", fontsize="small")
-    fig.suptitle(title)
-    return fig
-
-
-def _resize(img: np.ndarray, size: int) -> np.ndarray:
-    if img.shape[-1] == size and img.shape[-2] == size:
-        return img
-    from scipy import ndimage
-
-    return ndimage.zoom(img, (size / img.shape[-2], size / img.shape[-1]), order=1, grid_mode=True, mode="nearest")
-
-
-def _display_scale(img: np.ndarray) -> np.ndarray:
-    """Map the 1st-99th percentile to [0, 1] (a constant image shows mid-grey)."""
-    lo, hi = np.percentile(img, [1, 99])
-    if not hi > lo:
-        return np.full_like(img, 0.5)
-    return np.clip((img - lo) / (hi - lo), 0.0, 1.0)
-
-
-def worst_cases(rows: Mapping[str, np.ndarray], mse: Sequence[float], star_rows: Sequence[int]) -> Figure:
-    """Paper A, Fig. 3: the particles whose canonical image is furthest from the truth, worst first."""
-    titles = [f"row {int(r)}\nMSE {float(m):.3g}" for r, m in zip(star_rows, mse)]
-    return image_grid(rows, title="Worst canonical images (highest MSE against the clean truth)", column_titles=titles)
 
 
 def training_curves(history: Sequence[Mapping[str, Any]]) -> Figure:
@@ -228,7 +167,7 @@ def training_curves(history: Sequence[Mapping[str, Any]]) -> Figure:
     groups: dict[str, list[str]] = {}
     for k in keys:
         groups.setdefault(k.split("/", 1)[0], []).append(k)
-    fig = _figure(4.8 * len(groups), 3.8)
+    fig = new_figure(4.8 * len(groups), 3.8)
     for ax, (prefix, names) in zip(np.atleast_1d(fig.subplots(1, len(groups))), groups.items()):
         for i, name in enumerate(names):
             means = np.array([float(e[name]) if _is_number(e.get(name)) else np.nan for e in history])
@@ -260,7 +199,7 @@ def angle_histogram(angles_deg: np.ndarray, *, title: str = "In-plane angle (rln
     gives, peaks suggest a preferred angle or a collapsed frame."""
     a = np.asarray(angles_deg, dtype=np.float64)
     a = a[np.isfinite(a)]
-    fig = _figure(5.5, 3.6)
+    fig = new_figure(5.5, 3.6)
     ax = fig.subplots()
     ax.hist(a, bins=np.arange(-180, 181, 5), histtype="stepfilled", color="C0", alpha=0.8,
             label=f"particles (n = {len(a)})")
@@ -284,7 +223,7 @@ def error_histogram(
     e = e[np.isfinite(e)]
     span = 180.0 if not len(e) else float(np.clip(1.1 * np.percentile(np.abs(e), 99), 5.0, 180.0))
     outside = int((np.abs(e) > span).sum())
-    fig = _figure(5.5, 3.6)
+    fig = new_figure(5.5, 3.6)
     ax = fig.subplots()
     bins = np.linspace(-span, span, 81)
     ax.hist(np.clip(e, -span, span), bins=bins, histtype="stepfilled", color="C1", alpha=0.8,
@@ -319,7 +258,7 @@ def outlier_scores(
     applies to (the one that decides): drawn filled, the others as outlines. ``flagged`` (the job's flag,
     ``rlnCanonIsOutlier``) lets the legend count the particles flagged by that score and those flagged only
     for being in a junk class. With labels (truth), good particles and outliers are drawn separately."""
-    fig = _figure(8.5, 4.0)
+    fig = new_figure(8.5, 4.0)
     ax = fig.subplots()
     finite = [np.asarray(s, dtype=np.float64) for s in scores.values()]
     finite_values = np.concatenate([s[np.isfinite(s)] for s in finite]) if finite else np.zeros(0)
@@ -359,80 +298,8 @@ def outlier_scores(
     return fig
 
 
-def class_averages(averages: Mapping[int, np.ndarray], pixel_size_A: float | None = None) -> Figure:
-    """Canonical (unrotated) averages, per class number (0 = all particles), laid out large (up to 4 a row),
-    each with a scale bar in Å when the pixel size is known."""
-    items = sorted(averages.items())
-    if not items:
-        raise ValueError("no class averages to show")
-    n_cols = min(4, len(items))
-    n_rows = -(-len(items) // n_cols)
-    cell = 3.0 if len(items) > 1 else 5.0
-    fig = _figure(n_cols * cell + 0.3, n_rows * (cell + 0.4) + 0.7, layout=None)
-    fig.suptitle("Canonical class averages (in the learned frame)")
-    size = max(np.asarray(a).shape[-1] for _, a in items)
-    for k, (number, image) in enumerate(items):
-        ax = fig.add_subplot(n_rows, n_cols, k + 1)
-        img = np.asarray(image, dtype=np.float64)
-        ax.imshow(_display_scale(_resize(img, size)), cmap=_GREY, vmin=0.0, vmax=1.0, interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_title("all particles" if number == 0 else f"class {number}", fontsize="medium")
-        if pixel_size_A:
-            _scale_bar(ax, size, pixel_size_A * img.shape[-1] / size)
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.6 / fig.get_figheight(), hspace=0.25,
-                        wspace=0.06)
-    return fig
-
-
-def _scale_bar(ax: Any, size: int, pixel_size_A: float) -> None:
-    """A white bar of a round length (about a quarter of the box) in the lower left, labelled in Å."""
-    width_A = size * pixel_size_A
-    target = width_A / 4
-    length = max((x for x in (5, 10, 20, 25, 50, 100, 200, 250, 500, 1000) if x <= target), default=target)
-    pixels = length / pixel_size_A
-    x0, y0 = 0.06 * size, 0.9 * size
-    ax.plot([x0, x0 + pixels], [y0, y0], color="white", lw=4, solid_capstyle="butt")
-    ax.plot([x0, x0 + pixels], [y0, y0], color="black", lw=1, solid_capstyle="butt")
-    ax.text(x0 + pixels / 2, y0 - 0.03 * size, f"{length:g} Å", color="white", ha="center", va="bottom",
-            fontsize="small", fontweight="bold")
-
-
-def class_gallery(averages: Mapping[int, np.ndarray], summaries: Mapping[int, ClassSummary],
-                  columns: int = 6) -> Figure:
-    """The class averages, largest class first, each titled with its number, particle count and share, and
-    resolution; classes judged junk framed in red and titled so."""
-    numbers = sorted((c for c in averages if c in summaries), key=lambda c: (-summaries[c].n_particles, c))
-    if not numbers:
-        raise ValueError("no class averages with a class summary to show")
-    size = max(np.asarray(averages[c]).shape[-1] for c in numbers)
-    n_cols = min(columns, len(numbers))
-    n_rows = -(-len(numbers) // n_cols)
-    cell = 1.6
-    fig = _figure(n_cols * cell + 0.2, n_rows * (cell + 0.55) + 0.5, layout=None)
-    fig.suptitle(f"Class averages by population ({len(numbers)} classes)")
-    for k, number in enumerate(numbers):
-        summary = summaries[number]
-        ax = fig.add_subplot(n_rows, n_cols, k + 1)
-        ax.imshow(_display_scale(_resize(np.asarray(averages[number], np.float64), size)), cmap=_GREY,
-                  vmin=0.0, vmax=1.0, interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        resolution = "res ?" if summary.resolution_A is None else f"{summary.resolution_A:.1f} Å"
-        title = f"class {number}{' JUNK' if summary.is_junk else ''}\n" \
-                f"{summary.n_particles} ({100 * summary.fraction:.1f}%), {resolution}"
-        ax.set_title(title, fontsize="small", color="red" if summary.is_junk else "black")
-        for spine in ax.spines.values():
-            spine.set_visible(bool(summary.is_junk))
-            spine.set_edgecolor("red")
-            spine.set_linewidth(3)
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.5 / fig.get_figheight(), hspace=0.45,
-                        wspace=0.08)
-    return fig
-
-
 def text_page(text: str) -> Figure:
     """A page holding one message (e.g. for a PDF that would otherwise have no page)."""
-    fig = _figure(6.0, 2.0)
+    fig = new_figure(6.0, 2.0)
     fig.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
     return fig

@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
-from relion_canon.analysis import figures
+from relion_canon.analysis import figures, image_figures
 from relion_canon.analysis.class_summary import class_summaries
 from relion_canon.analysis.evaluation import Evaluation
 from relion_canon.analysis.estimate.results import Estimates
@@ -85,15 +85,15 @@ def job_figures(estimates: Estimates, history: Sequence[dict[str, Any]]) -> Name
         titles = [f"row {int(i) + 1}" for i in estimates.example_index]
         if psi is not None:
             titles = [f"{t}\npsi {psi[int(i)]:.0f}°" for t, i in zip(titles, estimates.example_index)]
-        out.append(("canonical_examples", figures.image_grid(
+        out.append(("canonical_examples", image_figures.image_grid(
             {"input": estimates.example_inputs, "canonical": estimates.example_canonical},
             title="Particles and their canonical (unrotated, denoised) images", column_titles=titles)))
     if estimates.class_averages:
         pixel_size = (estimates.report.get("class_averages") or {}).get("pixel_size_A")
-        out.append(("class_averages", figures.class_averages(estimates.class_averages, pixel_size)))
+        out.append(("class_averages", image_figures.class_averages(estimates.class_averages, pixel_size)))
         summaries = class_summaries(estimates.report.get("classes", {}), len(estimates.latent))
         if any(c in summaries for c in estimates.class_averages):
-            out.append(("class_gallery", figures.class_gallery(estimates.class_averages, summaries)))
+            out.append(("class_gallery", image_figures.class_gallery(estimates.class_averages, summaries)))
     return out
 
 
@@ -131,12 +131,12 @@ def evaluation_figures(evaluation: Evaluation) -> NamedFigures:
     if c is not None:
         rows = _grid_rows(c.examples)
         titles = [f"row {int(r)}" for r in c.example_rows]
-        out.append(("canonical_examples", figures.image_grid(
+        out.append(("canonical_examples", image_figures.image_grid(
             rows, title=f"Inputs, canonical images and clean truth (mean MSE {c.mean_mse:.3g})", column_titles=titles)))
         # No page when every particle's canonical image is one class average: it would show that one image again
         # and again (the evaluation's notes say so).
         if len(c.worst_rows):
-            out.append(("canonical_worst", figures.worst_cases(_grid_rows(c.worst), c.worst_mses, c.worst_rows)))
+            out.append(("canonical_worst", image_figures.worst_cases(_grid_rows(c.worst), c.worst_mses, c.worst_rows)))
     return out
 
 

@@ -18,13 +18,12 @@ from relion_canon.options import parse_model_options
 from relion_canon.preprocess import PreprocessConfig
 from relion_canon.threads import cpu_threads
 from relion_canon.train.checkpoint import save_model_from_checkpoint
+from relion_canon.train.devices import device_from_gpu_ids, resolve_device
 from relion_canon.train.engine import (
     CHECKPOINT_FILE,
     MODEL_FILE,
     TrainConfig,
     TrainingDiverged,
-    device_from_gpu_ids,
-    resolve_device,
     train,
 )
 from relion_canon.predict_star import predict_file

@@ -224,7 +224,7 @@ def parse_gpu(value: str | None) -> list[str] | None:
 def config_from_args(args: argparse.Namespace):
     """The :class:`~relion_canon.job.JobConfig` the user's params ask for, and the GPU ids (None: CPU)."""
     from relion_canon.job import JobConfig
-    from relion_canon.train.engine import device_from_gpu_ids
+    from relion_canon.train.devices import device_from_gpu_ids
 
     values = {entry.name: param_value(entry, getattr(args, entry.external_param))
               for entry in job_options(JobConfig, EXTERNAL)}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -31,6 +30,14 @@ from relion_canon.models import CanonModel, model_class
 from relion_canon.preprocess import PreprocessConfig
 from relion_canon.train import checkpoint
 from relion_canon.train.data import DataSpec, EpochSampler, ParticleBatches, make_loader
+from relion_canon.train.devices import (
+    device_text,
+    distributed,
+    reduce_mean,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+)
 
 MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -74,54 +81,6 @@ class TrainResult:
 
 
 # --- set-up helpers ---------------------------------------------------------------------------------------------
-
-
-def _distributed() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from torchrun's environment, initialising the process group once."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
-        dist.init_process_group(backend=backend)
-    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` is the GPU of this process when there is one (honouring ``CUDA_VISIBLE_DEVICES``), else the CPU."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {name} asked for, but no CUDA GPU is visible to this process")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device(f"cuda:{local_rank}")
-    return device
-
-
-def device_from_gpu_ids(gpu: str | None, device: str) -> str:
-    """The device a ``--gpu`` value picks: one id is that GPU; empty or several ids keep ``device`` (``auto``
-    honours CUDA_VISIBLE_DEVICES; several GPUs are one process each, every one on its own GPU)."""
-    if not gpu:
-        return device
-    ids = [g for g in gpu.split(",") if g.strip()]
-    if len(ids) == 1:
-        return f"cuda:{int(ids[0])}"
-    return device
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain float32."""
-    if name == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
-def seed_everything(seed: int, rank: int = 0) -> None:
-    torch.manual_seed(seed + rank)  # ranks draw different augmentations, as different GPUs would
-    np.random.seed((seed + rank) % 2**32)
 
 
 def build_model(name: str, box: int, options: dict[str, Any]) -> CanonModel:
@@ -216,7 +175,7 @@ class _Feed:
 def _set_up(particles: str | Path | ParticleStar, out_dir: Path, config: TrainConfig,
             project_dir: Path | None) -> _Run:
     """Process group, device, precision, seeded data and a fresh model with its optimisers."""
-    rank, world, local_rank = _distributed()
+    rank, world, local_rank = distributed()
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device, local_rank)
@@ -302,7 +261,7 @@ def _one_epoch(run: _Run, feed: _Feed, epoch: int, progress: bool) -> dict[str, 
             bar.set_postfix({k.split("/")[0]: f"{sums[k] / counts[k]:.4g}" for k in sums if k.endswith("/loss")})
     seconds = time.perf_counter() - t0
     record = {"epoch": epoch + 1, "seconds": seconds, "particles_per_s": seen / max(seconds, 1e-9), "lr_factor": factor}
-    record.update({k: _reduce_mean(sums[k] / counts[k], run.world) for k in sorted(sums)})
+    record.update({k: reduce_mean(sums[k] / counts[k], run.world) for k in sorted(sums)})
     record["step_losses"] = dict(steps)
     return record
 
@@ -347,7 +306,7 @@ def _start_line(run: _Run) -> str:
     dataset, config = run.dataset, run.config
     return (
         f"Training {config.model} on {len(dataset)} particles ({dataset.box} px, "
-        f"{float(np.median(dataset.pixel_size)):.3g} Å/px) for {config.epochs} epochs on {_device_text(run.device, run.world)}"
+        f"{float(np.median(dataset.pixel_size)):.3g} Å/px) for {config.epochs} epochs on {device_text(run.device, run.world)}"
         f"{'' if run.amp_dtype is None else f' with {_DTYPE_NAMES[run.amp_dtype]} autocast'}"
     )
 
@@ -382,19 +341,6 @@ def _check_compatible(state: dict[str, Any], meta: dict[str, Any], path: Path) -
                 "(use another output folder, or start afresh without resuming)",
                 path,
             )
-
-
-def _reduce_mean(value: float, world: int) -> float:
-    if world <= 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t.item() / world)
-
-
-def _device_text(device: torch.device, world: int) -> str:
-    name = "CPU" if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"{world} processes, {name}" if world > 1 else name
 
 
 def _epoch_line(record: dict[str, float], epochs: int) -> str:

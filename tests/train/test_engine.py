@@ -150,13 +150,3 @@ def test_bf16_autocast_on_cpu(small_set, tmp_path, caplog):
         result = train(small_set, tmp_path / "run", _config(epochs=2, precision="bf16"), context=QUIET)
     assert "with bf16 autocast" in _lines(caplog)[0]
     assert all(np.isfinite(h["model/loss"]) for h in result.history)
-
-
-@pytest.mark.parametrize("gpu, device, expected", [
-    (None, "auto", "auto"), ("", "cpu", "cpu"), ("1", "auto", "cuda:1"), (" 2 ", "cpu", "cuda:2"),
-    ("0,1", "auto", "auto"),  # several GPUs: one process each, every one on its own
-])
-def test_device_from_gpu_ids(gpu, device, expected):
-    from relion_canon.train.engine import device_from_gpu_ids
-
-    assert device_from_gpu_ids(gpu, device) == expected

@@ -44,7 +44,7 @@ class Prediction:
 def predict(star: ParticleStar, model_path: str | Path, device_name: str, seed: int, context: RunContext,
             clock: Clock) -> Prediction:
     """Load the model on ``device_name``, run it on every particle, and pick ``N_EXAMPLES`` rows (by ``seed``)."""
-    from relion_canon.train.engine import resolve_device
+    from relion_canon.train.devices import resolve_device
     from relion_canon.train.inference import dataset_for, load_model, run_inference
 
     device = resolve_device(device_name)
