@@ -22,6 +22,9 @@ SHIFT_CANDIDATES = 10
 # pixel at the edge of a 64 px box) instead of turning it anew for every particle.
 SHIFT_TURNS = 128
 SHIFT_IMAGES = 4096  # cross-correlations computed at once
+# A global search (:meth:`ClassSearch.search_globally`) tries every 4th of those turns (11.25° apart; the
+# search that follows refines the turn).
+GLOBAL_TURN_STRIDE = 4
 # The band the references hold: out to the last ring where the classes' Wiener filters pass more than this
 # on average (beyond it their half-sets agree about as much as noise does).
 SUPPORTED_GAIN = 0.1
@@ -37,6 +40,15 @@ class ClassState:
     # (K, K) [a, b]: the mean over class a's particles of their log-likelihood under a less that under b
     # (each at its best turn), from the search that made this state; None before the first search.
     margins: torch.Tensor | None = None
+
+
+@dataclass
+class _References:
+    """What a search needs of the class references: their polar spectra, polar norms and power per ring."""
+
+    fft: torch.Tensor  # (K, rings, angles//2 + 1)
+    norm: torch.Tensor  # (K,)
+    power: torch.Tensor  # (K, rings) float64
 
 
 def sums_of(batches: Iterable[Prepared], poses: Poses, classes: torch.Tensor, k: int, grid: SearchGrid) -> HalfSetSums:
@@ -86,17 +98,39 @@ class ClassSearch:
         layout)."""
         return (self.mean_ctf2 / self.noise.double())[self.radius]
 
+    def _references(self, references: torch.Tensor) -> "_References":
+        grid = self.grid
+        ref_polar = sample_polar(references, grid.xy)
+        return _References(
+            fft=torch.fft.rfft(ref_polar * grid.ring_weight, dim=-1),
+            norm=torch.sqrt((ref_polar**2 * grid.ring_weight).sum(dim=(1, 2))).clamp(min=1e-12),
+            power=ring_mean(torch.fft.rfft2(references).abs() ** 2, grid.rings, grid.n_rings).double())
+
+    def _polar(self, whitened: torch.Tensor, ctf2: torch.Tensor, shift_px: torch.Tensor | None,
+               refs: "_References") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each particle's best turn (samples) about its centre for every class, the correlation there, the
+        log-likelihood, the norm term ½‖CR‖²/σ² (all (b, K)) and the particle's polar norm (b,)."""
+        grid = self.grid
+        polar = sample_polar(whitened, grid.xy, shift_px)
+        spectra = torch.fft.rfft(polar, dim=-1).conj()
+        corr = torch.fft.irfft(torch.einsum("brf,krf->bkf", spectra, refs.fft), n=grid.angular_samples, dim=-1)
+        b, k = len(whitened), len(refs.norm)
+        pos, height = periodic_peak(corr.reshape(-1, grid.angular_samples))
+        pos, height = pos.reshape(b, k), height.reshape(b, k)
+        # ⟨x, CR⟩/σ² from the polar sum (its samples stand for ρ dρ dθ of area), less ½‖CR‖²/σ².
+        norm_weights = self.ring_counts / self.noise.double() / (grid.box**2)
+        penalty = 0.5 * (ctf2.double() * norm_weights) @ refs.power.T
+        loglik = height.double() * (2 * math.pi / grid.angular_samples) - penalty
+        norm = torch.sqrt((polar**2 * grid.ring_weight).sum(dim=(1, 2))).clamp(min=1e-12)
+        return pos, height, loglik, penalty, norm
+
     def search(self, batches: Iterable[Prepared], state: ClassState, references: torch.Tensor, reassign: bool,
                 shifts: ShiftSearch | None, band: int) -> ClassState:
         """Every particle against every reference: the best turn about its current centre (polar
         correlation), then, for the likeliest classes there, the best shift at that turn; the class whose
         reference explains the particle best at its own turn and shift wins."""
         grid, k = self.grid, len(references)
-        ref_polar = sample_polar(references, grid.xy)
-        ref_fft = torch.fft.rfft(ref_polar * grid.ring_weight, dim=-1)
-        ref_norm = torch.sqrt((ref_polar**2 * grid.ring_weight).sum(dim=(1, 2))).clamp(min=1e-12)
-        power = ring_mean(torch.fft.rfft2(references).abs() ** 2, grid.rings, grid.n_rings).double()  # (K, R)
-        norm_weights = self.ring_counts / self.noise.double() / (grid.box**2)
+        refs = self._references(references)
         search_shift = shifts is not None and shifts.max_px > 0
         off_centre = search_shift or bool(state.poses.shift_px.any())
         poses, classes = state.poses.copy(), state.classes.clone()
@@ -111,14 +145,8 @@ class ClassSearch:
             t = torch.from_numpy(idx)
             ctf2_sum += ctf2.double().sum(0)
             n_seen += len(idx)
-            polar = sample_polar(whitened, grid.xy, poses.shift_px[t] if off_centre else None)
-            spectra = torch.fft.rfft(polar, dim=-1).conj()
-            corr = torch.fft.irfft(torch.einsum("brf,krf->bkf", spectra, ref_fft), n=grid.angular_samples, dim=-1)
-            pos, height = periodic_peak(corr.reshape(-1, grid.angular_samples))
-            pos, height = pos.reshape(len(idx), k), height.reshape(len(idx), k)
-            # ⟨x, CR⟩/σ² from the polar sum (its samples stand for ρ dρ dθ of area), less ½‖CR‖²/σ².
-            penalty = 0.5 * (ctf2.double() * norm_weights) @ power.T
-            loglik = height.double() * (2 * math.pi / grid.angular_samples) - penalty
+            pos, height, loglik, penalty, norm = self._polar(whitened, ctf2, poses.shift_px[t] if off_centre else None,
+                                                             refs)
             rows = torch.arange(len(idx))
             chosen = loglik.argmax(dim=1) if reassign else state.classes[t]
             if search_shift:
@@ -128,11 +156,47 @@ class ClassSearch:
             margin_sum.index_add_(0, chosen, loglik[rows, chosen][:, None] - loglik)
             members += torch.bincount(chosen, minlength=k).double()
             poses.psi_rad[t] = pos[rows, chosen] * grid.step_rad
-            norm = torch.sqrt((polar**2 * grid.ring_weight).sum(dim=(1, 2))).clamp(min=1e-12)
-            poses.score[t] = height[rows, chosen] / (norm * ref_norm[chosen])
+            poses.score[t] = height[rows, chosen] / (norm * refs.norm[chosen])
             sums.add(idx, weighted, ctf2, poses.psi_rad[t], poses.shift_px[t], chosen)
         self.mean_ctf2 = ctf2_sum / max(n_seen, 1)
         return ClassState(poses, classes, sums, margin_sum / members.clamp(min=1)[:, None])
+
+    def search_globally(self, batches: Iterable[Prepared], poses: Poses, references: torch.Tensor,
+                        shifts: ShiftSearch, band: int, which: torch.Tensor) -> Poses:
+        """New poses for the particles ``which`` ((N,) bool): the best of every coarse turn
+        (:data:`GLOBAL_TURN_STRIDE`) and every shift against their :data:`SHIFT_CANDIDATES` likeliest classes.
+        :meth:`search` takes a particle's turn from the polar correlation about its current centre, which is
+        wrong when that centre is a few pixels off, and the shift found at a wrong turn does not correct it:
+        such a particle stays unexplained by its own view. This search does not depend on the centre; the
+        next :meth:`search` refines the turn about the centre it finds."""
+        grid, k = self.grid, len(references)
+        refs = self._references(references)
+        full = _turned_spectra(references)[:, ::GLOBAL_TURN_STRIDE]
+        cropped = _cropped(full, min(grid.box, 2 * (band + 1)))
+        size, n_turns = cropped.shape[-2], cropped.shape[1]
+        turn_rad = torch.arange(n_turns) * (GLOBAL_TURN_STRIDE * 2 * math.pi / SHIFT_TURNS)
+        poses = poses.copy()
+        for idx, _, whitened, ctf2 in batches:
+            sel = which[torch.from_numpy(idx)]
+            if not bool(sel.any()):
+                continue
+            t, whitened, ctf2 = torch.from_numpy(idx)[sel], whitened[sel], ctf2[sel]
+            _, _, loglik, penalty, _ = self._polar(whitened, ctf2, poses.shift_px[t], refs)
+            candidates = loglik.topk(min(SHIFT_CANDIDATES, k), dim=1).indices  # (b, M)
+            small = _cropped(torch.fft.rfft2(whitened), size)
+            m = candidates.shape[1]
+            step = max(1, SHIFT_IMAGES // (m * n_turns))
+            for start in range(0, len(t), step):
+                p = slice(start, start + step)
+                c = candidates[p]
+                cc = torch.fft.irfft2(small[p, None, None] * cropped[c].conj(), s=(size, size)) * (size / grid.box) ** 2
+                shift, height = shifts.peak(cc.flatten(0, 2), grid.box)
+                score = height.reshape(len(c), m, n_turns).double() - penalty[p].gather(1, c)[..., None]
+                best = score.flatten(1).argmax(dim=1)
+                rows = torch.arange(len(c))
+                poses.shift_px[t[p]] = shift.reshape(len(c), m, n_turns, 2)[rows, best // n_turns, best % n_turns]
+                poses.psi_rad[t[p]] = turn_rad[best % n_turns]
+        return poses
 
     def _shifted(self, whitened: torch.Tensor, turned: tuple[torch.Tensor, torch.Tensor], psi_rad: torch.Tensor,
                  loglik: torch.Tensor, penalty: torch.Tensor, held: torch.Tensor | None,

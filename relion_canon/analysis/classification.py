@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
 import numpy as np
@@ -67,8 +67,10 @@ MERGE_FACTOR = 6.0
 MERGE_NATS = 8.0
 MERGE_WHEN_MOVED = 0.02  # merging waits until fewer than this fraction of the particles change class
 # A particle of a junk class joins a good class when it matches it at least this fraction as well as the
-# class's typical (median) particle does: the fraction below which a whole class counts as junk.
-REHOME_SCORE_FRACTION = 0.5
+# class's typical (median) particle does. Above the fraction below which a whole class counts as junk (0.5):
+# the re-homing search is global (every turn and shift), and the best of that many poses lifts a junk
+# particle's score more than a search about its centre would.
+REHOME_SCORE_FRACTION = 0.7
 
 JunkRule = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 """(sizes (K,), resolutions Å (K,), median scores (K,)) → (K,) bool: which classes hold junk."""
@@ -221,7 +223,8 @@ class _Rounds:
 
     def rehome(self, state: ClassState, particles: PreparedParticles, junk_rule: JunkRule) -> ClassState:
         """Give the particles of junk classes (``junk_rule``) a second chance: each is searched against the good
-        classes alone and joins the best one when it matches it at least :data:`REHOME_SCORE_FRACTION` as well
+        classes alone, globally first (a particle far off-centre lands in a junk class because the turn found
+        about its centre was wrong; see :meth:`ClassSearch.search_globally`), and joins the best one when it matches it at least :data:`REHOME_SCORE_FRACTION` as well
         as that class's typical particle does (a good particle that a blurred class had caught). The others
         stay, with their correlation with the best good class as their score, so that a junk particle's
         outlier score says how unlike every view it is, not how well it fits other junk."""
@@ -236,10 +239,15 @@ class _Rounds:
             return state
         good = torch.from_numpy(np.flatnonzero(~junk & (counts > 0)))
         references = torch.stack([averages[c].reference for c in good.tolist()])
-        searched = self.searcher.search(particles.everyone(), state, references, True, self.shifts,
-                                supported_band([averages[c] for c in good.tolist()]))
-        best = good[searched.classes]
+        band = supported_band([averages[c] for c in good.tolist()])
         in_junk = torch.from_numpy(junk[classes])
+        start = state.poses
+        if self.shifts.max_px > 0:
+            start = self.searcher.search_globally(particles.everyone(), state.poses, references, self.shifts, band,
+                                                  in_junk)
+        searched = self.searcher.search(particles.everyone(), replace(state, poses=start), references, True,
+                                        self.shifts, band)
+        best = good[searched.classes]
         fits = searched.poses.score >= REHOME_SCORE_FRACTION * torch.from_numpy(median).float()[best]
         move = in_junk & fits
         poses, new_classes = state.poses.copy(), state.classes.clone()
