@@ -136,6 +136,7 @@ def run_job(
     resume: bool = True,
     context: RunContext = RunContext(),
     passthrough: str | Path | None = None,
+    input_checked: bool = False,
 ) -> JobResult:
     """Run the whole job on a particle STAR file; see the module docstring for what lands in ``out_dir``.
 
@@ -150,8 +151,13 @@ def run_job(
     "Import Result Group".
 
     ``config.threads`` bounds every CPU thread pool of the job (torch's and the BLAS behind numpy/scikit-learn).
+
+    ``input_checked``: the caller has already passed these particles and this config through
+    :func:`~relion_canon.io.validate.check_job_input` (the External job does, before its distributed training
+    starts), so the stacks are not read a second time nor the warnings repeated.
     """
-    check_job_input(particles, config, passthrough, context.project_dir)  # options and data, before any work
+    if not input_checked:
+        check_job_input(particles, config, passthrough, context.project_dir)  # options and data, before any work
     outputs = [PARTICLES_STAR, SELECTED_STAR, REJECTED_STAR, REPORT_JSON, LOGFILE_PDF]
     if not config.model_path:
         outputs += [MODEL_FILE, CHECKPOINT_FILE]

@@ -216,9 +216,7 @@ def test_click_front_door_defaults_and_values_reach_the_job(door, captured, tmp_
 def _external_config(argv):
     from relion_canon.relion.params import build_parser, config_from_args
 
-    args, unknown = build_parser().parse_known_args(["--o", "x/", "--in_parts", "p.star", *argv])
-    assert unknown == []
-    return config_from_args(args)[0]
+    return config_from_args(build_parser().parse_args(["--o", "x/", "--in_parts", "p.star", *argv]))[0]
 
 
 def test_external_front_door_declares_the_table():

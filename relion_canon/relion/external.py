@@ -233,7 +233,7 @@ class ExternalJob:
         self.out.mkdir(parents=True, exist_ok=True)  # kept whatever happens: the exit file goes there
         self.folder = self._held.enter_context(output_folder(self.out, outputs=OUTPUTS))
         removed = clear_stale_files(self.out)
-        args, unknown = build_parser().parse_known_args(argv)
+        args = build_parser().parse_args(argv)
         version, source = detect_relion_version(self.out, ".", text_or_none(args.relion_version))
         _log(f"{PROG} {__version__}: {' '.join(argv)}")
         is_continue = self._is_continue()
@@ -241,8 +241,6 @@ class ExternalJob:
              f"working directory {os.getcwd()}")
         if removed:
             _log(f"Removed files of an earlier run: {', '.join(removed)}")
-        if unknown:
-            _log(f"Warning: ignoring argument(s) this job does not know: {' '.join(unknown)}")
         for name in UNUSED_INPUTS:
             if getattr(args, name):
                 _log(f"Warning: --{name} {getattr(args, name)} is not used: relion_canon learns from the particles alone")
@@ -256,7 +254,17 @@ class ExternalJob:
         config, gpu_ids = config_from_args(args)
         model_source = _model_file(config.model_path) if config.model_path else None
         _log("Settings: " + json.dumps(config.to_dict(), default=str))
+        from relion_canon.context import RunContext
+        from relion_canon.logs import log_to
+
+        input_checked = False
         if gpu_ids and len(gpu_ids) > 1 and model_source is None:
+            # run_job's own check would come only after the torchrun processes have trained on the data.
+            from relion_canon.io.validate import check_job_input
+
+            with log_to(sys.stdout):  # its warnings in run.out, where run_job would have put them
+                check_job_input(star, config)
+            input_checked = True
             self._train_distributed(args.in_parts, config, gpu_ids, is_continue)
             is_continue = True  # the job now resumes from the checkpoint the distributed run left
             config.device = _single_device_after(gpu_ids)
@@ -264,11 +272,9 @@ class ExternalJob:
         job = self._job
         if job is None:
             from relion_canon.job import run_job as job
-        from relion_canon.context import RunContext
-        from relion_canon.logs import log_to
 
         with log_to(sys.stdout):  # the job's lines in run.out, as _log writes its own
-            result = job(star, self.out_dir, config, resume=is_continue,
+            result = job(star, self.out_dir, config, resume=is_continue, input_checked=input_checked,
                          context=RunContext(progress=False, should_stop=self.should_stop))
 
         if model_source is not None:

@@ -59,12 +59,13 @@ class _Parser(argparse.ArgumentParser):
         # argparse would print usage and sys.exit(2): the job must instead end with an exit file.
         raise UsageError(message)
 
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
-        # A misspelt param label (--epoch for --epochs) would otherwise run the whole job with the default.
-        known, unknown = super().parse_known_args(args, namespace)
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        # A misspelt param label (--epoch for --epochs) fails with the labels this job knows, where argparse
+        # would only say "unrecognized arguments".
+        known, unknown = self.parse_known_args(args, namespace)
         if unknown:
             raise UsageError(unknown_arguments_message(unknown))
-        return known, unknown
+        return known
 
 
 def unknown_arguments_message(unknown: Sequence[str]) -> str:

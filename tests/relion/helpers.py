@@ -61,7 +61,7 @@ class FakeJob:
         self.behaviour = behaviour
         self.calls: list[dict] = []
 
-    def __call__(self, star, out_dir, config, *, resume, context, passthrough=None):
+    def __call__(self, star, out_dir, config, *, resume, context, passthrough=None, input_checked=False):
         from relion_canon.errors import InputError
         from relion_canon.io.star import write_star
 

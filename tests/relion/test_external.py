@@ -40,8 +40,7 @@ def project(tmp_path, project_template, monkeypatch) -> Path:
 
 
 def _config(argv):
-    args, unknown = build_parser().parse_known_args(argv)
-    return (*config_from_args(args), unknown)
+    return config_from_args(build_parser().parse_args(argv))
 
 
 def _exit_files(out: Path) -> list[str]:
@@ -58,8 +57,7 @@ def test_relion_command_line_maps_onto_the_job_settings():
             "--model_path --epochs 3 --box 48 --outlier_method lof --outlier_threshold 2.5 "
             "--defocus_range 5000,25000 --labels --gpu 0 --j 4 --per_class no --seed 7 --set lr=0.001 "
             "--set latent_dim=4 --pipeline_control External/job001/").split()
-    config, gpu_ids, unknown = _config(argv)
-    assert unknown == []
+    config, gpu_ids = _config(argv)
     assert (config.model, config.model_path, config.epochs, config.box) == ("vaegan", None, 3, 48)
     assert (config.outlier_method, config.outlier_threshold) == ("lof", 2.5)
     assert config.defocus_range == (5000.0, 25000.0)
@@ -71,9 +69,9 @@ def test_relion_command_line_maps_onto_the_job_settings():
 def test_speed_settings_only_when_given():
     from relion_canon.job import JobConfig
 
-    config, _, _ = _config("--o x/ --in_parts p.star --train_particles all --model_box 48 --max_shift_px 2".split())
+    config, _ = _config("--o x/ --in_parts p.star --train_particles all --model_box 48 --max_shift_px 2".split())
     assert (config.train_particles, config.model_box, config.max_shift_px) == (None, 48, 2.0)
-    config, _, _ = _config("--o x/ --in_parts p.star --train_particles 800".split())
+    config, _ = _config("--o x/ --in_parts p.star --train_particles 800".split())
     default = JobConfig()
     assert (config.train_particles, config.model_box, config.max_shift_px) == \
         (800, default.model_box, default.max_shift_px)
@@ -86,9 +84,8 @@ def test_empty_values_give_the_defaults():
 
     argv = "--o x/ --in_parts p.star --mode --model --epochs --box --outlier_method --outlier_threshold " \
            "--defocus_range --gpu --j 1".split()
-    config, gpu_ids, unknown = _config(argv)
+    config, gpu_ids = _config(argv)
     default = JobConfig()
-    assert unknown == []
     assert (config.model, config.epochs, config.box, config.outlier_method, config.outlier_threshold) == \
         (default.model, None, None, default.outlier_method, default.outlier_threshold)
     assert (config.defocus_range, config.device, gpu_ids) == (None, "auto", [])
@@ -144,7 +141,7 @@ def test_distributed_training_settings_round_trip(tmp_path):
     the JSON file the job writes; they must come back exactly as parsed."""
     from relion_canon.relion.ddp_train import job_config_from_dict, write_settings
 
-    config, gpu_ids, _ = _config("--o x/ --in_parts p.star --model spatial-vae --box 32 --labels --gpu 0,1 "
+    config, gpu_ids = _config("--o x/ --in_parts p.star --model spatial-vae --box 32 --labels --gpu 0,1 "
                                  "--j 3 --set lr=0.002 --seed 5 --defocus_range 5000,25000".split())
     assert gpu_ids == ["0", "1"] and config.device == "auto"
     path = write_settings(tmp_path / "s.json", "Input/particles.star", "External/job001/", config, resume=False)
@@ -290,7 +287,7 @@ import sys, time
 from pathlib import Path
 from relion_canon.relion.external import ExternalJob
 
-def job(star, out_dir, config, *, resume, context):
+def job(star, out_dir, config, *, resume, context, input_checked=False):
     Path(out_dir, "started").touch()
     for _ in range(600):  # never polls should_stop: only the signal can end it early
         time.sleep(0.1)
@@ -302,7 +299,7 @@ sys.exit(ExternalJob("External/job001/", job=job).run(sys.argv[1:]))
 
 def test_signal_in_process_ends_as_aborted(project, capsys):
     """The handler turns a signal into a stop wherever the job is (here: in the middle of its work)."""
-    def job(star, out_dir, config, *, resume, context):
+    def job(star, out_dir, config, *, resume, context, input_checked=False):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(5)  # the handler interrupts this
         raise AssertionError("not stopped")

@@ -79,7 +79,7 @@ def test_a_folder_another_job_holds_is_refused_and_left_alone(project, capsys):
     assert {k: v for k, v in _snapshot(out).items() if k != ".relion_canon.lock"} == before
 
 
-def _fails_after_writing(star, out_dir, config, *, resume, context):
+def _fails_after_writing(star, out_dir, config, *, resume, context, input_checked=False):
     """Writes results as the job does (through the atomic writers), then finds a bad row, as a late check would."""
     out = Path(out_dir)
     n = len(star)

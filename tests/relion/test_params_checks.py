@@ -101,3 +101,16 @@ def test_misspelt_label_through_the_installed_script(project):
                           env=dict(os.environ, PYTHONPATH=str(REPO)))  # this tree, wherever it is installed from
     line = _failed(project, before, proc.returncode, proc.stderr)
     assert line.startswith("relion_canon_external: error: unknown argument(s) --epoch 2 (did you mean --epochs?)")
+
+
+@pytest.mark.parametrize("case", ["negative_defocus", "constant_images"])
+def test_bad_particles_fail_before_distributed_training(project, capsys, case):
+    """With several GPUs the torchrun processes train before run_job starts: the data is checked before them,
+    so the job fails at once, as with one device, and no training process is started."""
+    make_case(project / "Input/particles.star", case, project / "Input" / f"{case}.star")
+    before = _files(project)
+    rc = main(["--o", OUT, "--in_parts", f"Input/{case}.star", "--j", "1", "--gpu", "0,1", "--epochs", "1"])
+    captured = capsys.readouterr()
+    line = _failed(project, before, rc, captured.err)
+    assert line.startswith(f"relion_canon_external: error: Input/{case}.star") and CASES[case][0] in line
+    assert "Training on GPUs" not in captured.out
