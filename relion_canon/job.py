@@ -90,9 +90,8 @@ class JobConfig(EstimateConfig):
     model: str = option("rotinv-ae", kind=TEXT, choices=_model_names, help="The network to train.")
     model_path: str | None = option(
         None, kind=PATH, help="Apply this trained model (model.pt or its folder) instead of training one.")
-    # None: 1 epoch (the refinement, not the network, sets the final accuracy)
-    epochs: int | None = option(None, kind=INT, minimum=1,
-                                help="Training epochs (default: 1; the refinement sets the accuracy).")
+    epochs: int = option(DEFAULT_EPOCHS, kind=INT, minimum=1,
+                         help="Training epochs (the refinement, not the network, sets the final accuracy).")
     train_particles: int | None = option(
         500, kind=INT, minimum=10, none_words=("all", "0"),
         help="Train on a random subset of this many particles (0 or all: every particle).")
@@ -158,6 +157,10 @@ def run_job(
     """
     if not input_checked:
         check_job_input(particles, config, passthrough, context.project_dir)  # options and data, before any work
+    if config.ref:
+        from relion_canon.analysis.orientation.reference import check_reference
+
+        check_reference(config)
     outputs = [PARTICLES_STAR, SELECTED_STAR, REJECTED_STAR, REPORT_JSON, LOGFILE_PDF]
     if not config.model_path:
         outputs += [MODEL_FILE, CHECKPOINT_FILE]
@@ -265,7 +268,7 @@ def train_for_job(star: ParticleStar, out_dir: Path, config: JobConfig, *, resum
         model=config.model,
         model_options=options,
         preprocess=PreprocessConfig(box=_model_box(star, config, context)),
-        epochs=config.epochs if config.epochs is not None else DEFAULT_EPOCHS,
+        epochs=config.epochs,
         batch_size=config.batch_size,
         seed=config.seed,
         device=config.device,

@@ -247,6 +247,24 @@ def test_external_help_lists_every_param():
         assert f"--{entry.external_param}" in text
 
 
+def test_help_texts_leave_the_default_to_the_table():
+    """Each front door shows the table's default beside the help; a help text naming its own number drifts."""
+    for entry in TABLE:
+        assert not re.search(r"default:?\s*[0-9]", entry.option.help), entry.name
+
+
+def test_epochs_default_is_described_as_the_job_trains():
+    from relion_canon.cli.run_cmd import run_command
+    from relion_canon.job import DEFAULT_EPOCHS
+    from relion_canon.relion.params import params_help
+
+    assert JobConfig().epochs == DEFAULT_EPOCHS
+    run_help = " ".join(CliRunner().invoke(run_command, ["--help"], terminal_width=200).output.split())
+    assert re.search(rf"--epochs INTEGER Training epochs [^[]*\[default: {DEFAULT_EPOCHS}\]", run_help), run_help
+    external = " ".join(params_help().split("--epochs", 1)[1].split("--", 1)[0].split())
+    assert external.endswith(f"[default: {DEFAULT_EPOCHS}]"), external
+
+
 # --- RELION's job.star templates and the External job's README -----------------------------------------------
 
 

@@ -87,7 +87,7 @@ def test_empty_values_give_the_defaults():
     config, gpu_ids = _config(argv)
     default = JobConfig()
     assert (config.model, config.epochs, config.box, config.outlier_method, config.outlier_threshold) == \
-        (default.model, None, None, default.outlier_method, default.outlier_threshold)
+        (default.model, default.epochs, None, default.outlier_method, default.outlier_threshold)
     assert (config.defocus_range, config.device, gpu_ids) == (None, "auto", [])
 
 
