@@ -41,7 +41,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -73,6 +72,7 @@ from relion_canon.relion.params import (
     params_help,
     text_or_none,
 )
+from relion_canon.relion.torchrun import distributed_train_command, run_torchrun, single_device_after
 
 MODEL_FILE = "model.pt"
 # What the job writes in its folder, checked against its inputs before any work (run_job adds its own names).
@@ -90,14 +90,6 @@ class _Stop(BaseException):
     def __init__(self, reason: str):
         self.reason = reason
         super().__init__(reason)
-
-
-def distributed_train_command(settings_path: str, n_processes: int) -> list[str]:
-    """torchrun, the standard launcher (as ``relion-canon train --gpu 0,1`` uses it), starting one
-    :mod:`relion_canon.relion.ddp_train` process per GPU. A child, not ``exec``: this process must live on to
-    predict and, whatever happens, to write the exit file."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n_processes}",
-            "-m", "relion_canon.relion.ddp_train", settings_path]
 
 
 # --- the job ------------------------------------------------------------------------------------------------
@@ -254,24 +246,18 @@ class ExternalJob:
         config, gpu_ids = config_from_args(args)
         model_source = _model_file(config.model_path) if config.model_path else None
         _log("Settings: " + json.dumps(config.to_dict(), default=str))
-        from relion_canon.context import RunContext
-        from relion_canon.logs import log_to
-
         input_checked = False
         if gpu_ids and len(gpu_ids) > 1 and model_source is None:
-            # run_job's own check would come only after the torchrun processes have trained on the data.
-            from relion_canon.io.validate import check_job_input
-
-            with log_to(sys.stdout):  # its warnings in run.out, where run_job would have put them
-                check_job_input(star, config)
+            self._train_distributed(star, args.in_parts, config, gpu_ids, is_continue)
             input_checked = True
-            self._train_distributed(args.in_parts, config, gpu_ids, is_continue)
             is_continue = True  # the job now resumes from the checkpoint the distributed run left
-            config.device = _single_device_after(gpu_ids)
+            config.device = single_device_after(gpu_ids)
 
         job = self._job
         if job is None:
             from relion_canon.job import run_job as job
+        from relion_canon.context import RunContext
+        from relion_canon.logs import log_to
 
         with log_to(sys.stdout):  # the job's lines in run.out, as _log writes its own
             result = job(star, self.out_dir, config, resume=is_continue, input_checked=input_checked,
@@ -316,50 +302,26 @@ class ExternalJob:
             _log(f"Warning: {exc}; resuming from a checkpoint if the folder holds one")
             return True
 
-    def _train_distributed(self, in_parts: str, config, gpu_ids: list[str], resume: bool) -> None:
+    def _train_distributed(self, star, in_parts: str, config, gpu_ids: list[str], resume: bool) -> None:
+        from relion_canon.io.validate import check_job_input
+        from relion_canon.logs import log_to
         from relion_canon.relion.ddp_train import write_settings
 
+        # run_job's own check would come only after the torchrun processes have trained on the data.
+        with log_to(sys.stdout):  # its warnings in run.out, where run_job would have put them
+            check_job_input(star, config)
         # The torchrun processes write model.pt outside this process's atomic_path: it is this run's all the same.
         self.folder.claim(MODEL_FILE)  # type: ignore[union-attr]
         settings = write_settings(self.out / DDP_SETTINGS, in_parts, self.out_dir, config, resume)
         cmd = distributed_train_command(str(settings), len(gpu_ids))
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(gpu_ids))
         _log(f"Training on GPUs {','.join(gpu_ids)}, one process each: {' '.join(cmd)}")
-        # Its own session, so that the whole torchrun tree can be stopped at once.
-        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
         try:
-            while True:
-                try:
-                    rc = proc.wait(timeout=1.0)
-                    break
-                except subprocess.TimeoutExpired:
-                    if self.should_stop():
-                        raise _Stop(f"aborted on RELION's request ({ABORT_NOW}) during training; "
-                                    "Continue resumes from the last completed epoch") from None
-            if rc != 0:
-                raise RuntimeError(f"distributed training exited with code {rc} (its messages are above in run.err)")
+            finished = run_torchrun(cmd, gpu_ids, self.should_stop)
         finally:
-            if proc.poll() is None:
-                _stop_process_group(proc)
             settings.unlink(missing_ok=True)
-
-
-def _single_device_after(gpu_ids: list[str]) -> str:
-    """Prediction after distributed training runs in this process, on the first of the GPUs."""
-    import torch
-
-    return f"cuda:{int(gpu_ids[0])}" if torch.cuda.is_available() else "auto"
-
-
-def _stop_process_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
+        if not finished:
+            raise _Stop(f"aborted on RELION's request ({ABORT_NOW}) during training; "
+                        "Continue resumes from the last completed epoch")
 
 
 def _model_file(path: str) -> Path:

@@ -14,7 +14,8 @@ import pytest
 
 from relion_canon.relion import external
 from relion_canon.relion.job_star import parse_star_text
-from relion_canon.relion.external import ExternalJob, distributed_train_command, main
+from relion_canon.relion.external import ExternalJob, main
+from relion_canon.relion.torchrun import distributed_train_command
 from relion_canon.relion.params import UsageError, build_parser, config_from_args, parse_defocus_range, parse_gpu
 from tests.relion.helpers import FakeJob, make_project, snapshot, write_job_star
 
