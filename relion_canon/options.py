@@ -81,9 +81,10 @@ class Option:
         if self.kind == RANGE:
             return range_problem(value)
         if self.kind == TEXT and self.choices is not None:
-            names = self.choice_names() or ()
-            if str(value).lower() not in names:
-                return f"{value!r} is not one of {', '.join(names)}"
+            try:
+                self.choose(str(value))
+            except ValueError as exc:
+                return str(exc)
         if self.check is not None:
             return self.check(value)
         return None

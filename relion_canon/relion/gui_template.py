@@ -20,25 +20,26 @@ from typing import Sequence
 
 from relion_canon.errors import InputError
 from relion_canon.io.atomic import atomic_path
+from relion_canon.options import BOOL, JobOption
 from relion_canon.relion.job_star import DEFAULT_PIPELINE, VERSIONS, normalise_version, version_from_pipeline
+from relion_canon.relion.params import external_params, param_text
 
 GUI_TEMPLATE = ".gui_externaljob.star"
 INSTALL_FLAG = "--install-gui-template"
 EXECUTABLE = "relion_canon_external"
 
-# (label, value) of Param1..Param10. The label is the param's name: RELION passes ``--<label> <value>``.
-PARAMS: tuple[tuple[str, str], ...] = (
-    ("mode", "train"),
-    ("model", "rotinv-ae"),
-    ("model_path", ""),
-    ("epochs", ""),
-    ("box", ""),
-    ("outlier_method", "ensemble"),
-    ("outlier_threshold", ""),
-    ("defocus_range", ""),
-    ("labels", "no"),
-    ("gpu", ""),
-)
+# The labels of Param1..Param10: the param's name, as RELION passes ``--<label> <value>``.
+PARAMS: tuple[str, ...] = ("mode", "model", "model_path", "epochs", "box", "outlier_method", "outlier_threshold",
+                           "defocus_range", "labels", "gpu")
+
+
+def _shown_value(entry: JobOption) -> str:
+    """A param with choices or yes/no shows the job's default (from the option table), so that the GUI shows
+    what Run does and what it can be changed to; numbers, paths and the GPUs are left empty, which the job
+    reads as its default (often automatic, as the particles' own box)."""
+    if entry.option.kind == BOOL or entry.option.choices is not None:
+        return param_text(entry.default)
+    return ""
 
 
 def template_text(version: str) -> str:
@@ -51,9 +52,10 @@ def template_text(version: str) -> str:
     else:
         header = ["_rlnJobTypeLabel             relion.external", "_rlnJobIsContinue                       0",
                   "_rlnJobIsTomo                           0"]
+    entries = {entry.external_param: entry for entry in external_params()}
     rows = [("fn_exe", EXECUTABLE), ("in_part", '""')]
-    for i, (label, value) in enumerate(PARAMS, start=1):
-        rows += [(f"param{i}_label", label), (f"param{i}_value", value or '""')]
+    for i, label in enumerate(PARAMS, start=1):
+        rows += [(f"param{i}_label", label), (f"param{i}_value", _shown_value(entries[label]) or '""')]
     lines = ["", f"# version {star_version}", "", "data_job", "", *header, " ", "", f"# version {star_version}", "",
              "data_joboptions_values", "", "loop_ ", "_rlnJobOptionVariable #1 ", "_rlnJobOptionValue #2 ",
              *(f"{name:<16} {value}" for name, value in rows), " ", ""]

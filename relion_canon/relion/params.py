@@ -93,14 +93,15 @@ def params_help() -> str:
     lines = ["Params (and Additional arguments):"]
     for entry in external_params():
         choices = entry.option.choice_names()
-        default = "" if entry.default in (None, {}) else f" [default: {_param_text(entry.default)}]"
+        default = "" if entry.default in (None, {}) else f" [default: {param_text(entry.default)}]"
         text = entry.option.help + (f" One of: {', '.join(choices)}." if choices else "") + default
         lines.append(f"  --{entry.external_param}")
         lines.extend(textwrap.wrap(text, 100, initial_indent=" " * 6, subsequent_indent=" " * 6))
     return "\n".join(lines)
 
 
-def _param_text(value) -> str:
+def param_text(value) -> str:
+    """A value as a param's text (as RELION passes it, and as the job reads it back)."""
     if isinstance(value, bool):
         return "yes" if value else "no"
     return str(value)
