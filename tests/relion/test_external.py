@@ -15,29 +15,13 @@ import pytest
 from relion_canon.relion import external
 from relion_canon.relion.job_star import parse_star_text
 from relion_canon.relion.external import ExternalJob, main
-from relion_canon.relion.torchrun import distributed_train_command
 from relion_canon.relion.params import UsageError, build_parser, config_from_args, parse_defocus_range, parse_gpu
-from tests.relion.helpers import FakeJob, make_project, snapshot, write_job_star
+from relion_canon.relion.torchrun import distributed_train_command
+from tests.relion.helpers import FakeJob, snapshot, write_job_star
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = "External/job001/"
 EXIT_FILES = ("RELION_JOB_EXIT_SUCCESS", "RELION_JOB_EXIT_FAILURE", "RELION_JOB_EXIT_ABORTED")
-
-
-@pytest.fixture(scope="module")
-def project_template(tmp_path_factory) -> Path:
-    return make_project(tmp_path_factory.mktemp("template") / "project", n=24)
-
-
-@pytest.fixture
-def project(tmp_path, project_template, monkeypatch) -> Path:
-    """A fresh copy of a small RELION project, as the working directory (RELION runs jobs from there)."""
-    import shutil
-
-    root = tmp_path / "project"
-    shutil.copytree(project_template, root)
-    monkeypatch.chdir(root)
-    return root
 
 
 def _config(argv):

@@ -4,34 +4,18 @@ failure RELION_JOB_EXIT_FAILURE with the earlier results put back, never a parti
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from relion_canon.errors import InputError
 from relion_canon.io.star import read_star, write_star
 from relion_canon.relion.external import ExternalJob, main
 from tests.io.test_output_dir import hold_folder
-from tests.relion.helpers import make_project
 
 OUT = "External/job001/"
 EXIT_FILES = ("RELION_JOB_EXIT_SUCCESS", "RELION_JOB_EXIT_FAILURE", "RELION_JOB_EXIT_ABORTED")
-
-
-@pytest.fixture(scope="module")
-def project_template(tmp_path_factory) -> Path:
-    return make_project(tmp_path_factory.mktemp("template") / "project", n=24)
-
-
-@pytest.fixture
-def project(tmp_path, project_template, monkeypatch) -> Path:
-    root = tmp_path / "project"
-    shutil.copytree(project_template, root)
-    monkeypatch.chdir(root)
-    return root
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
