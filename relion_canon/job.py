@@ -157,10 +157,6 @@ def run_job(
     """
     if not input_checked:
         check_job_input(particles, config, passthrough, context.project_dir)  # options and data, before any work
-    if config.ref:
-        from relion_canon.analysis.orientation.reference import check_reference
-
-        check_reference(config)
     outputs = [PARTICLES_STAR, SELECTED_STAR, REJECTED_STAR, REPORT_JSON, LOGFILE_PDF]
     if not config.model_path:
         outputs += [MODEL_FILE, CHECKPOINT_FILE]
