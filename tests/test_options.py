@@ -110,6 +110,8 @@ def _sample(entry):
     opt = entry.option
     if opt.choices is not None:
         return next(c for c in opt.choice_names() if c != entry.default)
+    if entry.name == "sym":  # a point group (its own check refuses other text)
+        return "D2"
     return {
         TEXT: "cpu", PATH: "Some/job/model.pt", INT: int(opt.minimum or 0) + 17, FLOAT: (opt.minimum or 0) + 1.5,
         BOOL: not entry.default, RANGE: (5000.0, 25000.0), PAIRS: {"latent_dim": 8},

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from relion_canon.options import BOOL, EXTERNAL, FLOAT, INT, RANGE, TEXT, option
+from relion_canon.options import BOOL, EXTERNAL, FLOAT, INT, PATH, RANGE, TEXT, option
 
 MIN_BOX, MAX_BOX = 24, 256
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -25,6 +25,14 @@ def device_problem(value: str) -> str | None:
     m = re.fullmatch(r"(?:gpu|nvidia|cuda)\s*:?\s*(\d*)", str(value).strip().lower())
     hint = f"; did you mean cuda{':' + m.group(1) if m.group(1) else ''}?" if m else ""
     return f"{value!r} is not a device: use auto, cpu, cuda or cuda:N{hint}"
+
+
+def symmetry_problem(value: str) -> str | None:
+    """Why ``value`` is not a point group the orientation step handles, or None (imported on use: the option
+    table is read by front doors that never match a class)."""
+    from relion_canon.analysis.orientation.point_group import symmetry_problem as problem
+
+    return problem(value)
 
 
 _NO_DEVICE_PARAM = "the gpu param chooses the device (and trains on several GPUs, one process each)"
@@ -73,6 +81,18 @@ class EstimateConfig:
     device: str = option("auto", kind=TEXT, not_in={EXTERNAL: _NO_DEVICE_PARAM}, check=device_problem,
                          help="auto, cpu, cuda or cuda:N.")
     seed: int = option(0, kind=INT, minimum=0, help="Random seed (training subset, network, outlier scores).")
+    # RELION passes its "Input 3D reference" as --in_3dref, so that is this option's name in the External job.
+    ref: str | None = option(
+        None, kind=PATH, external_param="in_3dref",
+        help="A 3-D reference map (.mrc): each class is matched to a projection direction of it, and every "
+             "particle of a confidently matched class gets rlnAngleRot/Tilt/Psi and their priors for local "
+             "searches in Refine3D/Class3D.")
+    ref_pixel_size: float | None = option(
+        None, kind=FLOAT, minimum=1e-3,
+        help="The reference map's voxel size in Å, when its header has none (or to override it).")
+    sym: str = option("C1", kind=TEXT, check=symmetry_problem,
+                      help="The reference's point group, C1, Cn or Dn (RELION's axes): the direction search "
+                           "covers its asymmetric unit only.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

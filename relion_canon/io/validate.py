@@ -174,6 +174,10 @@ def check_job_input(particles: str | Path | ParticleStar, config: Any, passthrou
     from relion_canon.options import OptionError, check_config
 
     check_config(config)
+    if getattr(config, "ref", None):  # the reference map: the file, and against the other options
+        from relion_canon.analysis.orientation.reference import check_reference
+
+        check_reference(config)
     star = read_particles(particles, passthrough, project_dir)
     report = inspect_star(star, project_dir, scan_pixels=scan_pixels)
     if report.problems:

@@ -34,7 +34,7 @@ from relion_canon.options import (
 PROG = "relion_canon_external"
 MODES = ("train", "apply")
 # Inputs RELION may pass that this job has no use for: accepted (so the job still runs) and named in run.out.
-UNUSED_INPUTS = ("in_movies", "in_mics", "in_coords", "in_3dref", "in_mask")
+UNUSED_INPUTS = ("in_movies", "in_mics", "in_coords", "in_mask")  # in_3dref is the ref option
 
 _TRUE = ("yes", "y", "true", "t", "1", "on")
 _FALSE = ("no", "n", "false", "f", "0", "off")

@@ -9,7 +9,11 @@ import numpy as np
 
 COLUMNS = (
     "rlnClassNumber",
+    "rlnAngleRot",
+    "rlnAngleTilt",
     "rlnAnglePsi",
+    "rlnAngleRotPrior",
+    "rlnAngleTiltPrior",
     "rlnAnglePsiPrior",
     "rlnOriginXAngst",
     "rlnOriginYAngst",
@@ -21,6 +25,9 @@ COLUMNS = (
     "rlnCanonAlignmentScore",
     "rlnCanonCanonicalImage",
 )
+
+# Written only with a reference map (``ref``): the 3-D orientation of each particle (relion_canon.analysis.orientation).
+REFERENCE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAngleRotPrior", "rlnAngleTiltPrior")
 
 
 @dataclass
@@ -37,3 +44,5 @@ class Estimates:
     example_inputs: np.ndarray  # (K, H, W) preprocessed inputs of those rows
     example_canonical: np.ndarray  # (K, H, W) their canonical (unrotated, denoised) images (see the column)
     class_averages: dict[int, np.ndarray] = field(default_factory=dict)  # class number (0: all) → (H, W) canonical average
+    # With a reference map: class number → (class average, its matched projection), for the figure
+    matched_projections: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,11 +15,14 @@ from relion_canon.analysis.estimate.defocus_columns import DefocusColumns, estim
 from relion_canon.analysis.estimate.junk import Junk, find_junk, junk_by_alignment_score, junk_classes, outlier_features
 from relion_canon.analysis.estimate.predict import predict
 from relion_canon.analysis.estimate.refine import Refinement, ctf_or_none, refine_classes
-from relion_canon.analysis.estimate.results import Estimates
+from relion_canon.analysis.estimate.results import COLUMNS, Estimates
 from relion_canon.analysis.estimate.timing import Clock
 from relion_canon.analysis.estimate_config import EstimateConfig
 from relion_canon.context import RunContext
 from relion_canon.io.star import ParticleStar
+
+if TYPE_CHECKING:
+    from relion_canon.analysis.orientation import Orientations
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,17 @@ def estimate(star: ParticleStar, model_path: str | Path, out_dir: str | Path, co
     else:
         junk = junk_by_alignment_score(refinement.score, config.outlier_threshold)
         mark_junk_classes(refinement, junk)
+    orientations = None
+    if config.ref:
+        from relion_canon.analysis.orientation import orient_classes  # the projector: only when a map is given
+
+        clock.lap()
+        orientations = orient_classes(config.ref, config.ref_pixel_size, config.sym, refinement.class_averages,
+                                      refinement.class_reports, refinement.classes, refinement.psi_deg,
+                                      refinement.origin_A, refinement.box, refinement.pixel_size_A,
+                                      particle_junk=junk.flag, context=context)
+        clock.lap("orientation")
+        refinement.origin_A = orientations.particles.origin_A
     canonical = canonical_images(prediction, refinement.class_averages, refinement.classes, Path(out_dir),
                                  refinement.box, refinement.pixel_size_A, config.write_canonical, context)
     report: dict[str, Any] = {
@@ -51,24 +65,29 @@ def estimate(star: ParticleStar, model_path: str | Path, out_dir: str | Path, co
     }
     if refinement.classification is not None:
         report["classification"] = refinement.classification
+    if orientations is not None:
+        report["orientation"] = orientations.report
     return Estimates(
-        columns=star_columns(refinement, defocus, junk, canonical, config.refine), report=report,
+        columns=star_columns(refinement, defocus, junk, canonical, config.refine, orientations), report=report,
         latent=prediction.latent, psi_model=prediction.psi_deg, defocus_input=defocus_input_A,
         outlier_scores=junk.per_detector, example_index=prediction.example_index,
         example_inputs=prediction.example_inputs, example_canonical=canonical.example_canonical,
         class_averages=refinement.class_averages,
+        matched_projections={} if orientations is None else orientations.matched,
     )
 
 
 def star_columns(refinement: Refinement, defocus: DefocusColumns, junk: Junk, canonical: CanonicalImages,
-                 refined: bool) -> dict[str, np.ndarray]:
-    """The new STAR columns in :data:`~relion_canon.analysis.estimate.results.COLUMNS` order (those the run made)."""
+                 refined: bool, orientations: Orientations | None = None) -> dict[str, np.ndarray]:
+    """The new STAR columns in :data:`~relion_canon.analysis.estimate.results.COLUMNS` order (those the run made).
+    With ``orientations`` (a reference map) the angles are 3-D: see :mod:`relion_canon.analysis.orientation.priors`."""
     columns: dict[str, np.ndarray] = {}
     if refinement.classification is not None:
         columns["rlnClassNumber"] = class_numbers(refinement.classes, len(refinement.psi_deg))
+    angles = ({"rlnAnglePsi": refinement.psi_deg, "rlnAnglePsiPrior": refinement.psi_deg} if orientations is None
+              else orientations.particles.columns())
     columns |= {
-        "rlnAnglePsi": refinement.psi_deg,
-        "rlnAnglePsiPrior": refinement.psi_deg,
+        **{label: angles[label] for label in COLUMNS if label in angles},
         **({} if refinement.origin_A is None else
            {"rlnOriginXAngst": refinement.origin_A[:, 0], "rlnOriginYAngst": refinement.origin_A[:, 1]}),
         **defocus.columns,

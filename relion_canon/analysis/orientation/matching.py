@@ -47,11 +47,13 @@ from relion_canon.simulate.project import FourierProjector
 log = logging.getLogger(__name__)
 
 # A match must beat the best distinct direction by this much normalised correlation to be trusted. On the
-# simulated 8-view sets (tests/analysis/test_orientation.py) right matches beat their rivals by 0.05-0.3 and
-# the ambiguous ones (near-identical views) by under 0.01.
+# simulated 8-view ribosome set at SNR 0.05 (tests/analysis/test_orientation.py) right matches beat their rivals
+# by 0.17-0.32; the two symmetry mates of a C2 map's side view searched as C1 differ by under 0.01.
 AMBIGUOUS_MARGIN = 0.02
-# Below this normalised correlation the class does not look like any projection (junk that passed as a view).
-MIN_PEAK = 0.3
+# Below this normalised correlation the class does not look like any one projection: junk that passed as a view,
+# or several views averaged (a blurred, round class: 0.70 on the 8-view ribosome set at 32 px when the classes
+# merged into one). Classes of one view score 0.84-0.96 there (tests/analysis/test_orientation.py).
+MIN_PEAK = 0.75
 # Rings whose mean power in the reference's projections is below this fraction of the strongest ring's hold
 # no signal of the reference (beyond a low-pass filter's cut-off, or the map's own resolution).
 REFERENCE_BAND = 1e-2

@@ -15,22 +15,11 @@ from relion_canon.options import OptionError
 from relion_canon.simulate.sources import resample_map
 
 
-def reference_problem(path: str | Path) -> str | None:
-    """Why the map at ``path`` cannot be a reference (missing, unreadable, not a cube, empty), or None. The
-    option table checks it on every front door, which names the option as the user spelt it."""
-    try:
-        data, _ = read_map(path)
-    except InputError as exc:
-        return f"{path}: {exc.message}"
-    if not np.any(data):
-        return f"{path}: the map is empty (all zeros)"
-    return None
-
-
 def check_reference(config: Any) -> None:
-    """Refuse, in one line, a reference the orientation step could not use with the other options, before any
-    work: a map without a voxel size (in its header or ``ref_pixel_size``), or options that leave no class
-    averages in a known frame to match. (The file itself is checked with the options: :func:`reference_problem`.)"""
+    """Refuse, in one line, a reference the orientation step could not use, before any work
+    (:func:`relion_canon.io.validate.check_job_input` calls this): a missing or unreadable file, a map that is not
+    a cube, an empty one, one without a voxel size (in its header or ``ref_pixel_size``), or options that leave no
+    class averages in a known frame to match. The option table checks values only (it reads no file)."""
     path = getattr(config, "ref", None)
     if not path:
         return
@@ -41,11 +30,12 @@ def check_reference(config: Any) -> None:
         raise OptionError("a reference map (--ref; RELION: Input 3D reference) works on the job's own classes, "
                           "whose angles are in each class average's frame; it cannot be used with --per-class "
                           "(RELION param per_class)")
-    if config.ref_pixel_size is None:
-        _, header_apix = read_map(path)
-        if header_apix is None:
-            raise InputError("the map header gives no voxel size; give it with --ref-pixel-size (RELION param "
-                             "ref_pixel_size)", path)
+    data, header_apix = read_map(path)  # InputError naming the file: missing, unreadable, not a cube
+    if not np.any(data):
+        raise InputError("the reference map is empty (all zeros)", path)
+    if config.ref_pixel_size is None and header_apix is None:
+        raise InputError("the map header gives no voxel size; give it with --ref-pixel-size (RELION param "
+                         "ref_pixel_size)", path)
 
 
 def load_reference(path: str | Path, map_pixel_size: float | None, box: int, pixel_size_A: float) -> tuple[np.ndarray, dict[str, Any]]:
