@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import mrcfile
 import pytest
-import torch
 
 from relion_canon.analysis.estimate.refine import ctf_or_none, refine_classes
 from relion_canon.analysis.estimate.timing import Clock
