@@ -6,7 +6,7 @@ from relion_canon.simulate.dataset import SimulationResult, simulate_dataset
 from relion_canon.simulate.junk import JUNK_KINDS
 from relion_canon.simulate.plan import draw_plan
 from relion_canon.simulate.phantom import phantom_volume
-from relion_canon.simulate.project import FourierProjector, euler_matrix
+from relion_canon.geometry.projection import FourierProjector, euler_matrix
 from relion_canon.simulate.sources import Volume, load_source, resample_map
 
 __all__ = [

@@ -15,7 +15,7 @@ from relion_canon.simulate.config import SimulationConfig
 from relion_canon.simulate.junk import NOT_JUNK, carbon_edge, displace
 from relion_canon.simulate.phantom import DECOY_SEED, phantom_volume
 from relion_canon.simulate.plan import Plan, uniform_sphere
-from relion_canon.simulate.project import (
+from relion_canon.geometry.projection import (
     FourierProjector,
     euler_matrix,
     half_from_images,

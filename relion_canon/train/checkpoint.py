@@ -9,6 +9,8 @@ needs unpickling of arbitrary objects.
 
 from __future__ import annotations
 
+import io
+
 import pickle
 import zipfile
 from pathlib import Path
@@ -30,10 +32,12 @@ def save(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` (tensors, numbers, strings, lists, dicts) atomically with the format header."""
     data = {"format": FORMAT, "format_version": FORMAT_VERSION, "relion_canon_version": __version__, **payload}
     with atomic_path(path) as tmp:
-        # Through a Python file, so that a full disk raises OSError(ENOSPC), which atomic_path reports in one
-        # line, and not torch's own writer's "unexpected pos ... vs ...".
-        with open(tmp, "wb") as fh:
-            torch.save(data, fh)
+        # Serialised in memory, then written as plain bytes: a full disk or a file-size limit then raises
+        # OSError (ENOSPC, EFBIG), which atomic_path reports in one line; torch's own writer, even into a
+        # Python file, turns it into "unexpected pos ... vs ...".
+        buffer = io.BytesIO()
+        torch.save(data, buffer)
+        Path(tmp).write_bytes(buffer.getvalue())
     return Path(path)
 
 

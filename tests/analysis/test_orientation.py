@@ -26,7 +26,7 @@ from relion_canon.geometry import rotate_images, wrap_deg
 from relion_canon.io.mrc import read_map
 from relion_canon.io.star import read_star
 from relion_canon.simulate import SimulationConfig, euler_matrix, load_source, read_ground_truth, simulate_dataset
-from relion_canon.simulate.sources import _lowpass
+from relion_canon.geometry.volume import lowpass_map
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -194,7 +194,7 @@ def test_orientations_of_a_simulated_eight_view_set(ribosome, tmp_path):
                                       shift_sigma=1.5 * apix, seed=1), tmp_path / "sim")
     data, _ = read_map(ribosome)
     with mrcfile.new(tmp_path / "ref.mrc") as m:
-        m.set_data(_lowpass(data.astype(np.float64), RIBOSOME_APIX / 30.0).astype(np.float32))
+        m.set_data(lowpass_map(data.astype(np.float64), RIBOSOME_APIX / 30.0).astype(np.float32))
         m.voxel_size = RIBOSOME_APIX
     star, truth = read_star(tmp_path / "sim" / "particles.star"), read_ground_truth(tmp_path / "sim")
     junk = truth["rlnCanonIsJunk"].to_numpy().astype(bool)

@@ -21,7 +21,7 @@ from relion_canon.io.mrc import read_map
 from relion_canon.io.star import read_star
 from relion_canon.relion.external import main as external_main
 from relion_canon.simulate import SimulationConfig, read_ground_truth, simulate_dataset
-from relion_canon.simulate.sources import _lowpass
+from relion_canon.geometry.volume import lowpass_map
 from tests.relion.helpers import MINIMAL_PIPELINE
 
 RIBOSOME = "maps/clean70SRibosome_vol_65p.mrc"  # no voxel size in its header
@@ -50,7 +50,7 @@ def template(tmp_path_factory, shared_data) -> Path:
     finally:
         os.chdir(cwd)
     data, _ = read_map(source)
-    low = _lowpass(data.astype(np.float64), RIBOSOME_APIX / 30.0).astype(np.float32)
+    low = lowpass_map(data.astype(np.float64), RIBOSOME_APIX / 30.0).astype(np.float32)
     with mrcfile.new(root / "ref.mrc") as m:
         m.set_data(low)
         m.voxel_size = RIBOSOME_APIX

@@ -42,7 +42,7 @@ from relion_canon.geometry import (
     shift_peak,
     wrap_deg,
 )
-from relion_canon.simulate.project import FourierProjector
+from relion_canon.geometry.projection import FourierProjector
 
 log = logging.getLogger(__name__)
 

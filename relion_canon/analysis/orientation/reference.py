@@ -12,7 +12,7 @@ import numpy as np
 from relion_canon.errors import InputError
 from relion_canon.io.mrc import read_map
 from relion_canon.options import OptionError
-from relion_canon.simulate.sources import resample_map
+from relion_canon.geometry.volume import resample_map
 
 
 def check_reference(config: Any) -> None:
