@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from relion_canon.cli.main import cli
 from tests.io.bad_inputs import BOX, CASES, make_case, simulated_set
+from tests.working_copy import file_stamps, working_copy
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +28,8 @@ def template(tmp_path_factory) -> Path:
 @pytest.fixture
 def project(template, tmp_path, monkeypatch) -> Path:
     """A copy of the simulated set as the working directory (its image names are relative to it)."""
-    root = tmp_path / "project"
-    shutil.copytree(template, root)
-    monkeypatch.chdir(root)
-    return root
+    return working_copy(template, tmp_path, monkeypatch)
 
-
-def _files(root: Path) -> dict[str, int]:
-    return {p.relative_to(root).as_posix(): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
 
 
 def _refused(res, status: int = 2) -> str:
@@ -66,19 +61,19 @@ BAD_OPTIONS = [
 
 @pytest.mark.parametrize("args, message", BAD_OPTIONS, ids=[" ".join(a) for a, _ in BAD_OPTIONS])
 def test_run_refuses_a_bad_option_before_reading_anything(project, args, message):
-    before = _files(project)
+    before = file_stamps(project)
     res = CliRunner().invoke(cli, ["run", "--i", "sim/particles.star", "--o", "out", *args])
     line = _refused(res)
     assert line.startswith(f"relion-canon: error: {args[0]}: ") and message in line
-    assert _files(project) == before and not (project / "out").exists()
+    assert file_stamps(project) == before and not (project / "out").exists()
 
 
 def test_run_refuses_a_box_larger_than_the_particles(project):
-    before = _files(project)
+    before = file_stamps(project)
     res = CliRunner().invoke(cli, ["run", "--i", "sim/particles.star", "--o", "out", "--box", str(2 * BOX)])
     assert _refused(res) == (f"relion-canon: error: --box {2 * BOX}: larger than the particles ({BOX} px): give at "
                              f"most {BOX}, or leave it empty to work at the particles' box")
-    assert _files(project) == before
+    assert file_stamps(project) == before
 
 
 def test_cryosparc_job_refuses_a_bad_option_before_connecting(project):
@@ -113,11 +108,11 @@ def test_info_and_run_refuse_the_same_bad_data(project, case):
     message = CASES[case][0]
     info = CliRunner().invoke(cli, ["info", str(star.relative_to(project))])
     assert info.exit_code == 1 and message in _refused(info, 1)
-    before = _files(project)
+    before = file_stamps(project)
     res = CliRunner().invoke(cli, ["run", "--i", str(star.relative_to(project)), "--o", "out"])
     line = _refused(res)
     assert line.startswith(f"relion-canon: error: sim/{case}.star") and message in line
-    assert _files(project) == before and not (project / "out").exists()
+    assert file_stamps(project) == before and not (project / "out").exists()
 
 
 def test_duplicate_rows_are_a_warning_with_counts_in_info_and_run(project):
@@ -161,10 +156,10 @@ def test_run_refuses_a_cs_without_uid_before_training(project):
     fields = [name for name in records.dtype.names if name != "uid"]
     with open(project / "cs/nouid.cs", "wb") as fh:
         np.save(fh, rfn.repack_fields(records[fields]))
-    before = _files(project)
+    before = file_stamps(project)
     res = CliRunner().invoke(cli, ["run", "--i", "cs/nouid.cs", "--o", "out"])
     assert _refused(res) == ("relion-canon: error: cs/nouid.cs: no uid field: not a cryoSPARC particle file "
                              "(cryoSPARC gives every particle a uid)")
-    assert _files(project) == before and not (project / "out").exists()
+    assert file_stamps(project) == before and not (project / "out").exists()
     info = CliRunner().invoke(cli, ["info", "cs/nouid.cs"])
     assert "no uid field" in _refused(info, 1)

@@ -23,6 +23,7 @@ from relion_canon.relion.external import main as external_main
 from relion_canon.simulate import SimulationConfig, read_ground_truth, simulate_dataset
 from relion_canon.geometry.volume import lowpass_map
 from tests.relion.helpers import MINIMAL_PIPELINE
+from tests.working_copy import file_stamps, working_copy
 
 RIBOSOME = "maps/clean70SRibosome_vol_65p.mrc"  # no voxel size in its header
 RIBOSOME_APIX = 4.0
@@ -62,21 +63,15 @@ def template(tmp_path_factory, shared_data) -> Path:
 
 @pytest.fixture
 def project(template, tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "project"
-    shutil.copytree(template, root)
-    monkeypatch.chdir(root)
-    return root
+    return working_copy(template, tmp_path, monkeypatch)
 
-
-def _files(root: Path) -> dict[str, int]:
-    return {p.relative_to(root).as_posix(): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
 
 
 def test_run_with_a_reference_writes_3d_orientations_and_priors(project):
-    before = _files(project)
+    before = file_stamps(project)
     res = CliRunner().invoke(cli, ["run", "--i", "sim/particles.star", "--o", "out", "--ref", "ref.mrc", *FAST])
     assert res.exit_code == 0, res.output
-    assert {k: v for k, v in _files(project).items() if k in before} == before  # inputs untouched
+    assert {k: v for k, v in file_stamps(project).items() if k in before} == before  # inputs untouched
     out = read_star(project / "out" / "particles.star").particles
     report = json.loads((project / "out" / "report.json").read_text())
     orientation = report["orientation"]
@@ -115,13 +110,13 @@ def test_run_with_a_reference_writes_3d_orientations_and_priors(project):
     (["--ref", "ref.mrc", "--per-class"], "cannot be used with --per-class"),
 ], ids=["missing", "not-a-cube", "no-voxel-size", "icosahedral", "zero-pixel", "no-refine", "per-class"])
 def test_run_refuses_a_reference_it_cannot_use_before_any_work(project, args, message):
-    before = _files(project)
+    before = file_stamps(project)
     res = CliRunner().invoke(cli, ["run", "--i", "sim/particles.star", "--o", "out", *args])
     assert res.exit_code == 2, res.output
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in res.output, res.stderr
     assert message in lines[0]
-    assert _files(project) == before and not (project / "out").exists()
+    assert file_stamps(project) == before and not (project / "out").exists()
 
 
 def test_a_map_without_voxel_size_is_used_with_ref_pixel_size_given(project):
@@ -138,12 +133,12 @@ def test_a_map_without_voxel_size_is_used_with_ref_pixel_size_given(project):
     (["--in_3dref", "ref.mrc", "--sym", "O"], "param sym: 'O' is not a point group"),
 ], ids=["missing", "no-voxel-size", "octahedral"])
 def test_external_job_refuses_a_bad_input_3d_reference(project, capsys, args, message):
-    before = _files(project)
+    before = file_stamps(project)
     rc = external_main(["--o", OUT, "--in_parts", "sim/particles.star", *args, "--j", "1",
                         "--pipeline_control", OUT])
     err = capsys.readouterr().err
     assert rc == 1, err
-    after = _files(project)
+    after = file_stamps(project)
     assert {k for k in after if before.get(k) != after[k]} == {OUT + "RELION_JOB_EXIT_FAILURE"}
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from tests.relion.helpers import make_project
+from tests.working_copy import working_copy
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,4 @@ def project_template(tmp_path_factory) -> Path:
 @pytest.fixture
 def project(tmp_path, project_template, monkeypatch) -> Path:
     """A fresh copy of a small RELION project, as the working directory (RELION runs jobs from there)."""
-    root = tmp_path / "project"
-    shutil.copytree(project_template, root)
-    monkeypatch.chdir(root)
-    return root
+    return working_copy(project_template, tmp_path, monkeypatch)

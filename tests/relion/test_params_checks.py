@@ -5,7 +5,6 @@ naming the param, or the file, row and column; no traceback, nothing in the job 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from relion_canon.relion.external import main
 from tests.io.bad_inputs import CASES, make_case, simulated_set
 from tests.relion.helpers import MINIMAL_PIPELINE, external_script
+from tests.working_copy import file_stamps, working_copy
 
 OUT = "External/job001/"
 REPO = Path(__file__).resolve().parents[2]
@@ -30,20 +30,14 @@ def template(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def project(template, tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "project"
-    shutil.copytree(template, root)
-    monkeypatch.chdir(root)
-    return root
+    return working_copy(template, tmp_path, monkeypatch)
 
-
-def _files(root: Path) -> dict[str, int]:
-    return {p.relative_to(root).as_posix(): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
 
 
 def _failed(project: Path, before: dict[str, int], rc: int, err: str) -> str:
     """The job failed at once: status 1, only the exit file written, one line on stderr; that line."""
     assert rc == 1, err
-    after = _files(project)
+    after = file_stamps(project)
     assert {k for k in after if before.get(k) != after[k]} == {OUT + "RELION_JOB_EXIT_FAILURE"}
     assert "Traceback" not in err
     lines = err.strip().splitlines()
@@ -52,7 +46,7 @@ def _failed(project: Path, before: dict[str, int], rc: int, err: str) -> str:
 
 
 def _run(project: Path, capsys, *args: str, in_parts: str = "Input/particles.star") -> str:
-    before = _files(project)
+    before = file_stamps(project)
     rc = main(["--o", OUT, "--in_parts", in_parts, "--j", "1", *args, "--pipeline_control", OUT])
     return _failed(project, before, rc, capsys.readouterr().err)
 
@@ -95,7 +89,7 @@ def test_a_stack_given_as_input_particles_says_so(project, capsys):
 
 def test_misspelt_label_through_the_installed_script(project):
     """As RELION runs it: the console script, the misspelt label among the params."""
-    before = _files(project)
+    before = file_stamps(project)
     proc = subprocess.run([external_script(), "--o", OUT, "--in_parts", "Input/particles.star", "--epoch", "2",
                            "--j", "1"], capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))  # this tree, wherever it is installed from
@@ -108,7 +102,7 @@ def test_bad_particles_fail_before_distributed_training(project, capsys, case):
     """With several GPUs the torchrun processes train before run_job starts: the data is checked before them,
     so the job fails at once, as with one device, and no training process is started."""
     make_case(project / "Input/particles.star", case, project / "Input" / f"{case}.star")
-    before = _files(project)
+    before = file_stamps(project)
     rc = main(["--o", OUT, "--in_parts", f"Input/{case}.star", "--j", "1", "--gpu", "0,1", "--epochs", "1"])
     captured = capsys.readouterr()
     line = _failed(project, before, rc, captured.err)
