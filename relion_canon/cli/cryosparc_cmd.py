@@ -33,7 +33,9 @@ from relion_canon.options import CRYOSPARC
 def cryosparc_job(url: str, email: str | None, password: str | None, project_uid: str, workspace_uid: str,
                   input_ref: str, out_dir: Path, project_dir: Path | None, title: str | None, **options: Any) -> None:
     """Create a cryoSPARC External job on JOB.OUTPUT particles, run relion_canon on them, and save all, kept
-    and rejected particles as its outputs (alignments2D/pose = the learned in-plane angle).
+    and rejected particles as its outputs (alignments2D/pose = the learned in-plane angle in the class frame).
+    With --ref also alignments3D (the 3-D pose and shift) and a particles_posed output: the kept particles
+    with a 3-D pose, for Local Refinement.
 
     Needs cryosparc-tools of the same major.minor version as the server (pip install 'relion_canon[cryosparc]').
     """

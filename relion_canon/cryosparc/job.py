@@ -9,7 +9,11 @@ The steps, as cryoSPARC's documentation for External jobs prescribes:
    an ``alignments2D`` slot and everything else passed through from the input;
 3. inside ``job.run()`` (cryoSPARC shows the job running, and failed with the traceback if anything
    raises): ``load_input``, run :func:`relion_canon.job.run_job` on it, then ``alloc_output`` +
-   ``save_output`` for each output, with ``alignments2D/pose`` from our in-plane angle.
+   ``save_output`` for each output, with ``alignments2D/pose`` from our in-plane angle in the class frame.
+
+With a reference map (``--ref``) the outputs also get an ``alignments3D`` slot (the 3-D pose, shift and pixel
+size, :func:`relion_canon.io.cryosparc_files.fill_alignments3d`; zero for particles without a 3-D orientation),
+and a fourth output, ``particles_posed``: the kept particles that have one, the input for Local Refinement.
 
 Our other estimates (defocus, weight, outlier score) have no cryoSPARC slot type, so the server outputs
 carry only the split and the angle; the local output folder gets the full ``.cs`` files (fields
@@ -39,16 +43,19 @@ from relion_canon.job import JobConfig, JobResult
 INPUT_NAME = "input_particles"
 INPUT_SLOTS = ["blob", "ctf"]
 OUTPUT_SLOTS = ["alignments2D"]
+REFERENCE_SLOTS = ["alignments2D", "alignments3D"]  # with a reference map
 OUTPUTS = (  # (output name, title, which particles)
     ("particles", "All particles", "all"),
     ("particles_selected", "Particles kept", "kept"),
     ("particles_rejected", "Particles rejected as junk", "rejected"),
 )
+POSED_OUTPUT = ("particles_posed", "Kept particles with a 3-D pose", "posed")  # with a reference map
 # The .cs/.csg results written locally beside run_job's own (checked against the inputs before any work).
 LOCAL_OUTPUTS = tuple(f"{stem}{suffix}" for stem, *_ in RESULT_GROUPS for suffix in (".cs", ".csg"))
 DEFAULT_TITLE = "relion_canon: in-plane angle, defocus, weight, junk"
 DESCRIPTION = ("Per-particle in-plane angle (alignments2D/pose), defocus, weight and junk status learned by "
-               "relion_canon from the particles themselves; outputs: all, kept and rejected particles.")
+               "relion_canon from the particles themselves; outputs: all, kept and rejected particles. With a "
+               "reference map also 3-D poses (alignments3D) and the kept particles that have one.")
 _INPUT_REF = re.compile(r"^(J\d+)\.([A-Za-z][A-Za-z0-9_]*)$")
 _VERSION = re.compile(r"^v?(\d+)\.(\d+)")
 log = logging.getLogger(__name__)
@@ -174,7 +181,7 @@ def run_external_job(
     # The local folder is held before a job is made on the server: a folder another job is writing is refused
     # first. Its results are kept only if the whole job, the server's outputs included, succeeds.
     with output_folder(out_dir, outputs=LOCAL_OUTPUTS) as folder:
-        job = _create_job(project, project_uid, workspace_uid, title, input_ref)
+        job = _create_job(project, project_uid, workspace_uid, title, input_ref, bool(config.ref))
         log.info(f"Created External job {project_uid} {job.uid} on {input_ref}")
         with job.run(), log_to(job.log):
             particles = job.load_input(INPUT_NAME, slots="all")
@@ -191,9 +198,14 @@ def run_external_job(
     return CryosparcJobResult(project_uid, job.uid, saved, result, files)
 
 
-def _create_job(project: Any, project_uid: str, workspace_uid: str, title: str, input_ref: str) -> Any:
-    """A new External job in the workspace, its particle input connected to ``input_ref``, its three outputs
-    (all, kept, rejected) passing the input's other fields through."""
+def _outputs(with_reference: bool) -> tuple[tuple[str, str, str], ...]:
+    return OUTPUTS + ((POSED_OUTPUT,) if with_reference else ())
+
+
+def _create_job(project: Any, project_uid: str, workspace_uid: str, title: str, input_ref: str,
+                with_reference: bool = False) -> Any:
+    """A new External job in the workspace, its particle input connected to ``input_ref``, its outputs (all,
+    kept, rejected; with a reference map also posed) passing the input's other fields through."""
     source_job, source_output = parse_input_ref(input_ref)
     job = project.create_external_job(workspace_uid, title=title, desc=DESCRIPTION)
     job.add_input(type="particle", name=INPUT_NAME, min=1, max=1, slots=INPUT_SLOTS, title="Particles")
@@ -201,29 +213,39 @@ def _create_job(project: Any, project_uid: str, workspace_uid: str, title: str, 
         job.connect(INPUT_NAME, source_job, source_output)
     except ValueError as exc:  # e.g. "Source job J42 does not have output particles"
         raise InputError(f"cannot connect {project_uid} {input_ref} to the new job {job.uid}: {exc}") from None
-    for name, output_title, _ in OUTPUTS:
-        job.add_output(type="particle", name=name, slots=OUTPUT_SLOTS, passthrough=INPUT_NAME, title=output_title)
+    slots = REFERENCE_SLOTS if with_reference else OUTPUT_SLOTS
+    for name, output_title, _ in _outputs(with_reference):
+        job.add_output(type="particle", name=name, slots=slots, passthrough=INPUT_NAME, title=output_title)
     return job
 
 
 def _save_outputs(job: Any, particles: Any, records: np.ndarray, results: Any, results_path: Path) -> dict[str, int]:
-    """Our psi, origins and junk flags in the input's row order, saved as the three outputs; the particles
-    saved to each."""
+    """Our in-plane angle, origins, junk flags (and with a reference map the 3-D poses) in the input's row order,
+    saved as the outputs; the particles saved to each."""
     # The pipeline keeps the input's row order, but the uid is what says so.
     pos = csio.result_positions(records, results)
     if len(pos) != len(records):
         raise InputError(f"{len(pos)} results for {len(records)} input particles", results_path)
+    p = results.particles
     psi = np.empty(len(records))
-    psi[pos] = results.particles["rlnAnglePsi"].to_numpy(np.float64)
+    psi[pos] = csio.in_plane_psi(p)
     origins = np.empty((len(records), 2))
     origins[pos] = results.origins_angstrom()
     junk = np.zeros(len(records), bool)
-    junk[pos] = results.particles["rlnCanonIsOutlier"].to_numpy(np.float64) > 0.5
+    junk[pos] = p["rlnCanonIsOutlier"].to_numpy(np.float64) > 0.5
+    with_reference = csio.CLASS_PSI_COLUMN in p.columns
+    euler = np.zeros((len(records), 3))
+    posed = np.zeros(len(records), bool)
+    if with_reference:
+        euler[pos] = p[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(np.float64)
+        posed[pos] = csio.posed_rows(p)
     saved: dict[str, int] = {}
-    for name, _, which in OUTPUTS:
-        rows = {"all": np.ones(len(records), bool), "kept": ~junk, "rejected": junk}[which]
+    for name, _, which in _outputs(with_reference):
+        rows = {"all": np.ones(len(records), bool), "kept": ~junk, "rejected": junk, "posed": ~junk & posed}[which]
         out = job.alloc_output(name, particles.mask(rows))
         csio.fill_alignments2d(out, records[rows], psi[rows], origins[rows])
+        if with_reference:
+            csio.fill_alignments3d(out, records[rows], euler[rows], posed[rows], origins[rows])
         job.save_output(name, out)
         saved[name] = int(rows.sum())
     return saved

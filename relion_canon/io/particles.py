@@ -25,6 +25,10 @@ RESULT_GROUPS = (  # (file stem, title, description) of the .cs/.csg pairs writt
      "relion_canon/*"),
     ("particles_selected", "Particles kept by relion_canon", "The particles relion_canon did not flag as junk"),
     ("particles_rejected", "Particles rejected by relion_canon", "The particles relion_canon flagged as junk"),
+    # Only with a reference map: cryoSPARC selects by subsets, and its jobs read every row's alignments3D.
+    ("particles_posed", "Particles with a 3-D pose (relion_canon)",
+     "The kept particles whose class was matched to the reference map: alignments3D holds each one's 3-D "
+     "orientation, for Local Refinement"),
 )
 
 
@@ -58,7 +62,8 @@ def _results_star(results: ParticleStar | str | Path) -> ParticleStar:
 def write_results_cs(input_cs: str | Path | np.ndarray, passthrough: str | Path | None,
                      results: ParticleStar | str | Path, out_dir: str | Path) -> list[Path]:
     """Hand a job's results back to cryoSPARC: ``particles.cs`` and, split by ``rlnCanonIsOutlier``,
-    ``particles_selected.cs`` / ``particles_rejected.cs``, each with the ``.csg`` "Import Result Group" reads.
+    ``particles_selected.cs`` / ``particles_rejected.cs`` (and with a reference map ``particles_posed.cs``, the
+    kept ones with a 3-D pose), each with the ``.csg`` "Import Result Group" reads.
 
     ``input_cs`` (+ ``passthrough``) is what the job read, a path or its records; ``results`` the job's result
     STAR (it carries ``rlnCanonUid``). Each ``.cs`` has the input's ``uid``s and every input field (the
@@ -76,6 +81,9 @@ def write_results_cs(input_cs: str | Path | np.ndarray, passthrough: str | Path 
         flag = star.particles["rlnCanonIsOutlier"].to_numpy(np.float64) > 0.5
         groups.append((*RESULT_GROUPS[1], out[~flag]))
         groups.append((*RESULT_GROUPS[2], out[flag]))
+        if cryosparc_files.CLASS_PSI_COLUMN in star.particles.columns:
+            posed = cryosparc_files.posed_rows(star.particles)
+            groups.append((*RESULT_GROUPS[3], out[~flag & posed]))
     out_dir = Path(out_dir)
     written: list[Path] = []
     for stem, title, description, table in groups:

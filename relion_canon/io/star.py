@@ -46,6 +46,8 @@ _OPTICS_LABELS: dict[str, tuple[str, ...]] = {
 }
 # Assumed when a file gives no amplitude contrast at all (the usual value for vitreous ice); `info` says so.
 DEFAULT_AMPLITUDE_CONTRAST = 0.1
+# RELION's value for "no prior" in rlnAngleRot/Tilt/PsiPrior (relion_refine fills absent priors with it).
+NO_PRIOR = 999.0
 
 
 @dataclass

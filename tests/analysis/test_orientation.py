@@ -177,6 +177,7 @@ def test_junk_and_unmatched_classes_get_relions_no_prior_value():
     np.testing.assert_allclose(columns["rlnAngleTiltPrior"], [6.0, NO_PRIOR, NO_PRIOR, NO_PRIOR, NO_PRIOR])
     np.testing.assert_allclose(columns["rlnAnglePsiPrior"], [17.0] + [NO_PRIOR] * 4)
     np.testing.assert_allclose(columns["rlnAnglePsi"], [17.0, 20.0, 30.0, 40.0, 50.0])  # the in-class psi kept
+    np.testing.assert_allclose(columns["rlnCanonClassPsi"], [10.0, 20.0, 30.0, 40.0, 50.0])  # for alignments2D
     np.testing.assert_allclose(columns["rlnAngleRot"][1:], 0.0)
     assert out.origin_A is None  # nothing moved, nothing to write
 

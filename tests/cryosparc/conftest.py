@@ -103,6 +103,10 @@ class FakePipeline:
         out = particles.with_columns({
             "rlnAnglePsi": psi, "rlnAnglePsiPrior": psi, "rlnCanonDefocus": np.full(n, 1.5e4),
             "rlnParticleFigureOfMerit": np.ones(n), "rlnParticleSelectZScore": flags * 3.0, "rlnCanonIsOutlier": flags})
+        if config.ref:  # what the orientation step adds: 3-D angles and priors (999 for some), the in-class psi
+            from tests.io.cryosparc_files.helpers import reference_results_table
+
+            out = reference_results_table(out)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         path = write_star(out, out_dir / "particles.star")

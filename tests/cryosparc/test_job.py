@@ -144,3 +144,40 @@ def test_without_cryosparc_tools(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "cryosparc", None)
     with pytest.raises(InputError, match=r"needs cryosparc-tools .*pip install 'relion_canon\[cryosparc\]'"):
         _run(tmp_path)
+
+
+def test_with_a_reference_the_outputs_carry_3d_poses(server, pipeline, shared_data, tmp_path):
+    """--ref: every output gets alignments3D (zero pose where a particle has no 3-D orientation) beside
+    alignments2D, whose pose stays the in-class angle; a fourth output holds the kept particles with a pose."""
+    from cryosparc.models.job_spec import OutputSlot
+
+    from relion_canon.io.star import NO_PRIOR, read_star
+
+    j2 = np.load(shared_data / "formats/cryosparc/cryosparc_J2_particles_exported.cs")
+    j24 = np.load(shared_data / "formats/cryosparc/cryosparc_P12_J24_001_particles.cs")
+    server.jobs.get_output_fields.return_value = [f for f in j2.dtype.descr if f[0].startswith("alignments2D/")] + \
+        [f for f in j24.dtype.descr if f[0].startswith("alignments3D/")]
+    result = run_external_job(URL, "P1", "W1", "J42.particles", tmp_path / "out", JobConfig(epochs=2, ref="ref.mrc"),
+                              email="a@b.c", password="pw")
+    outputs = [c.args for c in server.jobs.add_external_output.call_args_list]
+    assert [o[2] for o in outputs] == ["particles", "particles_selected", "particles_rejected", "particles_posed"]
+    assert all(o[3].slots == [OutputSlot(name="alignments2D", dtype="alignments2D"),
+                              OutputSlot(name="alignments3D", dtype="alignments3D")] for o in outputs)
+    p = read_star(result.job.particles_star).particles
+    by_uid = {u: i for i, u in enumerate(p["rlnCanonUid"].to_numpy(np.uint64))}
+    posed = p["rlnAngleTiltPrior"].to_numpy() != NO_PRIOR
+    kept = p["rlnCanonIsOutlier"].to_numpy() == 0
+    saved = {c.args[2]: c.args[3] for c in server.jobs.save_output.call_args_list}
+    np.testing.assert_array_equal(sorted(by_uid[u] for u in saved["particles_posed"]["uid"]),
+                                  np.flatnonzero(posed & kept))
+    assert result.saved["particles_posed"] == (posed & kept).sum() > 0
+    dset = saved["particles"]
+    rows = np.array([by_uid[u] for u in dset["uid"]])
+    np.testing.assert_allclose(dset["alignments2D/pose"], csio.psi_to_pose2d(p["rlnCanonClassPsi"].to_numpy()[rows]),
+                               atol=1e-5)
+    euler = csio.pose3d_to_euler(dset["alignments3D/pose"])
+    want = p[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy()[rows]
+    gap = np.abs((euler - want + 180.0) % 360.0 - 180.0)
+    assert gap[posed[rows]].max() < 0.01
+    assert (dset["alignments3D/pose"][~posed[rows]] == 0).all()
+    np.testing.assert_array_equal(dset["alignments3D/psize_A"], np.float32(1.3099979))

@@ -14,6 +14,9 @@ The new STAR columns (:data:`COLUMNS`):
 * ``rlnClassNumber``: when the job classifies (the default), the 2-D class found, 1 = the largest;
 * ``rlnAnglePsi`` / ``rlnAnglePsiPrior``: in-plane angle, degrees in [−180, 180), RELION's convention, in the
   particle's class average's frame;
+* with a reference map (``ref``): ``rlnAngleRot/Tilt/Psi`` and their priors are 3-D
+  (:mod:`relion_canon.analysis.orientation.priors`), and ``rlnCanonClassPsi`` keeps the in-plane angle in the
+  class's frame (what cryoSPARC's ``alignments2D/pose`` gets);
 * ``rlnOriginXAngst`` / ``rlnOriginYAngst``: with a translational search (``max_shift_px`` > 0, the default),
   the particle's origin as RELION reads it (its centre sits at box//2 − origin), replacing the input's;
 * ``rlnCanonDefocus``: estimated mean defocus in Å (the input's ``rlnDefocusU/V`` are never touched): the

@@ -15,6 +15,7 @@ COLUMNS = (
     "rlnAngleRotPrior",
     "rlnAngleTiltPrior",
     "rlnAnglePsiPrior",
+    "rlnCanonClassPsi",
     "rlnOriginXAngst",
     "rlnOriginYAngst",
     "rlnCanonDefocus",
@@ -27,7 +28,7 @@ COLUMNS = (
 )
 
 # Written only with a reference map (``ref``): the 3-D orientation of each particle (relion_canon.analysis.orientation).
-REFERENCE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAngleRotPrior", "rlnAngleTiltPrior")
+REFERENCE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAngleRotPrior", "rlnAngleTiltPrior", "rlnCanonClassPsi")
 
 
 @dataclass

@@ -25,8 +25,8 @@ import torch
 
 from relion_canon.analysis.orientation.matching import ClassMatch
 from relion_canon.geometry import turn_vectors, wrap_deg
+from relion_canon.io.star import NO_PRIOR
 
-NO_PRIOR = 999.0
 ORIENTATION_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnAngleRotPrior", "rlnAngleTiltPrior",
                        "rlnAnglePsiPrior")
 
@@ -38,10 +38,15 @@ class ParticleOrientations:
     psi_deg: np.ndarray  # 3-D psi where there is a prior, else the in-class psi
     has_prior: np.ndarray  # (N,) bool
     origin_A: np.ndarray | None  # (N, 2) RELION origins, the class's centre included; None: none known
+    # The in-plane angle in the class's own frame, which rlnAnglePsi no longer holds where there is a prior;
+    # cryoSPARC's alignments2D/pose is this angle (relion_canon.io.cryosparc_files).
+    class_psi_deg: np.ndarray | None = None
 
     def columns(self) -> dict[str, np.ndarray]:
         prior = np.where(self.has_prior, 1.0, np.nan)
+        class_psi = self.psi_deg if self.class_psi_deg is None else self.class_psi_deg
         return {
+            "rlnCanonClassPsi": class_psi,
             "rlnAngleRot": self.rot_deg, "rlnAngleTilt": self.tilt_deg, "rlnAnglePsi": self.psi_deg,
             **{f"{name}Prior": np.nan_to_num(values * prior, nan=NO_PRIOR)
                for name, values in (("rlnAngleRot", self.rot_deg), ("rlnAngleTilt", self.tilt_deg),
@@ -73,4 +78,4 @@ def particle_orientations(psi_deg: np.ndarray, origin_A: np.ndarray | None, pixe
             if origin is None:
                 origin = np.zeros((n, 2))
             origin[rows] -= carried * pixel_size_A
-    return ParticleOrientations(rot, tilt, psi, has_prior, origin)
+    return ParticleOrientations(rot, tilt, psi, has_prior, origin, wrap_deg(np.asarray(psi_deg, dtype=np.float64)))

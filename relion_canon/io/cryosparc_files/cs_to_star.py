@@ -10,7 +10,9 @@ Conventions (docs/cryosparc.md §3, checked against the real fixtures in the tes
   ``rlnAnglePsi = deg(alignments2D/pose)`` wrapped to [−180, 180) when there is no 3D pose;
 * ``rlnOriginX/YAngst = alignments*/shift × alignments*/psize_A`` (same sign);
 * ``rlnClassNumber = class + 1``, ``rlnRandomSubset = split + 1``; ``rlnCanonUid = uid`` (to join results back);
-* our own estimates (:data:`~relion_canon.io.cryosparc_files.layout.CANON_FIELDS`) under their RELION names.
+* our own estimates (:data:`~relion_canon.io.cryosparc_files.layout.CANON_FIELDS`) under their RELION names;
+  where ``relion_canon/has_prior`` is 0 the prior columns are RELION's "no prior" (999) and, the 3-D pose of
+  such a particle being zero, ``rlnAnglePsi`` is the in-plane angle in ``relion_canon/pose``, as the job wrote it.
 """
 
 from __future__ import annotations
@@ -24,10 +26,17 @@ import pandas as pd
 
 from relion_canon.errors import InputError
 from relion_canon.io.cryosparc_files.join import read_cs_records
-from relion_canon.io.cryosparc_files.layout import CANON_ANGLE_FIELDS, CANON_FIELDS, UID_COLUMN
+from relion_canon.io.cryosparc_files.layout import (
+    CANON_ANGLE_FIELDS,
+    CANON_FIELDS,
+    CANON_TILT_FIELDS,
+    PRIOR_COLUMNS,
+    PRIOR_FLAG,
+    UID_COLUMN,
+)
 from relion_canon.io.cryosparc_files.poses import pose2d_to_psi, pose3d_to_euler
 from relion_canon.io.imagename import format_image_name, resolve_path
-from relion_canon.io.star import VERSION_31, ParticleStar
+from relion_canon.io.star import NO_PRIOR, VERSION_31, ParticleStar
 
 _JOB_DIR_RE = re.compile(r"^J\d+$")
 
@@ -62,9 +71,15 @@ def records_to_star(records: np.ndarray, origin: str | Path, project_dir: str | 
     optics, group = _optics_table(records)
     columns["rlnOpticsGroup"] = group
     columns.update(_ctf_columns(records))
-    columns.update(_alignment_columns(records))
+    alignment = _alignment_columns(records)
+    columns.update(alignment)
     columns[UID_COLUMN] = records["uid"].astype(np.uint64)
-    columns.update(_canon_columns(records))
+    canon = _canon_columns(records)
+    if "rlnAngleRot" in alignment and "rlnAnglePsi" in canon and PRIOR_FLAG in records.dtype.names:
+        # The job's own 3-D poses: psi goes with rot and tilt (at tilt 0 they share it); a particle without
+        # a 3-D pose has the zero pose, and its psi is ours.
+        canon["rlnAnglePsi"] = np.where(records[PRIOR_FLAG] > 0, alignment["rlnAnglePsi"], canon["rlnAnglePsi"])
+    columns.update(canon)
     particles = pd.DataFrame({k: (v if isinstance(v, list) else np.asarray(v)) for k, v in columns.items()})
     return ParticleStar(origin, {"optics": optics, "particles": particles}, "particles", VERSION_31)
 
@@ -236,8 +251,15 @@ def _canon_columns(records: np.ndarray) -> dict[str, Any]:
         if field not in records.dtype.names:
             continue
         values = records[field]
-        if field in CANON_ANGLE_FIELDS:
+        if field in CANON_TILT_FIELDS:
+            columns[column] = np.rad2deg(values.astype(np.float64))
+        elif field in CANON_ANGLE_FIELDS:
             columns[column] = pose2d_to_psi(values.astype(np.float64))
         else:
             columns[column] = values.astype(np.int64) if values.dtype.kind in "iu" else _f8(values)
+    if PRIOR_FLAG in records.dtype.names:
+        missing = records[PRIOR_FLAG] == 0
+        for column in PRIOR_COLUMNS:
+            if column in columns:
+                columns[column] = np.where(missing, NO_PRIOR, columns[column])
     return columns

@@ -14,17 +14,26 @@ import numpy as np
 UID_COLUMN = "rlnCanonUid"
 CANON_SLOT = "relion_canon"
 
-# Our per-particle results in a .cs: field -> (STAR column, dtype). Angles in radians in [0, 2π) as in
-# alignments2D/pose, defocus in Å, weight and outlier score as in the STAR, the outlier flag 0/1.
+# Our per-particle results in a .cs: field -> (STAR column, dtype). Angles in radians as in alignments2D/pose
+# (in [0, 2π), but tilt in [0, π]), defocus in Å, weight and outlier score as in the STAR, the outlier flag 0/1.
 CANON_FIELDS: dict[str, tuple[str, str]] = {
     f"{CANON_SLOT}/pose": ("rlnAnglePsi", "<f4"),
     f"{CANON_SLOT}/pose_prior": ("rlnAnglePsiPrior", "<f4"),
+    f"{CANON_SLOT}/class_pose": ("rlnCanonClassPsi", "<f4"),
+    f"{CANON_SLOT}/rot_prior": ("rlnAngleRotPrior", "<f4"),
+    f"{CANON_SLOT}/tilt_prior": ("rlnAngleTiltPrior", "<f4"),
     f"{CANON_SLOT}/defocus_A": ("rlnCanonDefocus", "<f4"),
     f"{CANON_SLOT}/weight": ("rlnParticleFigureOfMerit", "<f4"),
     f"{CANON_SLOT}/outlier_score": ("rlnParticleSelectZScore", "<f4"),
     f"{CANON_SLOT}/is_outlier": ("rlnCanonIsOutlier", "<u4"),
 }
-CANON_ANGLE_FIELDS = {f"{CANON_SLOT}/pose", f"{CANON_SLOT}/pose_prior"}
+CANON_ANGLE_FIELDS = {f"{CANON_SLOT}/{f}" for f in ("pose", "pose_prior", "class_pose", "rot_prior", "tilt_prior")}
+CANON_TILT_FIELDS = {f"{CANON_SLOT}/tilt_prior"}  # in [0, π]: not wrapped, or 180° would come back as −180°
+PRIOR_COLUMNS = ("rlnAngleRotPrior", "rlnAngleTiltPrior", "rlnAnglePsiPrior")
+# cryoSPARC has no null value, so RELION's "no prior" (999) cannot go into a radian field: a particle without
+# one has 0 there and 0 in this flag (1: its prior fields hold its priors). With a reference map those are the
+# particles without a 3-D orientation, whose alignments3D/pose is zero (star_to_cs.posed_rows).
+PRIOR_FLAG = f"{CANON_SLOT}/has_prior"
 
 # Whole slots as cryoSPARC writes them (dtypes dumped from the real fixtures), for files we create.
 BLOB_FIELDS = [("blob/idx", "<u4"), ("blob/shape", "<u4", (2,)), ("blob/psize_A", "<f4"), ("blob/sign", "<f4")]

@@ -2,7 +2,15 @@
 back into the input's records (the reverse of :mod:`relion_canon.io.cryosparc_files.cs_to_star`).
 
 Our estimates go to :data:`~relion_canon.io.cryosparc_files.layout.CANON_FIELDS`; since no cryoSPARC job reads
-those, the in-plane angle is also written to ``alignments2D/pose``.
+those, the in-plane angle in the particle's class frame is also written to ``alignments2D/pose``: ``rlnAnglePsi``,
+or ``rlnCanonClassPsi`` where the job had a reference map, since ``rlnAnglePsi`` then is the 3-D psi.
+
+With a reference map the 3-D orientation goes to ``alignments3D``: ``pose`` (the rotation vector of RELION's
+rot, tilt, psi, as :func:`~relion_canon.io.cryosparc_files.poses.euler_to_pose3d` converts them), ``shift`` (px)
+and ``psize_A``. cryoSPARC has no null value and its jobs read every row of a slot, so a particle without a 3-D
+orientation (its STAR priors are RELION's "no prior", 999) gets the zero pose, its shift (the centre is known
+either way) and ``relion_canon/has_prior`` 0 (:func:`posed_rows`); the result group ``particles_posed`` holds only the kept particles with one, the set to
+give cryoSPARC's Local Refinement.
 """
 
 from __future__ import annotations
@@ -22,18 +30,52 @@ from relion_canon.io.cryosparc_files.layout import (
     BLOB_FIELDS,
     CANON_ANGLE_FIELDS,
     CANON_FIELDS,
+    CANON_TILT_FIELDS,
     CTF_FIELDS,
     NEUTRAL_VALUES,
+    PRIOR_COLUMNS,
+    PRIOR_FLAG,
     allocate,
     field_names,
     with_fields,
 )
 from relion_canon.io.cryosparc_files.poses import euler_to_pose3d, psi_to_pose2d
 from relion_canon.io.imagename import ImageRef, parse_image_name
-from relion_canon.io.star import Optics, ParticleStar
+from relion_canon.io.star import NO_PRIOR, Optics, ParticleStar
 
 _EXP_GROUP_RE = re.compile(r"^exp_group_(\d+)")
 _EULER_COLUMNS = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]
+CLASS_PSI_COLUMN = "rlnCanonClassPsi"
+
+
+# --- which rows and slots get which pose ----------------------------------------------------------------------------
+
+
+def no_prior(values: Any) -> np.ndarray:
+    """(N,) bool: where prior values are RELION's "no prior" (relion_refine's own test is ``> 998.99``)."""
+    return np.asarray(values, dtype=np.float64) > NO_PRIOR - 0.01
+
+
+def posed_rows(particles: pd.DataFrame) -> np.ndarray:
+    """(N,) bool: the rows whose rlnAngleRot/Tilt/Psi are a 3-D orientation. The job gives a particle without
+    one rot = tilt = 0, its in-class psi and the prior 999, so those with ``rlnAngleTiltPrior`` 999 are out."""
+    if "rlnAngleTiltPrior" not in particles.columns:
+        return np.ones(len(particles), dtype=bool)
+    return ~no_prior(particles["rlnAngleTiltPrior"])
+
+
+def in_plane_psi(particles: pd.DataFrame) -> np.ndarray | None:
+    """(N,) degrees: the in-plane angle in the particle's class frame, what ``alignments2D/pose`` holds."""
+    for column in (CLASS_PSI_COLUMN, "rlnAnglePsi"):
+        if column in particles.columns:
+            return particles[column].to_numpy(np.float64)
+    return None
+
+
+def _prior_flag_needed(particles: pd.DataFrame) -> bool:
+    """A table with 3-D priors, or with any prior RELION reads as none, gets :data:`PRIOR_FLAG`."""
+    present = [c for c in PRIOR_COLUMNS if c in particles.columns]
+    return "rlnAngleTiltPrior" in present or any(no_prior(particles[c]).any() for c in present)
 
 
 # --- a fresh table --------------------------------------------------------------------------------------------------
@@ -54,32 +96,43 @@ def star_to_records(star: ParticleStar, blob_paths: Mapping[str, str] | None = N
     ctf = star.ctf_params() if "rlnDefocusU" in p.columns else None
     sizes = _image_sizes(star, box)
     euler = p[_EULER_COLUMNS].to_numpy(np.float64) if set(_EULER_COLUMNS) <= set(p.columns) else None
-    slot = "alignments3D" if euler is not None else "alignments2D" if "rlnAnglePsi" in p.columns else None
+    psi = in_plane_psi(p)
+    poses: dict[str, np.ndarray] = {}
+    if euler is not None:
+        poses["alignments3D"] = euler_to_pose3d(euler) * posed_rows(p)[:, None]
+    if psi is not None and (euler is None or CLASS_PSI_COLUMN in p.columns):
+        poses["alignments2D"] = psi_to_pose2d(psi)
     names = [(blob_paths or {}).get(r.path, r.path) for r in refs]
 
-    out = allocate(len(p), _record_fields(names, p.columns, ctf is not None, slot))
+    out = allocate(len(p), _record_fields(names, p, ctf is not None, list(poses)))
     out["uid"] = _uids(star, seed)
     _fill_blob(out, refs, names, sizes, optics)
     if ctf is not None:
         _fill_ctf(out, star, ctf, optics)
-    if slot is not None:
-        _fill_alignments(out, slot, star, euler, optics)
+    for slot, pose in poses.items():
+        _fill_alignments(out, slot, star, pose, optics)
     set_canon_fields(out, star)
     return out
 
 
-def _record_fields(blob_paths: Sequence[str], columns: pd.Index, with_ctf: bool, slot: str | None) -> list[tuple]:
+def _record_fields(blob_paths: Sequence[str], particles: pd.DataFrame, with_ctf: bool,
+                   slots: Sequence[str]) -> list[tuple]:
     """The dtype of a fresh table: uid, blob, the CTF and alignment slots we have values for, our fields."""
     width = max([len(s.encode()) for s in blob_paths] + [1])
     fields: list[tuple] = [("uid", "<u8"), ("blob/path", f"S{width}"), *BLOB_FIELDS]
     if with_ctf:
         fields += CTF_FIELDS
-    if slot == "alignments3D":
-        fields += ALIGNMENTS3D_FIELDS
-    elif slot == "alignments2D":
+    if "alignments2D" in slots:
         fields += ALIGNMENTS2D_FIELDS
-    fields += [(f, dt) for f, (col, dt) in CANON_FIELDS.items() if col in columns]
-    return fields
+    if "alignments3D" in slots:
+        fields += ALIGNMENTS3D_FIELDS
+    return fields + _canon_field_list(particles)
+
+
+def _canon_field_list(particles: pd.DataFrame) -> list[tuple]:
+    """Our fields for the columns ``particles`` has, with :data:`PRIOR_FLAG` where it is needed."""
+    fields = [(f, dt) for f, (col, dt) in CANON_FIELDS.items() if col in particles.columns]
+    return fields + ([(PRIOR_FLAG, "<u4")] if _prior_flag_needed(particles) else [])
 
 
 def _uids(star: ParticleStar, seed: int | None) -> np.ndarray:
@@ -114,11 +167,10 @@ def _fill_ctf(out: np.ndarray, star: ParticleStar, ctf: CtfParams, optics: Optic
         out["ctf/scale"] = star.particles["rlnCtfScalefactor"].to_numpy(np.float64)
 
 
-def _fill_alignments(out: np.ndarray, slot: str, star: ParticleStar, euler: np.ndarray | None,
-                     optics: Optics) -> None:
-    """Pose (3D from Euler angles, else in-plane from psi), shift in pixels, class and half-set of ``slot``."""
+def _fill_alignments(out: np.ndarray, slot: str, star: ParticleStar, pose: np.ndarray, optics: Optics) -> None:
+    """Pose, shift in pixels, class and half-set of ``slot``."""
     p = star.particles
-    out[f"{slot}/pose"] = euler_to_pose3d(euler) if euler is not None else psi_to_pose2d(p["rlnAnglePsi"])
+    out[f"{slot}/pose"] = pose
     out[f"{slot}/psize_A"] = optics.pixel_size
     out[f"{slot}/shift"] = star.origins_angstrom() / optics.pixel_size[:, None]
     if "rlnClassNumber" in p.columns:
@@ -161,21 +213,39 @@ def _exp_group_ids(star: ParticleStar, group: np.ndarray) -> np.ndarray:
 def results_to_records(records: np.ndarray, results: ParticleStar) -> np.ndarray:
     """The input ``.cs`` records, in the results' order, with our estimates written in.
 
-    Every input field is kept; ``alignments2D/pose`` is set from ``rlnAnglePsi`` (a whole ``alignments2D``
-    slot is added where the input had none) and the :data:`CANON_FIELDS` present in the results are added.
-    The CTF is left as it was: our defocus estimate goes to ``relion_canon/defocus_A``.
+    Every input field is kept; ``alignments2D/pose`` is set from the in-plane angle in the class frame
+    (:func:`in_plane_psi`; a whole ``alignments2D`` slot is added where the input had none), with a reference map
+    ``alignments3D`` from the 3-D angles (:func:`fill_alignments3d`), and the :data:`CANON_FIELDS` present in the
+    results are added. The CTF is left as it was: our defocus estimate goes to ``relion_canon/defocus_A``.
     """
     pos = result_positions(records, results)
     p = results.particles
     source = records[pos]
-    fields = [(f, dt) for f, (col, dt) in CANON_FIELDS.items() if col in p.columns]
-    if "rlnAnglePsi" in p.columns:
-        fields = ALIGNMENTS2D_FIELDS + fields
-    out = with_fields(source, fields)
-    if "rlnAnglePsi" in p.columns:
-        fill_alignments2d(out, source, p["rlnAnglePsi"].to_numpy(np.float64), results.origins_angstrom())
+    psi = in_plane_psi(p)
+    # Only the job's own 3-D orientations: a table read from a .cs with alignments3D has rlnAngleRot/Tilt too,
+    # and those are passed through as they came.
+    three_d = CLASS_PSI_COLUMN in p.columns and set(_EULER_COLUMNS) <= set(p.columns)
+    fields = (ALIGNMENTS2D_FIELDS if psi is not None else []) + (ALIGNMENTS3D_FIELDS if three_d else [])
+    out = with_fields(source, fields + _canon_field_list(p))
+    origins = results.origins_angstrom()
+    if psi is not None:
+        fill_alignments2d(out, source, psi, origins)
+    if three_d:
+        fill_alignments3d(out, source, p[_EULER_COLUMNS].to_numpy(np.float64), posed_rows(p), origins)
     set_canon_fields(out, results)
     return out
+
+
+def _copy_slot(target: Any, source: np.ndarray, slot: str, ours: Sequence[str]) -> None:
+    """Every ``slot`` field of ``target`` but ``ours`` from ``source`` where it has it, else neutral."""
+    src = set(source.dtype.names)
+    for name in field_names(target):
+        if not name.startswith(f"{slot}/") or name in ours:
+            continue
+        if name in src:
+            target[name] = source[name]
+        elif name in NEUTRAL_VALUES:
+            target[name] = NEUTRAL_VALUES[name]
 
 
 def fill_alignments2d(target: Any, source: np.ndarray, psi: np.ndarray, origins_a: np.ndarray | None = None) -> None:
@@ -186,25 +256,53 @@ def fill_alignments2d(target: Any, source: np.ndarray, psi: np.ndarray, origins_
     ``blob/psize_A``, and the rest are neutral (one class, certain, half-set 0).
     """
     src = set(source.dtype.names)
-    for name in field_names(target):
-        if not name.startswith("alignments2D/") or name == "alignments2D/pose":
-            continue
-        if name in src:
-            target[name] = source[name]
-        elif name == "alignments2D/psize_A" and "blob/psize_A" in src:
-            target[name] = source["blob/psize_A"]
-        elif name == "alignments2D/shift" and origins_a is not None and "blob/psize_A" in src:
-            target[name] = np.asarray(origins_a, np.float64) / source["blob/psize_A"].astype(np.float64)[:, None]
-        elif name in NEUTRAL_VALUES:
-            target[name] = NEUTRAL_VALUES[name]
+    names = field_names(target)
+    ours = ["alignments2D/pose"]
+    if "alignments2D/psize_A" not in src and "blob/psize_A" in src and "alignments2D/psize_A" in names:
+        target["alignments2D/psize_A"] = source["blob/psize_A"]
+        ours.append("alignments2D/psize_A")
+    if "alignments2D/shift" not in src and origins_a is not None and "blob/psize_A" in src:
+        target["alignments2D/shift"] = np.asarray(origins_a, np.float64) / source["blob/psize_A"].astype(np.float64)[:, None]
+        ours.append("alignments2D/shift")
+    _copy_slot(target, source, "alignments2D", ours)
     target["alignments2D/pose"] = psi_to_pose2d(psi)
 
 
+def fill_alignments3d(target: Any, source: np.ndarray, euler: np.ndarray, posed: np.ndarray,
+                      origins_a: np.ndarray) -> None:
+    """Write the job's 3-D orientations into ``target``'s ``alignments3D`` slot (same rows as ``source``).
+
+    ``pose`` is the rotation vector of ``euler`` (N, 3: RELION's rot, tilt, psi in degrees), ``shift`` the
+    origins ``origins_a`` (Å) in pixels of ``blob/psize_A``, which ``psize_A`` gets; rows not ``posed`` (no
+    3-D orientation) get the zero pose and keep their shift, the centre the alignment found (see the module
+    docstring). The slot's other fields are the input's where it had them, else neutral.
+    """
+    keep = np.asarray(posed, dtype=bool)[:, None]
+    psize = source["blob/psize_A"].astype(np.float64)
+    target["alignments3D/pose"] = euler_to_pose3d(euler) * keep
+    target["alignments3D/shift"] = np.asarray(origins_a, np.float64) / psize[:, None]
+    target["alignments3D/psize_A"] = psize
+    _copy_slot(target, source, "alignments3D", ["alignments3D/pose", "alignments3D/shift", "alignments3D/psize_A"])
+
+
 def set_canon_fields(out: Any, results: ParticleStar) -> None:
-    """Copy our estimates from the results' columns into the :data:`CANON_FIELDS` that ``out`` has."""
+    """Copy our estimates from the results' columns into the :data:`CANON_FIELDS` that ``out`` has; RELION's
+    "no prior" becomes 0 with :data:`PRIOR_FLAG` 0 (see :mod:`~relion_canon.io.cryosparc_files.layout`)."""
     p = results.particles
     names = field_names(out)
+    missing = np.zeros(len(p), dtype=bool)
+    for column in PRIOR_COLUMNS:
+        if column in p.columns:
+            missing |= no_prior(p[column])
     for field, (column, _) in CANON_FIELDS.items():
         if column in p.columns and field in names:
             values = p[column].to_numpy(np.float64)
-            out[field] = psi_to_pose2d(values) if field in CANON_ANGLE_FIELDS else values
+            if column in PRIOR_COLUMNS:
+                values = np.where(missing, 0.0, values)
+            if field in CANON_TILT_FIELDS:
+                values = np.deg2rad(values)
+            elif field in CANON_ANGLE_FIELDS:
+                values = psi_to_pose2d(values)
+            out[field] = values
+    if PRIOR_FLAG in names:
+        out[PRIOR_FLAG] = (~missing).astype(np.uint32)
