@@ -275,14 +275,21 @@ def fill_alignments3d(target: Any, source: np.ndarray, euler: np.ndarray, posed:
     ``pose`` is the rotation vector of ``euler`` (N, 3: RELION's rot, tilt, psi in degrees), ``shift`` the
     origins ``origins_a`` (Å) in pixels of ``blob/psize_A``, which ``psize_A`` gets; rows not ``posed`` (no
     3-D orientation) get the zero pose and keep their shift, the centre the alignment found (see the module
-    docstring). The slot's other fields are the input's where it had them, else neutral.
+    docstring). ``split`` (the half-set) is the input's, else the last bit of the uid. The slot's other fields
+    are the input's where it had them, else neutral.
     """
     keep = np.asarray(posed, dtype=bool)[:, None]
     psize = source["blob/psize_A"].astype(np.float64)
     target["alignments3D/pose"] = euler_to_pose3d(euler) * keep
     target["alignments3D/shift"] = np.asarray(origins_a, np.float64) / psize[:, None]
     target["alignments3D/psize_A"] = psize
-    _copy_slot(target, source, "alignments3D", ["alignments3D/pose", "alignments3D/shift", "alignments3D/psize_A"])
+    ours = ["alignments3D/pose", "alignments3D/shift", "alignments3D/psize_A"]
+    if "alignments3D/split" not in source.dtype.names and "alignments3D/split" in field_names(target):
+        # Local Refinement and Homogeneous Reconstruction need gold-standard half-sets; one slot of all zeros
+        # would be a single half. The uid's last bit is a fixed, even split the input's next jobs agree on.
+        target["alignments3D/split"] = (source["uid"].astype(np.uint64) & np.uint64(1)).astype(np.uint32)
+        ours.append("alignments3D/split")
+    _copy_slot(target, source, "alignments3D", ours)
 
 
 def set_canon_fields(out: Any, results: ParticleStar) -> None:

@@ -107,6 +107,7 @@ def test_reference_results_round_trip_through_cryosparc_tools(shared_data, tmp_p
         assert (np.linalg.norm(dset["alignments3D/pose"][~zero], axis=1) > 0.1).all()
         np.testing.assert_array_equal(dset["relion_canon/has_prior"], posed[rows])
         np.testing.assert_array_equal(dset["alignments3D/psize_A"], dset["blob/psize_A"])
+        np.testing.assert_array_equal(dset["alignments3D/split"], dset["uid"] % 2)  # two half-sets, not one
         back = C.records_to_star(C.as_records(dset), path).particles
         want = p.iloc[rows].reset_index(drop=True)
         np.testing.assert_array_equal(back["rlnCanonUid"].to_numpy(np.uint64), dset["uid"])
