@@ -303,3 +303,40 @@ def text_page(text: str) -> Figure:
     fig = new_figure(6.0, 2.0)
     fig.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
     return fig
+
+
+def direction_distribution(rot_deg: np.ndarray, tilt_deg: np.ndarray, weights: np.ndarray,
+                           labels: Sequence[str], *, ambiguous: np.ndarray | None = None,
+                           symmetry: str = "C1") -> Figure:
+    """Where the assigned projection directions lie on the sphere, on an equal-area (Mollweide) map: longitude
+    rot, latitude 90° − tilt (the top is tilt 0, the reference's +z), one disc per class with an area
+    proportional to ``weights`` (its particles with a prior), labelled; ``ambiguous`` classes, which got no
+    prior, as red crosses at their best direction. A one-sided map shows the views the data lack."""
+    rot = np.deg2rad((np.asarray(rot_deg, dtype=np.float64) + 180.0) % 360.0 - 180.0)
+    lat = np.deg2rad(90.0 - np.asarray(tilt_deg, dtype=np.float64))
+    w = np.asarray(weights, dtype=np.float64)
+    bad = np.zeros(len(w), bool) if ambiguous is None else np.asarray(ambiguous, dtype=bool)
+    fig = new_figure(8.5, 5.0)
+    ax = fig.add_subplot(projection="mollweide")
+    good = ~bad
+    if good.any():
+        sizes = 40.0 + 600.0 * w[good] / max(float(w[good].max()), 1.0)
+        dots = ax.scatter(rot[good], lat[good], s=sizes, c=w[good], cmap="viridis", edgecolors="black",
+                          linewidths=0.6, zorder=3)
+        fig.colorbar(dots, ax=ax, shrink=0.6, label="particles with a prior")
+    if bad.any():
+        ax.scatter(rot[bad], lat[bad], marker="x", s=80, color="red", linewidths=2, zorder=3,
+                   label="ambiguous (no prior)")
+        ax.legend(loc="lower right", fontsize="small", bbox_to_anchor=(1.0, -0.12))
+    for x, y, text in zip(rot, lat, labels):
+        ax.annotate(text, (x, y), xytext=(6, 6), textcoords="offset points", fontsize="small", zorder=4)
+    ax.grid(True, alpha=0.4)
+    ax.set_xticks(np.deg2rad([-120, -60, 0, 60, 120]))  # every 30° crowds the equator the discs sit on
+    ax.tick_params(axis="x", labelsize="small", labelcolor="0.35")
+    ax.yaxis.set_major_formatter(lambda value, _: f"{90.0 - np.rad2deg(value):.0f}°")
+    ax.set_xlabel("rot (°)")
+    ax.set_ylabel("tilt (°)")
+    total = int(w[good].sum()) if good.any() else 0
+    ax.set_title(f"Assigned projection directions ({int(good.sum())} classes, {total} particles; {symmetry}, "
+                 "equal-area map)", pad=14)
+    return fig

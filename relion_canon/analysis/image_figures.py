@@ -5,6 +5,7 @@ classes marked). Each image is scaled to its own 1st-99th percentile, so noisy a
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -147,4 +148,63 @@ def class_gallery(averages: Mapping[int, np.ndarray], summaries: Mapping[int, Cl
             spine.set_linewidth(3)
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.5 / fig.get_figheight(), hspace=0.45,
                         wspace=0.08)
+    return fig
+
+
+def orientation_matches(matched: Mapping[int, tuple[np.ndarray, np.ndarray]],
+                        reports: Mapping[str, Mapping[str, Any]], counts: Mapping[int, int],
+                        columns: int = 3) -> Figure:
+    """Each class average (left) beside the reference's projection it was matched to (right, as the average
+    shows it: turned by the in-plane offset and moved by the shift), largest class first, titled with the
+    direction (rot, tilt), in-plane offset and shift, and the confidence: correlation peak, its margin over the
+    best distinct direction, FRC resolution against the projection. Ambiguous matches (no prior given) are
+    framed and titled in red with the reason."""
+    numbers = sorted(matched, key=lambda c: (-counts.get(c, 0), c))
+    if not numbers:
+        raise ValueError("no matched classes to show")
+    size = max(np.asarray(matched[c][0]).shape[-1] for c in numbers)
+    gap = max(1, size // 16)
+    n_cols = min(columns, len(numbers))
+    n_rows = -(-len(numbers) // n_cols)
+
+    def reason_lines(c: int) -> int:
+        facts = reports.get(str(c), {})
+        return len(textwrap.wrap(str(facts.get("reason") or ""), 50)) if facts.get("ambiguous") else 0
+
+    # Laid out by hand: each pair of images 3 in wide under a title block of four short lines (more for the
+    # reason of an ambiguous match), so that neither neighbours' titles nor rows overlap.
+    rows = [numbers[i:i + n_cols] for i in range(0, len(numbers), n_cols)]
+    title_h = [0.75 + 0.16 * max(reason_lines(c) for c in row) for row in rows]
+    pair_w, pair_h, margin, top = 3.0, 1.45, 0.25, 0.5
+    width = n_cols * (pair_w + margin) + margin
+    height = top + sum(title_h) + n_rows * pair_h + 0.1
+    fig = new_figure(width, height, layout=None)
+    fig.suptitle("Class averages (left) and the reference's projections they matched (right)", y=1 - 0.12 / height)
+    for k, number in enumerate(numbers):
+        average, projection = (_display_scale(_resize(np.asarray(a, np.float64), size)) for a in matched[number])
+        pair = np.full((size, 2 * size + gap), np.nan)
+        pair[:, :size], pair[:, size + gap:] = average, projection
+        row, col = divmod(k, n_cols)
+        x0 = margin + col * (pair_w + margin)
+        y0 = height - top - sum(title_h[:row + 1]) - (row + 1) * pair_h
+        ax = fig.add_axes((x0 / width, y0 / height, pair_w / width, pair_h / height))
+        ax.imshow(pair, cmap=_GREY, vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        facts = reports.get(str(number), {})
+        ambiguous = bool(facts.get("ambiguous"))
+        shift = facts.get("shift_px") or (0.0, 0.0)
+        nan = float("nan")
+        lines = [f"class {number}, {counts.get(number, 0)} particles" + (": AMBIGUOUS, no prior" if ambiguous else ""),
+                 f"rot {facts.get('rot_deg', nan):.1f}°, tilt {facts.get('tilt_deg', nan):.1f}°",
+                 f"in-plane {facts.get('psi_offset_deg', nan):+.1f}°, shift ({shift[0]:.1f}, {shift[1]:.1f}) px",
+                 f"peak {facts.get('peak', nan):.3f}, margin {facts.get('margin', nan):.3f}, "
+                 f"FRC {facts.get('frc_resolution_A', nan):.0f} Å"]
+        if ambiguous and facts.get("reason"):
+            lines += textwrap.wrap(str(facts["reason"]), 50)
+        ax.set_title("\n".join(lines), fontsize="x-small", color="red" if ambiguous else "black")
+        for spine in ax.spines.values():
+            spine.set_visible(ambiguous)
+            spine.set_edgecolor("red")
+            spine.set_linewidth(3)
     return fig

@@ -21,6 +21,7 @@ from relion_canon.analysis.class_summary import class_summaries
 from relion_canon.analysis.evaluation import Evaluation
 from relion_canon.analysis.estimate.results import Estimates
 from relion_canon.io.atomic import atomic_path
+from relion_canon.io.star import NO_PRIOR
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ NamedFigures = list[tuple[str, Figure]]
 _ALIGNED = "after one global offset and sign (paper B, eq. 8)"
 # Every figure a job can draw (file stems), in the order of the logfile.
 JOB_FIGURES = ("training_curves", "latent_pca", "psi_histogram", "defocus_vs_star", "outlier_scores",
-               "canonical_examples", "class_averages", "class_gallery")
+               "canonical_examples", "class_averages", "class_gallery", "orientation_matches",
+               "orientation_directions")
 
 
 def job_figures(estimates: Estimates, history: Sequence[dict[str, Any]]) -> NamedFigures:
@@ -94,6 +96,34 @@ def job_figures(estimates: Estimates, history: Sequence[dict[str, Any]]) -> Name
         summaries = class_summaries(estimates.report.get("classes", {}), len(estimates.latent))
         if any(c in summaries for c in estimates.class_averages):
             out.append(("class_gallery", image_figures.class_gallery(estimates.class_averages, summaries)))
+    return out + orientation_figures(estimates)
+
+
+def orientation_figures(estimates: Estimates) -> NamedFigures:
+    """With a reference map: each matched class beside its projection, and where the directions lie."""
+    orientation = estimates.report.get("orientation") or {}
+    matched = estimates.matched_projections
+    if not matched or not orientation:
+        return []
+    cols = estimates.columns
+    reports = orientation.get("classes", {})
+    # Weight a class by its particles that got a prior (a class's junk particles get none).
+    counts: dict[int, int] = {}
+    if "rlnClassNumber" in cols and "rlnAngleTiltPrior" in cols:
+        number = np.asarray(cols["rlnClassNumber"])
+        posed = np.asarray(cols["rlnAngleTiltPrior"], dtype=np.float64) < NO_PRIOR - 0.01
+        counts = {int(c): int((posed & (number == c)).sum()) for c in matched}
+    sizes = {int(c): int(f.get("n_particles", 0)) for c, f in (estimates.report.get("classes") or {}).items()}
+    shown = [c for c in sorted(matched) if "rot_deg" in reports.get(str(c), {})]
+    out: NamedFigures = [("orientation_matches", image_figures.orientation_matches(
+        matched, reports, {c: sizes.get(c, counts.get(c, 0)) for c in matched}))]
+    if shown:
+        facts = [reports[str(c)] for c in shown]
+        out.append(("orientation_directions", figures.direction_distribution(
+            np.array([f["rot_deg"] for f in facts]), np.array([f["tilt_deg"] for f in facts]),
+            np.array([counts.get(c, sizes.get(c, 0)) for c in shown]), [str(c) for c in shown],
+            ambiguous=np.array([bool(f.get("ambiguous")) for f in facts]),
+            symmetry=str(orientation.get("symmetry", "C1")))))
     return out
 
 

@@ -181,3 +181,16 @@ def test_histograms_and_scores():
     labelled = figures.outlier_scores(scores, 2.0, labels=rng.random(400) < 0.1)
     assert len(labelled.axes[0].get_legend().get_texts()) == 5  # good / outlier per detector + threshold
     assert _png(labelled)
+
+
+def test_direction_distribution_on_an_equal_area_map():
+    """Longitude rot (wrapped), latitude 90° − tilt, disc area by weight; no legend without ambiguous classes."""
+    fig = figures.direction_distribution(np.array([190.0, -20.0]), np.array([0.0, 120.0]), np.array([10, 30]),
+                                         ["1", "2"])
+    ax = fig.axes[0]
+    assert ax.name == "mollweide" and ax.get_legend() is None
+    dots = ax.collections[0]
+    np.testing.assert_allclose(dots.get_offsets(), np.deg2rad([[-170.0, 90.0], [-20.0, -30.0]]))
+    assert dots.get_sizes()[1] > dots.get_sizes()[0]
+    assert ax.yaxis.get_major_formatter()(np.deg2rad(-30.0), 0) == "120°"  # the axis reads as tilt
+    FigureCanvasAgg(fig).draw()

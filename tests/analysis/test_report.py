@@ -66,13 +66,36 @@ def _estimates(n: int = 60, *, defocus: bool = True, latent_dim: int = 4, extras
     )
 
 
+def _with_reference(est: Estimates) -> Estimates:
+    """A job given a reference map: class 1 matched (its particles with a prior but two flagged as junk),
+    class 3 ambiguous, class 2 junk and not matched."""
+    n = len(est.psi_model)
+    number = np.where(np.arange(n) < n - 10, 1, 2)
+    number[:5] = 3
+    tilt_prior = np.where(number == 1, 40.0, 999.0)
+    tilt_prior[5:7] = 999.0
+    rng = np.random.default_rng(1)
+    est.columns |= {"rlnClassNumber": number, "rlnAngleTiltPrior": tilt_prior}
+    est.report["classes"] = {"1": {"n_particles": int((number == 1).sum())}, "2": {"n_particles": 10},
+                             "3": {"n_particles": 5}}
+    est.report["orientation"] = {"symmetry": "C2", "classes": {
+        "1": {"rot_deg": 30.0, "tilt_deg": 40.0, "psi_offset_deg": 12.0, "shift_px": [0.5, -1.0], "peak": 0.91,
+              "margin": 0.2, "frc_resolution_A": 18.0, "ambiguous": False},
+        "2": {"junk": True},
+        "3": {"rot_deg": -150.0, "tilt_deg": 100.0, "psi_offset_deg": -3.0, "shift_px": [0.0, 0.0], "peak": 0.8,
+              "margin": 0.01, "frc_resolution_A": 25.0, "ambiguous": True,
+              "reason": "the direction (rot 30°, tilt 140°) matches almost as well (0.790 vs 0.800)"}}}
+    est.matched_projections = {c: (rng.normal(size=(16, 16)), rng.normal(size=(16, 16))) for c in (1, 3)}
+    return est
+
+
 HISTORY = [{"epoch": e, "model/loss": 1.0 / e, "model/rec": 0.5 / e, "critic/wd": -0.1 * e} for e in (1, 2, 3)]
 
 
 def test_write_figures_full_job(tmp_path):
     logs: list[str] = []
     with log_to(logs.append):
-        paths = write_figures(tmp_path, _estimates(), HISTORY)
+        paths = write_figures(tmp_path, _with_reference(_estimates()), HISTORY)
     names = [p.name for p in paths]
     assert names == [f"{stem}.png" for stem in JOB_FIGURES] + [LOGFILE_PDF]
     for p in paths[:-1]:
@@ -152,3 +175,26 @@ def test_worst_canonical_page_shows_each_shared_image_once(tmp_path, n_images):
         titles = [t.get_text() for t in figs["canonical_worst"].axes[0].texts if t.get_text().startswith("row ")]
         assert len(titles) == n_images  # the worst particle of each distinct image, one column each
         assert re.search(rf"names {n_images} distinct images for \d+ particles", notes)
+
+
+def test_reference_pages_show_each_match_and_the_directions(tmp_path):
+    """With a reference map the logfile gets two pages: each matched class beside its projection with its
+    direction and confidence (the ambiguous one red, with its reason), and the directions weighted by the
+    particles that got a prior; without one, neither page."""
+    est = _with_reference(_estimates())
+    figs = dict(job_figures(est, []))
+    matches = figs["orientation_matches"]
+    titles = [ax.get_title() for ax in matches.axes]
+    assert titles[0].splitlines() == ["class 1, 45 particles", "rot 30.0°, tilt 40.0°",
+                                      "in-plane +12.0°, shift (0.5, -1.0) px", "peak 0.910, margin 0.200, FRC 18 Å"]
+    assert titles[1].startswith("class 3, 5 particles: AMBIGUOUS, no prior") and "matches almost" in titles[1]
+    assert matches.axes[1].title.get_color() == "red" and matches.axes[0].title.get_color() == "black"
+    directions = figs["orientation_directions"].axes[0]
+    assert "1 classes, 43 particles; C2" in directions.get_title()  # two of class 1's 45 flagged: no prior
+    assert [t.get_text() for t in directions.get_legend().get_texts()] == ["ambiguous (no prior)"]
+    paths = write_figures(tmp_path, est, [])
+    assert _pages(tmp_path / LOGFILE_PDF) == len(paths) - 1
+    assert {"orientation_matches.png", "orientation_directions.png"} <= {p.name for p in paths}
+    # A later run without a reference redraws neither and leaves neither behind.
+    write_figures(tmp_path, _estimates(), [])
+    assert not (tmp_path / "orientation_matches.png").exists() and not (tmp_path / "orientation_directions.png").exists()

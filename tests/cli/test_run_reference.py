@@ -6,6 +6,7 @@ that leave no class averages to match) in one line, before any work, writing not
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -82,6 +83,11 @@ def test_run_with_a_reference_writes_3d_orientations_and_priors(project):
         np.testing.assert_allclose(out[label + "Prior"].to_numpy()[has], out[label].to_numpy()[has])
     assert (out[["rlnAngleRotPrior", "rlnAnglePsiPrior"]].to_numpy()[~has] == NO_PRIOR).all()
     assert not has[out["rlnCanonIsOutlier"].to_numpy() == 1].any()
+    # logfile.pdf shows the matches and the directions (a page per PNG, these two among them).
+    pngs = {p.name for p in (project / "out").glob("*.png")}
+    assert {"orientation_matches.png", "orientation_directions.png"} <= pngs
+    pdf = (project / "out" / "logfile.pdf").read_bytes()
+    assert len(re.findall(rb"/Type\s*/Page\b(?!s)", pdf)) == len(pngs)
     truth = read_ground_truth(project / "sim")
     view = truth["rlnCanonViewId"].to_numpy()
     for number, entry in orientation["classes"].items():
