@@ -1,0 +1,114 @@
+"""benchmarks/priors_refine: its scoring on hand-made cases and the RELION commands it runs. The benchmark itself
+is not run here: even at smoke size (161 particles, 32 px) a global 3D auto-refine took 13 minutes on the shared
+2-core machine; tests/relion/test_priors_in_relion.py is the quick proof that RELION reads the priors."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks" / "priors_refine"))
+import priors_accuracy as pa  # noqa: E402
+
+# Under its own name: other benchmarks have a run.py too.
+_spec = importlib.util.spec_from_file_location("priors_refine_run", REPO / "benchmarks" / "priors_refine" / "run.py")
+refine = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(refine)
+
+
+def _tables(prior: np.ndarray, true: np.ndarray, junk: np.ndarray):
+    names = [f"{i:06d}@s.mrcs" for i in range(len(prior))]
+    table = pd.DataFrame({"rlnImageName": names, "rlnClassNumber": 1,
+                          **{c: prior[:, i] for i, c in enumerate(pa.ANGLE_COLUMNS)},
+                          **{c: prior[:, i] for i, c in enumerate(pa.PRIOR_COLUMNS)}})
+    truth = pd.DataFrame({"rlnImageName": names, "rlnCanonIsJunk": junk.astype(int), "rlnCanonViewId": 0,
+                          **{c: true[:, i] for i, c in enumerate(pa.ANGLE_COLUMNS)}})
+    return table, truth
+
+
+def test_priors_at_the_truth_score_zero_and_no_prior_rows_are_not_scored():
+    rng = np.random.default_rng(0)
+    true = np.stack([rng.uniform(-180, 180, 20), rng.uniform(10, 170, 20), rng.uniform(-180, 180, 20)], axis=1)
+    prior = true.copy()
+    prior[:4] = pa.NO_PRIOR
+    prior[4:6, 2] += 10.0  # 10° off in psi
+    junk = np.zeros(20, bool)
+    junk[-2:] = True
+    scores = pa.score_priors(*_tables(prior, true, junk))
+    assert scores["good_with_prior"] == pytest.approx(14 / 18)
+    assert scores["error"]["n"] == 14 and scores["error"]["median_deg"] == pytest.approx(0.0, abs=1e-5)
+    assert scores["error"]["under_5deg"] == pytest.approx(12 / 14)
+    assert scores["error_over_all_good"]["under_5deg"] == pytest.approx(12 / 18)
+    assert scores["angles_equal_priors"]
+    # The convention check: the truth read as the inverse rotation or with psi negated is far off.
+    assert scores["convention_check"]["transposed"]["median_deg"] > 20
+    assert scores["convention_check"]["psi_negated"]["median_deg"] > 20
+
+
+def test_the_inverse_convention_is_what_the_transposed_figure_finds():
+    """Priors written as the inverse rotation score badly as they are and perfectly once transposed."""
+    rng = np.random.default_rng(1)
+    true = np.stack([rng.uniform(-180, 180, 10), rng.uniform(10, 170, 10), rng.uniform(-180, 180, 10)], axis=1)
+    inverse = -true[:, ::-1]
+    scores = pa.score_priors(*_tables(inverse, true, np.zeros(10, bool)))
+    assert scores["error"]["median_deg"] > 20
+    assert scores["convention_check"]["transposed"]["median_deg"] == pytest.approx(0.0, abs=1e-5)
+
+
+MODEL_STAR = """
+data_model_general
+
+_rlnCurrentResolution                   12.500000
+
+data_model_class_1
+
+loop_
+_rlnSpectralIndex #1
+_rlnResolution #2
+_rlnGoldStandardFsc #3
+0 0.000000 1.000000
+1 0.020000 0.990000
+2 0.040000 0.800000
+3 0.060000 0.200000
+4 0.080000 0.100000
+5 0.100000 0.000000
+"""
+
+
+def test_final_resolution_reads_the_model_and_the_fsc_crossing(tmp_path):
+    (tmp_path / "run_model.star").write_text(MODEL_STAR)
+    res = refine.final_resolution(tmp_path / "run_model.star")
+    assert res["current_resolution_A"] == pytest.approx(12.5)
+    assert res["fsc_0143_A"] == pytest.approx(1 / 0.06)  # the last shell at or above 0.143
+
+
+def test_the_two_refinements_differ_only_in_input_and_first_sampling():
+    args = argparse.Namespace(lowpass=30.0, local_healpix=4, relion_threads=1)
+    global_cmd = refine.refine_command("global", "Refine3D/global/run", 64, 4.0, args)
+    local_cmd = refine.refine_command("local", "Refine3D/local/run", 64, 4.0, args)
+    assert global_cmd[:6] == ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", "3", "relion_refine_mpi"]
+    for cmd in (global_cmd, local_cmd):
+        assert {"--auto_refine", "--split_random_halves", "--ctf", "--firstiter_cc"} <= set(cmd)
+        assert cmd[cmd.index("--particle_diameter") + 1] == "243"  # 0.95 × 64 × 4 Å: the 288 Å margin does not fit
+        assert cmd[cmd.index("--auto_local_healpix_order") + 1] == "4"
+    assert global_cmd[global_cmd.index("--healpix_order") + 1] == "2"
+    assert local_cmd[local_cmd.index("--healpix_order") + 1] == "4"
+    assert global_cmd[global_cmd.index("--i") + 1] == refine.SCRATCH_STAR
+    assert local_cmd[local_cmd.index("--i") + 1] == refine.PRIORS_STAR
+    differ = {i for i, (a, b) in enumerate(zip(global_cmd, local_cmd)) if a != b}
+    assert {global_cmd[i - 1] for i in differ} == {"--i", "--o", "--healpix_order"}
+
+
+def test_an_unfinished_refinement_reports_its_last_iteration(tmp_path):
+    (tmp_path / "Refine3D" / "global").mkdir(parents=True)
+    for it in (1, 2, 12):
+        (tmp_path / f"Refine3D/global/run_it{it:03d}_half1_model.star").write_text(MODEL_STAR)
+    assert refine.progress(tmp_path, "Refine3D/global/run") == {"iterations": 12, "current_resolution_A": 12.5}
+    assert refine.progress(tmp_path, "Refine3D/local/run") == {"iterations": 0, "current_resolution_A": None}
