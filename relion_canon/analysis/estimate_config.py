@@ -91,8 +91,8 @@ class EstimateConfig:
         None, kind=FLOAT, minimum=1e-3,
         help="The reference map's voxel size in Å, when its header has none (or to override it).")
     sym: str = option("C1", kind=TEXT, check=symmetry_problem,
-                      help="The reference's point group, C1, Cn or Dn (RELION's axes): the direction search "
-                           "covers its asymmetric unit only.")
+                      help="The reference's point group, C1, Cn, Dn, T, O or I (I1-I4; RELION's axes): the "
+                           "direction search covers its asymmetric unit only.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -20,6 +20,7 @@ from relion_canon.analysis.orientation.point_group import (
     in_asymmetric_unit,
     orientation_distance_deg,
     symmetry_problem,
+    to_asymmetric_unit,
 )
 from relion_canon.context import QUIET
 from relion_canon.geometry import rotate_images, wrap_deg
@@ -48,27 +49,66 @@ def matcher(ribosome):
 # --- point groups and grids ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, order", [("C1", 1), ("C4", 4), ("d2", 4), ("D7", 14)])
+@pytest.mark.parametrize("name, order", [("C1", 1), ("C4", 4), ("d2", 4), ("D7", 14), ("T", 12), ("O", 24),
+                                         ("I", 60), ("i1", 60), ("I3", 60), ("I4", 60)])
 def test_groups_are_closed_rotations(name, order):
     g = group_matrices(name)
     assert len(g) == order
+    np.testing.assert_allclose(g[0], np.eye(3))
     np.testing.assert_allclose(g @ g.transpose(0, 2, 1), np.broadcast_to(np.eye(3), g.shape), atol=1e-12)
     np.testing.assert_allclose(np.linalg.det(g), 1.0)
     products = (g[:, None] @ g[None]).reshape(-1, 9)
-    assert all(np.abs(products[:, None] - g.reshape(1, -1, 9)).max(axis=2).min(axis=1) < 1e-9)  # closed
+    # Closed: exactly for Cn/Dn; to 1e-5 for T, O, I, whose axes RELION writes with 6-10 digits.
+    assert all(np.abs(products[:, None] - g.reshape(1, -1, 9)).max(axis=2).min(axis=1) < 1e-5)
+    distinct = np.abs(g.reshape(-1, 1, 9) - g.reshape(1, -1, 9)).max(axis=2) + np.eye(order)
+    assert distinct.min() > 0.1  # no element twice
+
+
+def _relion_symmetry_ops(symmetry: str) -> np.ndarray:
+    """The operators RELION itself uses for ``symmetry`` (``relion_refine --print_symmetry_ops``)."""
+    import re
+    import subprocess
+
+    text = subprocess.run(["relion_refine", "--print_symmetry_ops", "--sym", symmetry], capture_output=True,
+                          text=True, timeout=60, check=True).stdout
+    blocks = re.split(r"R\(\d+\)=", text)[1:]
+    number = r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?"
+    return np.stack([np.array([float(x) for x in re.findall(number, b.split("Euler")[0])][:9]).reshape(3, 3)
+                     for b in blocks])
+
+
+@pytest.mark.parametrize("name", ["D3", "T", "O", "I", "I1", "I2", "I3", "I4"])
+def test_groups_are_relions_own(require_relion, name):
+    """The same set of matrices, element for element, as RELION 3.1's symmetry library builds."""
+    ours, relions = group_matrices(name), _relion_symmetry_ops(name)
+    assert len(ours) == len(relions)
+    gap = np.abs(ours[:, None] - relions[None]).max(axis=(2, 3))
+    assert gap.min(axis=0).max() < 1e-4 and gap.min(axis=1).max() < 1e-4  # RELION prints 5-8 digits
+
+
+@pytest.mark.parametrize("name", ["T", "O", "I", "I3"])
+def test_a_direction_and_its_symmetry_mates_share_one_asymmetric_unit_point(name):
+    g = group_matrices(name)
+    d = directions(np.random.default_rng(3).uniform(-180, 180, 20),
+                   np.rad2deg(np.arccos(np.random.default_rng(4).uniform(-1, 1, 20))))
+    unit = to_asymmetric_unit(d, g)
+    assert in_asymmetric_unit(unit, g).all()
+    np.testing.assert_allclose(direction_distance_deg(unit, d, g), 0.0, atol=1e-5)  # a mate of its own
+    for s in g:
+        np.testing.assert_allclose(to_asymmetric_unit(d @ s, g), unit, atol=1e-5)  # d @ s = Sᵀd, row-wise
 
 
 def test_dn_has_its_two_fold_along_x_as_relion():
     assert any(np.allclose(m, np.diag([1.0, -1.0, -1.0])) for m in group_matrices("D3"))
 
 
-@pytest.mark.parametrize("value, words", [("T", "use C1"), ("I2", "use C1"), ("C0", "between 1 and"),
-                                          ("X5", "C1, Cn or Dn")])
+@pytest.mark.parametrize("value, words", [("I5", "C1, Cn, Dn, T, O or I"), ("TD", "C1, Cn, Dn, T, O or I"),
+                                          ("C0", "between 1 and"), ("X5", "C1, Cn, Dn, T, O or I")])
 def test_groups_not_handled_are_named(value, words):
     assert words in symmetry_problem(value)
 
 
-@pytest.mark.parametrize("name", ["C1", "C3", "D2", "D5"])
+@pytest.mark.parametrize("name", ["C1", "C3", "D2", "D5", "T", "O", "I"])
 def test_the_asymmetric_unit_tiles_the_sphere(name):
     g = group_matrices(name)
     points = sphere_grid(2.0, group_matrices("C1"))
@@ -135,6 +175,34 @@ def test_views_alike_along_a_symmetry_axis_are_flagged_then_resolved_by_the_symm
     error = orientation_distance_deg(euler_matrix(30.0, 80.0, -20.0),
                                      euler_matrix(found.rot_deg, found.tilt_deg, found.psi_deg), group_matrices("C2"))
     assert error < 2.0
+
+
+def _blobs(group: np.ndarray, seeds: list[tuple[tuple[float, float, float], float]], n: int = 32) -> np.ndarray:
+    """A map with exactly the group's symmetry: a Gaussian blob at every S·p of each seed point p (px from
+    voxel n//2, RELION's centre), weighted. Structured enough at 32 px for the views to differ, unlike a
+    real map averaged over 24 turns, which is nearly a ball."""
+    z, y, x = np.mgrid[:n, :n, :n] - n // 2
+    volume = np.zeros((n, n, n))
+    for point, weight in seeds:
+        for q in group @ np.asarray(point, dtype=np.float64):
+            volume += weight * np.exp(-((x - q[0]) ** 2 + (y - q[1]) ** 2 + (z - q[2]) ** 2) / (2 * 1.3**2))
+    return volume
+
+
+@pytest.mark.parametrize("name", ["T", "O"])
+def test_a_polyhedral_map_is_searched_over_its_asymmetric_unit(name):
+    """T and O: the coarse grid covers 1/|G| of the sphere, and views are matched to orientations equal to the
+    truth under the group."""
+    g = group_matrices(name)
+    volume = _blobs(g, [((7.0, 3.0, 2.0), 1.0), ((2.0, -4.0, 9.0), 0.6)])
+    matcher = Matcher(volume, 8.0, name)
+    full = len(sphere_grid(matcher.config.coarse_step_deg, group_matrices("C1")))
+    assert abs(len(matcher.coarse) / full - 1 / len(g)) < 0.01
+    for rot, tilt, psi in [(-70.0, 65.0, 35.0), (120.0, 140.0, -100.0)]:
+        found = matcher.match(matcher.projector.project(rot, tilt, psi)[0])
+        error = orientation_distance_deg(euler_matrix(rot, tilt, psi),
+                                         euler_matrix(found.rot_deg, found.tilt_deg, found.psi_deg), g)
+        assert error < 2.0 and not found.ambiguous, (name, rot, tilt, psi, found)
 
 
 def test_noise_is_no_view(matcher):

@@ -110,11 +110,13 @@ def test_run_with_a_reference_writes_3d_orientations_and_priors(project):
     (["--ref", "missing.mrc"], "missing.mrc: map file not found"),
     (["--ref", "flat.mrc"], "flat.mrc: expected a cubic 3D map, got shape (128, 16, 16)"),
     (["--ref", "nosize.mrc"], "nosize.mrc: the map header gives no voxel size; give it with --ref-pixel-size"),
-    (["--ref", "ref.mrc", "--sym", "I"], "--sym: 'I' is not a point group this job handles: C1, Cn or Dn"),
+    (["--ref", "ref.mrc", "--sym", "I5"], "--sym: 'I5' is not a point group this job handles: C1, Cn, Dn, T, O or I"),
+    (["--ref", "missing.mrc", "--sym", "O"], "missing.mrc: map file not found"),  # O accepted, the map is not
     (["--ref", "ref.mrc", "--ref-pixel-size", "0"], "--ref-pixel-size: must be at least 0.001, got 0"),
     (["--ref", "ref.mrc", "--no-refine"], "needs the class averages that refinement makes"),
     (["--ref", "ref.mrc", "--per-class"], "cannot be used with --per-class"),
-], ids=["missing", "not-a-cube", "no-voxel-size", "icosahedral", "zero-pixel", "no-refine", "per-class"])
+], ids=["missing", "not-a-cube", "no-voxel-size", "no-such-group", "octahedral-accepted", "zero-pixel", "no-refine",
+        "per-class"])
 def test_run_refuses_a_reference_it_cannot_use_before_any_work(project, args, message):
     before = file_stamps(project)
     res = CliRunner().invoke(cli, ["run", "--i", "sim/particles.star", "--o", "out", *args])
@@ -136,8 +138,8 @@ def test_a_map_without_voxel_size_is_used_with_ref_pixel_size_given(project):
 @pytest.mark.parametrize("args, message", [
     (["--in_3dref", "missing.mrc"], "missing.mrc: map file not found"),
     (["--in_3dref", "nosize.mrc"], "give it with --ref-pixel-size (RELION param ref_pixel_size)"),
-    (["--in_3dref", "ref.mrc", "--sym", "O"], "param sym: 'O' is not a point group"),
-], ids=["missing", "no-voxel-size", "octahedral"])
+    (["--in_3dref", "ref.mrc", "--sym", "TD"], "param sym: 'TD' is not a point group"),
+], ids=["missing", "no-voxel-size", "no-such-group"])
 def test_external_job_refuses_a_bad_input_3d_reference(project, capsys, args, message):
     before = file_stamps(project)
     rc = external_main(["--o", OUT, "--in_parts", "sim/particles.star", *args, "--j", "1",

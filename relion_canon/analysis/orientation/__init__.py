@@ -3,7 +3,7 @@ against projections of the map over the point group's asymmetric unit (:mod:`.ma
 of a confidently matched class gets rot and tilt from its class and psi from its own in-plane angle plus the
 class's offset, as angles and priors for RELION's local searches (:mod:`.priors`).
 
-Modules: :mod:`.reference` (the map, checked and resampled), :mod:`.point_group` (C1, Cn, Dn in RELION's
+Modules: :mod:`.reference` (the map, checked and resampled), :mod:`.point_group` (C1, Cn, Dn, T, O, I in RELION's
 axes), :mod:`.directions` (grids), :mod:`.matching`, :mod:`.priors`, :mod:`.orient` (the job's step).
 """
 
