@@ -51,7 +51,7 @@ run_job() {
 relion_pipeliner --addJob External --addJobOptions "fn_exe == $EXE;in_part == $PARTICLES;\
 param1_label == mode;param1_value == train;\
 param2_label == epochs;param2_value == $EPOCHS;\
-param3_label == outlier_threshold;param3_value == $OUTLIER_THRESHOLD;\
+param3_label == outlier_z;param3_value == $OUTLIER_THRESHOLD;\
 param4_label == gpu;param4_value == $GPU;\
 nr_threads == $THREADS;other_args == $EXTRA_ARGS"
 EXTERNAL=$(newest_job)

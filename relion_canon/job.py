@@ -93,7 +93,8 @@ class JobConfig(EstimateConfig):
     epochs: int = option(DEFAULT_EPOCHS, kind=INT, minimum=1,
                          help="Training epochs (the refinement, not the network, sets the final accuracy).")
     train_particles: int | None = option(
-        500, kind=INT, minimum=10, none_words=("all", "0"),
+        500, kind=INT, minimum=10, none_words=("all", "0"), external_param="train_parts",
+        external_aliases=("train_particles",),
         help="Train on a random subset of this many particles (0 or all: every particle).")
     # None: the network sees the working box
     model_box: int | None = option(

@@ -48,7 +48,12 @@ class Option:
     # A fixed tuple, or a function giving one (the model names need torch, imported only when asked).
     choices: tuple[str, ...] | Callable[[], Sequence[str]] | None = None
     cli_flag: str | None = None  # click declaration, e.g. "--outliers" or "--labels/--no-labels"; None: derived
-    external_param: str | None = None  # RELION param label; None: the field name
+    # RELION param label; None: the field name. RELION 3.1-5.0 show a label in a box about 12 characters
+    # wide (relion_canon.relion.gui_template.LABEL_WIDTH_PX), so a longer field name needs a short label.
+    external_param: str | None = None
+    # Labels the param had before: still accepted, so that jobs saved with them still run; the GUI template,
+    # the job.star files, the docs and the list of known labels show external_param only.
+    external_aliases: tuple[str, ...] = ()
     # Front door -> why it does not offer this field (the field then keeps its default there).
     not_in: Mapping[str, str] = field(default_factory=dict)
     # Words that mean None on every front door (train_particles: "all" or "0" = every particle).
@@ -160,8 +165,13 @@ class JobOption:
     def external_param(self) -> str:
         return self.option.external_param or self.name
 
+    @property
+    def external_labels(self) -> tuple[str, ...]:
+        """Every label the External job reads this param under: its label, then its old ones."""
+        return (self.external_param, *self.option.external_aliases)
+
     def name_on(self, front_door: str | None) -> str:
-        """The option as ``front_door`` spells it (``--max-shift``, RELION's ``--max_shift_px``); the field
+        """The option as ``front_door`` spells it (``--max-shift``, RELION's ``--max_shift``); the field
         name where it is not offered there or no front door is given (a job started from Python)."""
         if front_door is None or not self.offered_by(front_door):
             return self.name

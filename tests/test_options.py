@@ -4,6 +4,7 @@ with the same help text and default, and a value given on any of them reaches th
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import re
 from pathlib import Path
@@ -47,6 +48,9 @@ def test_names_flags_and_params_are_unique():
     for key in ("name", "cli_flag", "external_param"):
         values = [getattr(e, key) for e in TABLE]
         assert len(values) == len(set(values)), key
+    # An old External label names one param, and none that another param is called now.
+    labels = [label for e in TABLE for label in e.external_labels]
+    assert len(labels) == len(set(labels))
 
 
 def test_fields_a_front_door_leaves_out_say_why():
@@ -227,9 +231,11 @@ def test_external_front_door_declares_the_table():
     actions = {a.dest: a for a in build_parser()._actions}
     for entry in TABLE:
         if not entry.offered_by(EXTERNAL):
-            assert entry.external_param not in actions, entry.name
+            assert not set(entry.external_labels) & set(actions), entry.name
             continue
         assert actions[entry.external_param].help == entry.option.help, entry.name
+        for alias in entry.option.external_aliases:  # accepted, but --help lists only the current label
+            assert actions[alias].help == argparse.SUPPRESS, alias
 
 
 def test_external_front_door_defaults_and_values_reach_the_job():
@@ -241,12 +247,25 @@ def test_external_front_door_defaults_and_values_reach_the_job():
     assert config == JobConfig(**{e.name: _sample(e) for e in offered})
 
 
+def test_external_old_labels_reach_the_same_config():
+    """Jobs saved before the labels were shortened (outlier_method, defocus_range, ...) still run as they did."""
+    renamed = [e for e in TABLE if e.offered_by(EXTERNAL) and e.option.external_aliases]
+    assert {e.name for e in renamed} >= {"outlier_method", "outlier_threshold", "defocus_range"}
+    current = _external_args(renamed)
+    old = [f"--{e.option.external_aliases[0]}" if arg == f"--{e.external_param}" else arg
+           for e in renamed for arg in _external_args([e])]
+    assert old != current
+    assert _external_config(old) == _external_config(current) == JobConfig(**{e.name: _sample(e) for e in renamed})
+
+
 def test_external_help_lists_every_param():
     from relion_canon.relion.params import external_params, params_help
 
     text = params_help()
     for entry in external_params():
         assert f"--{entry.external_param}" in text
+        for alias in entry.option.external_aliases:
+            assert f"--{alias}" not in text
 
 
 def test_help_texts_leave_the_default_to_the_table():
@@ -319,7 +338,7 @@ def test_every_number_option_has_a_rule_and_the_rules_refuse():
     assert "did you mean cuda?" in entries["device"].option.problem("GPU")
     # Each front door names the option as its users type it.
     config = JobConfig(max_shift_px=-1.0)
-    for door, name in ((RUN, "--max-shift"), (CRYOSPARC, "--max-shift"), (EXTERNAL, "--max_shift_px"),
+    for door, name in ((RUN, "--max-shift"), (CRYOSPARC, "--max-shift"), (EXTERNAL, "--max_shift"),
                        (None, "max_shift_px")):
         with pytest.raises(OptionError, match=rf"^{name}: must be at least 0, got -1$"):
             check_config(config, door)

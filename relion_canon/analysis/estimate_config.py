@@ -49,7 +49,8 @@ class EstimateConfig:
     refine: bool = option(True, kind=BOOL, cli_flag="--refine/--no-refine",
                           help="Refine every angle against the learnt canonical image (and fit defocus to it).")
     # px at the working box. 5 is RELION Class2D's default offset range: picked particles sit a few px off.
-    max_shift_px: float = option(5.0, kind=FLOAT, minimum=0.0, cli_flag="--max-shift",
+    max_shift_px: float = option(5.0, kind=FLOAT, minimum=0.0, cli_flag="--max-shift", external_param="max_shift",
+                                 external_aliases=("max_shift_px",),
                                  help="Translational search range in px at the working box (0: none).")
     # None (auto): one class per 100 particles, at most 50, merged down to the views the data show.
     classes: int | None = option(
@@ -59,21 +60,23 @@ class EstimateConfig:
              "classification).")
     outlier_method: str = option(
         "ensemble", kind=TEXT, choices=("ensemble", "iforest", "lof", "covariance"), cli_flag="--outliers",
+        external_param="outliers", external_aliases=("outlier_method",),
         help="How junk is scored (iforest: isolation forest, lof: local outlier factor, covariance: robust "
              "covariance, ensemble: all three).")
     # The default trades precision against recall on the realistic set; the measured trade-off of nearby
     # thresholds is in benchmarks/README.md ("Figures behind the defaults").
-    outlier_threshold: float = option(2.5, kind=FLOAT,
+    outlier_threshold: float = option(2.5, kind=FLOAT, external_param="outlier_z",
+                                      external_aliases=("outlier_threshold",),
                                       help="Flag particles with rlnParticleSelectZScore above this.")
     # None: the STAR's own defocus
     defocus_range: tuple[float, float] | None = option(
-        None, kind=RANGE,
+        None, kind=RANGE, external_param="df_range", external_aliases=("defocus_range",),
         help="Defocus range in Å, min and max (5000 25000; as a RELION param 5000,25000), for paper B's "
              "quantile mapping (default: the input's own defocus).")
     per_class: bool = option(False, kind=BOOL,
                              help="Refine and estimate per rlnClassNumber, in each class's own frame.")
     write_canonical: bool = option(
-        False, kind=BOOL,
+        False, kind=BOOL, external_param="canonical", external_aliases=("write_canonical",),
         help="Add rlnCanonCanonicalImage. With refinement (the default) it names each particle's class average in "
              "class_averages.mrcs (one image per class, shared by its particles; no canonical.mrcs is written); "
              "with --no-refine (refine no) it names the network's own image of each particle, written to "
@@ -88,7 +91,7 @@ class EstimateConfig:
              "particle of a confidently matched class gets rlnAngleRot/Tilt/Psi and their priors for local "
              "searches in Refine3D/Class3D.")
     ref_pixel_size: float | None = option(
-        None, kind=FLOAT, minimum=1e-3,
+        None, kind=FLOAT, minimum=1e-3, external_param="ref_angpix", external_aliases=("ref_pixel_size",),
         help="The reference map's voxel size in Å, when its header has none (or to override it).")
     sym: str = option("C1", kind=TEXT, check=symmetry_problem,
                       help="The reference's point group, C1, Cn, Dn, T, O or I (I1-I4; RELION's axes): the "

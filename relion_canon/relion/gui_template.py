@@ -28,9 +28,17 @@ GUI_TEMPLATE = ".gui_externaljob.star"
 INSTALL_FLAG = "--install-gui-template"
 EXECUTABLE = "relion_canon_external"
 
-# The labels of Param1..Param10: the param's name, as RELION passes ``--<label> <value>``.
+# The options of Param1..Param10, by field name; each row's label is the option's External label from the table
+# (RELION passes ``--<label> <value>``).
 PARAMS: tuple[str, ...] = ("mode", "model", "model_path", "epochs", "box", "outlier_method", "outlier_threshold",
                            "defocus_range", "labels", "gpu")
+
+# The widest label, in pixels, that RELION's GUI shows whole; a longer one is scrolled to its end, and reads
+# "utlier_method". 3.1.3, 4.0 and 5.0 place a param's label box with place2 (src/gui_jobwindow.cpp): half of
+# WCOL2 less COLUMN_SEPARATION, 97 px, text at ENTRY_FONTSIZE 13 (src/gui_entries.h). Measured in relion-gui
+# 3.1.3 under Xvfb (FLTK 1.3.8, Helvetica drawn as DejaVu Sans by Xft): 88 and 89 px of text show whole, 90 px
+# is scrolled. Every External label fits this, with room to spare (tests/relion/test_gui_template.py).
+LABEL_WIDTH_PX = 89
 
 
 def _shown_value(entry: JobOption) -> str:
@@ -52,10 +60,11 @@ def template_text(version: str) -> str:
     else:
         header = ["_rlnJobTypeLabel             relion.external", "_rlnJobIsContinue                       0",
                   "_rlnJobIsTomo                           0"]
-    entries = {entry.external_param: entry for entry in external_params()}
+    entries = {entry.name: entry for entry in external_params()}
     rows = [("fn_exe", EXECUTABLE), ("in_part", '""')]
-    for i, label in enumerate(PARAMS, start=1):
-        rows += [(f"param{i}_label", label), (f"param{i}_value", _shown_value(entries[label]) or '""')]
+    for i, name in enumerate(PARAMS, start=1):
+        entry = entries[name]
+        rows += [(f"param{i}_label", entry.external_param), (f"param{i}_value", _shown_value(entry) or '""')]
     lines = ["", f"# version {star_version}", "", "data_job", "", *header, " ", "", f"# version {star_version}", "",
              "data_joboptions_values", "", "loop_ ", "_rlnJobOptionVariable #1 ", "_rlnJobOptionValue #2 ",
              *(f"{name:<16} {value}" for name, value in rows), " ", ""]

@@ -2,8 +2,10 @@
 :mod:`relion_canon.options`), how their text values parse, and the job configuration they ask for.
 
 RELION passes each param as ``--<label> <value>``; an empty value means the default, booleans take yes/no, and
-a label with an empty value means yes. Bad values, and labels the job does not know, raise :class:`UsageError`
-(one line naming the param; an unknown label with the known ones).
+a label with an empty value means yes. A param also answers to its old labels (``outlier_method`` for
+``outliers``), so that jobs saved before the labels were shortened still run. Bad values, and labels the job
+does not know, raise :class:`UsageError` (one line naming the param as it was given; an unknown label with the
+known ones).
 """
 
 from __future__ import annotations
@@ -70,10 +72,14 @@ class _Parser(argparse.ArgumentParser):
 
 def unknown_arguments_message(unknown: Sequence[str]) -> str:
     """One line: the arguments this job does not know, the nearest known label, and every known label."""
-    labels = [entry.external_param for entry in external_params()]
+    entries = external_params()
+    labels = [entry.external_param for entry in entries]
+    # A misspelt old label (--outlier_metod) suggests the label the job shows now (--outliers).
+    current = {label: entry.external_param for entry in entries for label in entry.external_labels}
+    current.update((name, name) for name in ("o", "in_parts", "j", "relion_version"))
     first = next((a for a in unknown if a.startswith("-")), unknown[0])
-    near = difflib.get_close_matches(first.lstrip("-"), labels + ["o", "in_parts", "j", "relion_version"], n=1)
-    hint = f" (did you mean --{near[0]}?)" if near else ""
+    near = difflib.get_close_matches(first.lstrip("-"), list(current), n=1)
+    hint = f" (did you mean --{current[near[0]]}?)" if near else ""
     return (f"unknown argument(s) {' '.join(unknown)}{hint}; the params this job knows: "
             f"{', '.join(labels)} (and RELION's --o, --in_parts, --j)")
 
@@ -132,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
         elif entry.option.kind == PAIRS:
             settings.update(action="append", default=[], metavar="KEY=VALUE")
         par.add_argument(f"--{entry.external_param}", **settings)
+        # Each old label is its own argument, so that a message names the label the user wrote and a param
+        # given under two labels is caught (param_text_given).
+        for alias in entry.option.external_aliases:
+            par.add_argument(f"--{alias}", **{**settings, "help": argparse.SUPPRESS})
     p.add_argument("-h", "--help", action="store_true")
     return p
 
@@ -163,10 +173,23 @@ def _number(name: str, value: str, kind: type) -> int | float:
         raise UsageError(f"param {name}: expected {expected}, got {value!r}") from None
 
 
-def param_value(entry: JobOption, text: str | list[str | None] | None):
+def param_text_given(args: argparse.Namespace, entry: JobOption) -> tuple[str, str | list[str | None] | None]:
+    """(the label it was given under, its text) for a param, which may come under its label or an old one;
+    (its label, None) when it was not given. Given under two labels, it is refused: which one RELION
+    passed last is not something a user can see in the GUI."""
+    given = [(label, getattr(args, label)) for label in entry.external_labels
+             if getattr(args, label) not in (None, [])]
+    if len(given) > 1:
+        both = " and ".join(f"--{label}" for label, _ in given)
+        raise UsageError(f"param {entry.external_param} is given twice, as {both}: keep one")
+    return given[0] if given else (entry.external_param, None)
+
+
+def param_value(entry: JobOption, text: str | list[str | None] | None, label: str | None = None):
     """A param's value as RELION passes it (text; a list for a repeated ``--set``) → the option's value;
-    an empty value gives the option's default."""
-    name, opt = entry.external_param, entry.option
+    an empty value gives the option's default. Messages name the param as ``label`` (the label it was given
+    under; default: its label)."""
+    name, opt = label or entry.external_param, entry.option
     if opt.kind == PAIRS:
         try:
             return parse_model_options(text or [])
@@ -182,7 +205,7 @@ def param_value(entry: JobOption, text: str | list[str | None] | None):
     if opt.kind in (INT, FLOAT):
         parsed: object = _number(name, value, int if opt.kind == INT else float)
     elif opt.kind == RANGE:
-        parsed = parse_defocus_range(value)
+        parsed = parse_defocus_range(value, name)
     else:
         try:
             parsed = opt.choose(value)
@@ -194,19 +217,22 @@ def param_value(entry: JobOption, text: str | list[str | None] | None):
     return parsed
 
 
-def parse_defocus_range(value: str | None) -> tuple[float, float] | None:
-    """'5000,25000' (Å; also 5000:25000 or 5000-25000) → (5000.0, 25000.0); empty → None."""
+def parse_defocus_range(value: str | None, name: str | None = None) -> tuple[float, float] | None:
+    """'5000,25000' (Å; also 5000:25000 or 5000-25000) → (5000.0, 25000.0); empty → None. Messages name the
+    param as ``name`` (default: the defocus range's label)."""
     value = text_or_none(value)
     if value is None:
         return None
+    if name is None:
+        name = next(e.external_param for e in external_params() if e.name == "defocus_range")
     parts = [s for s in re.split(r"[,:;]|(?<=\d)-(?=\d)", value) if s.strip()]
     try:
         lo, hi = (float(s) for s in parts)
     except ValueError:
-        raise UsageError(f"param defocus_range: expected min,max in Å (e.g. 5000,25000), got {value!r}") from None
+        raise UsageError(f"param {name}: expected min,max in Å (e.g. 5000,25000), got {value!r}") from None
     problem = range_problem((lo, hi))
     if problem is not None:
-        raise UsageError(f"param defocus_range: {problem}")
+        raise UsageError(f"param {name}: {problem}")
     return lo, hi
 
 
@@ -228,8 +254,9 @@ def config_from_args(args: argparse.Namespace):
     from relion_canon.job import JobConfig
     from relion_canon.train.devices import device_from_gpu_ids
 
-    values = {entry.name: param_value(entry, getattr(args, entry.external_param))
-              for entry in job_options(JobConfig, EXTERNAL)}
+    values = {entry.name: param_value(entry, text, label)
+              for entry in job_options(JobConfig, EXTERNAL)
+              for label, text in [param_text_given(args, entry)]}
     mode = param_value(MODE, args.mode)
     model_path = values["model_path"]
     if mode == "apply" and model_path is None:

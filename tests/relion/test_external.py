@@ -93,7 +93,7 @@ def test_defocus_range(text, expected):
 
 @pytest.mark.parametrize("text", ["0.5,2.5", "25000,5000", "5000", "a,b"])
 def test_defocus_range_rejects(text):
-    with pytest.raises(UsageError, match="defocus_range"):
+    with pytest.raises(UsageError, match="df_range"):
         parse_defocus_range(text)
 
 
@@ -322,5 +322,5 @@ def test_module_entry_point_help():
     res = subprocess.run([sys.executable, "-m", "relion_canon.relion.external", "--help"], capture_output=True,
                          text=True, timeout=60, cwd=REPO)
     assert res.returncode == 0
-    assert "--pipeline_control" in res.stdout and "outlier_threshold" in res.stdout
+    assert "--pipeline_control" in res.stdout and "outlier_z" in res.stdout
     assert external.PROG == "relion_canon_external"

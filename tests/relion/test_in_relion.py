@@ -75,7 +75,8 @@ def project(require_relion, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def external_run(project) -> dict:
-    """job001: the External job added with --addJob and run with --RunJobs, as a scripted pipeline does."""
+    """job001: the External job added with --addJob and run with --RunJobs, as a scripted pipeline does; param2
+    has outlier_z's old label, as a job saved before the labels were shortened has it."""
     before = snapshot(project)
     name = add_job(project, "External",
                    f"fn_exe == {external_script()};in_part == Input/particles.star;"
@@ -203,7 +204,7 @@ def test_abort_ends_aborted(project):
     assert "epoch 500/500" not in (job / "run.out").read_text()
     # The template's params reached the job as RELION passes them.
     note = (job / "note.txt").read_text()
-    assert "--mode train --model rotinv-ae --model_path  --epochs 500 --box  --outlier_method ensemble" in note
+    assert "--mode train --model rotinv-ae --model_path  --epochs 500 --box  --outliers ensemble" in note
 
 
 def test_continue_resumes_training(project, external_run, monkeypatch, capsys):
@@ -256,7 +257,7 @@ def test_pipeline_example_script(require_relion, tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert _processes(project) == {"External/job001/": "2", "Class2D/job002/": "2"}
     note = (project / "External/job001/note.txt").read_text()
-    assert ("--in_parts Input/particles.star --mode train --epochs 3 --outlier_threshold  --gpu  --j 1 "
+    assert ("--in_parts Input/particles.star --mode train --epochs 3 --outlier_z  --gpu  --j 1 "
             "--per_class yes --pipeline_control External/job001/") in note
     assert ("External/job001/particles_selected.star", "Class2D/job002/") in _edges(project, "pipeline_input_edges")
     assert "--sigma_psi 4" in (project / "Class2D/job002/note.txt").read_text()

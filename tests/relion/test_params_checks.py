@@ -4,6 +4,7 @@ naming the param, or the file, row and column; no traceback, nothing in the job 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -57,9 +58,17 @@ def _run(project: Path, capsys, *args: str, in_parts: str = "Input/particles.sta
     (["--box", "300"], "param box: must be between 24 and 256, got 300"),
     (["--box", "64"], "--box 64: larger than the particles (32 px)"),
     (["--epochs", "0"], "param epochs: must be at least 1, got 0"),
-    (["--outlier_threshold", "nan"], "param outlier_threshold: must be a finite number, got nan"),
+    (["--outlier_z", "nan"], "param outlier_z: must be a finite number, got nan"),
+    (["--max_shift", "-1"], "param max_shift: must be at least 0, got -1"),
+    (["--df_range", "20000,5000"], "param df_range: expected 0 < min < max, got 20000 5000"),
+    # An old label is read as the param it was, and named as the user wrote it.
+    (["--outlier_threshold", "inf"], "param outlier_threshold: must be a finite number, got inf"),
     (["--max_shift_px", "-1"], "param max_shift_px: must be at least 0, got -1"),
     (["--defocus_range", "20000,5000"], "param defocus_range: expected 0 < min < max, got 20000 5000"),
+    (["--outlier_method", "dbscan"], "param outlier_method: 'dbscan' is not one of ensemble, iforest, lof, covariance"),
+    (["--outliers", "lof", "--outlier_method", "iforest"],
+     "param outliers is given twice, as --outliers and --outlier_method: keep one"),
+    (["--outlier_metod", "lof"], "unknown argument(s) --outlier_metod lof (did you mean --outliers?)"),
 ])
 def test_bad_param_fails_the_job_at_once(project, capsys, args, message):
     line = _run(project, capsys, *args)
@@ -70,8 +79,11 @@ def test_unknown_label_lists_every_known_label(project, capsys):
     from relion_canon.relion.params import external_params
 
     line = _run(project, capsys, "--epoch", "3")
+    known = line.split("knows: ", 1)[1]
     for entry in external_params():
-        assert entry.external_param in line.split("knows: ", 1)[1]
+        assert entry.external_param in known
+        for alias in entry.option.external_aliases:  # the short labels only, as the GUI shows them
+            assert alias not in known
 
 
 @pytest.mark.parametrize("case", [case for case, (_, refused) in CASES.items() if refused])
@@ -108,3 +120,24 @@ def test_bad_particles_fail_before_distributed_training(project, capsys, case):
     line = _failed(project, before, rc, captured.err)
     assert line.startswith(f"relion_canon_external: error: Input/{case}.star") and CASES[case][0] in line
     assert "Training on GPUs" not in captured.out
+
+
+def test_a_job_saved_with_the_old_labels_still_runs(project, capsys):
+    """The labels before they were shortened, as a job.star saved then passes them, through the whole job at
+    smoke size: every one reaches the job's configuration."""
+    before = file_stamps(project)
+    rc = main(["--o", OUT, "--in_parts", "Input/particles.star", "--j", "1", "--epochs", "1", "--refine", "no",
+               "--outlier_method", "lof", "--outlier_threshold", "3", "--defocus_range", "5000,25000",
+               "--write_canonical", "--train_particles", "20", "--max_shift_px", "2",
+               "--pipeline_control", OUT])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert (project / OUT / "RELION_JOB_EXIT_SUCCESS").exists() and "Traceback" not in captured.err
+    after = file_stamps(project)
+    assert {k for k in after if before.get(k) != after[k]} <= {k for k in after if k.startswith(OUT)}
+    assert set(before) <= set(after)  # the input is left as it was, and only the job folder is new
+    config = json.loads((project / OUT / "report.json").read_text())["config"]
+    assert {key: config[key] for key in ("outlier_method", "outlier_threshold", "defocus_range", "write_canonical",
+                                         "train_particles", "max_shift_px")} == \
+        {"outlier_method": "lof", "outlier_threshold": 3.0, "defocus_range": [5000.0, 25000.0],
+         "write_canonical": True, "train_particles": 20, "max_shift_px": 2.0}

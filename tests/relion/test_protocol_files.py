@@ -222,8 +222,8 @@ def test_templates(folder, version):
     assert job.version == version and not job.is_continue
     assert job.options["fn_exe"] == "relion_canon_external"
     labels = [job.options[f"param{i}_label"] for i in range(1, 11)]
-    assert labels == ["mode", "model", "model_path", "epochs", "box", "outlier_method", "outlier_threshold",
-                      "defocus_range", "labels", "gpu"]
+    assert labels == ["mode", "model", "model_path", "epochs", "box", "outliers", "outlier_z", "df_range", "labels",
+                      "gpu"]
     # Every pre-labelled param is one the executable knows, with a value it accepts.
     known = {a.dest for a in build_parser()._actions}
     assert set(labels) <= known
@@ -232,5 +232,5 @@ def test_templates(folder, version):
         argv += [f"--{job.options[f'param{i}_label']}"] + ([job.options[f"param{i}_value"]]
                                                           if job.options[f"param{i}_value"] else [])
     args = build_parser().parse_args(argv + ["--j", "2"])  # an unknown label would raise UsageError
-    assert (args.mode, args.outlier_method, args.labels, args.epochs, args.outlier_threshold) == \
+    assert (args.mode, args.outliers, args.labels, args.epochs, args.outlier_z) == \
         ("train", "ensemble", "no", None, None)
