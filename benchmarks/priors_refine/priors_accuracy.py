@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent))  # the helpers shared by the benchmarks
-from relion_project_runs import cwd, run_measured, simulate_project, tail  # noqa: E402
+from relion_project_runs import run_measured, simulate_project, tail  # noqa: E402
 
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
 RIBOSOME = "maps/clean70SRibosome_vol_65p.mrc"
@@ -144,9 +143,9 @@ def summary(error: np.ndarray) -> dict:
 
 def score_priors(table, truth) -> dict:
     """The priors against the truth (see the module's docstring)."""
-    from relion_canon.analysis.orientation.point_group import direction_distance_deg, directions
+    from relion_canon.analysis.orientation.point_group import (direction_distance_deg, directions,
+                                                               orientation_distance_deg)
     from relion_canon.geometry.projection import euler_matrix
-    from relion_canon.analysis.orientation.point_group import orientation_distance_deg
 
     good = truth["rlnCanonIsJunk"].to_numpy().astype(int) == 0
     prior = angles(table, PRIOR_COLUMNS)
