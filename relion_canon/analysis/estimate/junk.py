@@ -82,8 +82,9 @@ def find_junk(features: np.ndarray, method: str, threshold: float, seed: int, cl
     clock.lap("outliers")
     flag = flag_outliers(result.z, threshold)
     log.info(f"Outliers ({method}): {int(flag.sum())} of {len(flag)} particles above Z = {threshold:g}")
-    # result.report() counts at the detectors' own threshold; the job's is the user's.
-    report = {**result.report(), "threshold": threshold, **flag_counts(result.z, flag, threshold)}
+    # result.report() counts at the detectors' own threshold; the job's is its outlier_threshold option.
+    report = {**result.report(), "threshold": threshold, "threshold_from": "outlier_threshold",
+              **flag_counts(result.z, flag, threshold)}
     return Junk(z=result.z, flag=flag, per_detector=result.per_detector, report=report)
 
 
@@ -104,7 +105,8 @@ def junk_by_alignment_score(score: np.ndarray, threshold: float) -> Junk:
     z = (median - score) / max(spread, 1e-12)
     flag = z > threshold
     log.info(f"Outliers (alignment score): {int(flag.sum())} of {len(flag)} particles above Z = {threshold:g}")
-    report = {"method": "alignment_score", "threshold": threshold, **flag_counts(z, flag, threshold),
+    report = {"method": "alignment_score", "threshold": threshold, "threshold_from": "outlier_threshold",
+              **flag_counts(z, flag, threshold),
               "median_score": median, "score_spread": spread}
     return Junk(z=z, flag=flag, per_detector={"alignment_score": z}, report=report)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from relion_canon.analysis.estimate.junk import find_junk, outlier_features
+from relion_canon.analysis.estimate.junk import find_junk, junk_by_alignment_score, outlier_features
 from relion_canon.analysis.estimate.timing import Clock
 
 
@@ -33,4 +33,13 @@ def test_find_junk_flags_above_the_threshold_and_reports_it():
     np.testing.assert_array_equal(junk.flag, junk.z > 2.5)
     assert set(junk.per_detector) == {"isolation_forest"} and junk.flag[:10].all()
     assert junk.report["threshold"] == 2.5 and junk.report["n_flagged"] == int(junk.flag.sum())
+    # The threshold is the job's option, not the detectors' own default of 3.
+    assert junk.report["threshold_from"] == "outlier_threshold"
     assert "outliers" in clock.seconds
+
+
+def test_the_alignment_score_flags_particles_far_below_the_typical_one():
+    score = np.r_[np.random.default_rng(3).normal(0.5, 0.01, 100), 0.2]
+    junk = junk_by_alignment_score(score, 4.0)
+    assert junk.flag[-1] and junk.flag.sum() == 1
+    assert junk.report["threshold"] == 4.0 and junk.report["threshold_from"] == "outlier_threshold"
