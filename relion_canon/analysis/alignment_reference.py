@@ -29,8 +29,7 @@ class HalfSetSums:
     def add(self, indices: np.ndarray, weighted: torch.Tensor, ctf2_rings: torch.Tensor, psi: torch.Tensor,
             shift: torch.Tensor, classes: torch.Tensor | None = None) -> None:
         """Add a batch at its poses; ``classes`` (b,) class indices, required with more than one class."""
-        # The particle is rotate(canonical, ψ, s): its origin is −s, which canonicalisation undoes.
-        canonical = rotate(weighted, -psi, canonicalising_shift_px(psi, -shift))
+        canonical = turned_back(weighted, psi, shift)
         half = torch.from_numpy(np.asarray(indices) % 2)
         if classes is None:
             # (2, b) one-hot half-set membership: one matrix product sums each half.
@@ -61,6 +60,12 @@ class HalfSetSums:
         ref = torch.fft.irfft2(full * gain[rings], s=mask.shape) * mask
         filtered_halves = torch.fft.irfft2(halves * gain[rings], s=mask.shape) * mask
         return ClassAverage(ref, frc.numpy(), gain, filtered_halves)
+
+
+def turned_back(images: torch.Tensor, psi: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """(b, B, B) particle images in the canonical frame of their poses (ψ rad (b,), shift px (b, 2))."""
+    # The particle is rotate(canonical, ψ, s): its origin is −s, which canonicalisation undoes.
+    return rotate(images, -psi, canonicalising_shift_px(psi, -shift))
 
 
 @dataclass

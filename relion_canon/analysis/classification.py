@@ -20,7 +20,12 @@ against K references learnt from the particles (multi-reference refinement).
    found follows the data, from the starting number down.
 5. Stop when fewer than ``converged_fraction`` of the particles change class and the angles move less than
    ``converged_deg``; the report says when the rounds ran out first.
-6. Given a rule for junk classes, their particles get a second chance against the good classes alone (see
+6. Then each class is tested for more than one view by its particles' residuals
+   (:mod:`~relion_canon.analysis.class_split`): k-means on invariants can start two views in one class, and
+   the refinement cannot part them, since each of their particles fits the blend better than any other
+   class. Classes that fail the test are split in two and the rounds go on (step 4 merges a false split
+   back), up to ``split_passes`` times.
+7. Given a rule for junk classes, their particles get a second chance against the good classes alone (see
    :meth:`_Rounds.rehome`).
 
 References are the CTF-corrected, Wiener-filtered class averages of :mod:`relion_canon.analysis.alignment`,
@@ -50,6 +55,7 @@ from relion_canon.analysis.alignment import (
 from relion_canon.analysis.alignment_reference import ClassAverage, HalfSetSums
 from relion_canon.analysis.class_comparison import filtered, half_agreement, laid, pair_alignment, whitened_power
 from relion_canon.analysis.class_features import initial_classes, invariant_features
+from relion_canon.analysis.class_split import SplitTest, residual_features, test_class
 from relion_canon.analysis.class_search import ClassSearch, ClassState, sums_of, supported_band
 from relion_canon.context import QUIET, RunContext
 from relion_canon.ctf import CtfParams
@@ -71,6 +77,13 @@ MERGE_WHEN_MOVED = 0.02  # merging waits until fewer than this fraction of the p
 # the re-homing search is global (every turn and shift), and the best of that many poses lifts a junk
 # particle's score more than a search about its centre would.
 REHOME_SCORE_FRACTION = 0.7
+# Rounds after a split in which no classes merge: the two parts start from averages made at the poses
+# the mixed class gave, blurred, and would merge back on them before their particles are aligned anew.
+HOLD_MERGES_AFTER_SPLIT = 3
+# Rounds after a split before the classes may count as settled: two more, in which a false split can merge.
+SETTLE_AFTER_SPLIT = HOLD_MERGES_AFTER_SPLIT + 2
+MIN_SPLIT_PART = 20  # particles: a part smaller than this is not worth a class of its own
+SPLIT_MIN_GAIN = 0.5  # the split test looks at the rings where a class's Wiener filter passes this or more
 
 JunkRule = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 """(sizes (K,), resolutions Å (K,), median scores (K,)) → (K,) bool: which classes hold junk."""
@@ -87,6 +100,10 @@ class ClassificationConfig:
     # of the starting classes' mean size: smaller classes are dissolved. Fixed at the start, so that a class
     # of junk (a tenth of the particles, say) survives once the views' classes have merged into a few.
     min_class_fraction: float = 0.25
+    # Times the settled classes are tested for more than one view and split (class_split), with at most
+    # ``rounds_after_split`` rounds after each.
+    split_passes: int = 3
+    rounds_after_split: int = 10
     alignment: AlignmentConfig = field(default_factory=lambda: AlignmentConfig(max_shift=5.0))
     seed: int = 0
 
@@ -181,22 +198,109 @@ class _Rounds:
         self.starting_classes = starting_classes
         self.shifts = ShiftSearch.start(config.alignment.max_shift)
         self.searcher = ClassSearch(grid, particles.noise)
+        self.merges_from = config.fixed_rounds + 2  # the first round (of self.history) that may merge classes
+        self.split_pairs: set[frozenset[int]] = set()  # the two parts of each split class, by class index
 
     def run(self, state: ClassState, rows: np.ndarray) -> tuple[ClassState, bool]:
+        """Rounds until the classes settle; then classes that hold more than one view are split
+        (:mod:`~relion_canon.analysis.class_split`) and the rounds go on, up to ``split_passes`` times."""
         config = self.config
-        for round_ in range(config.rounds):
-            reassign = round_ >= config.fixed_rounds
-            title = f"round {round_ + 1}/{config.rounds}" + ("" if reassign else " (classes held)")
-            state, moved, rms, dropped = self.one(state, self.particles.for_rounds(), rows, reassign, title)
-            if (reassign and round_ + 1 >= config.min_rounds and not dropped
-                    and moved < config.converged_fraction and rms < config.converged_deg):
-                return state, True
+        state, converged = self._rounds(state, rows, config.rounds, config.min_rounds)
+        for pass_ in range(config.split_passes):
+            split = self._split(state, rows)
+            if split is None:
+                break
+            state, converged = self._rounds(split, rows, config.rounds_after_split, SETTLE_AFTER_SPLIT)
+        if converged:
+            return state, True
         # A last search without dissolving or merging, so that no particle keeps a pose from a class that
         # the last round removed.
         state, moved, rms, _ = self.one(state, self.particles.for_rounds(), rows, True, "final round", tidy=False)
         log.warning("classification: stopped after %d rounds without converging (%.1f %% of the particles "
-                    "changed class in the final round, psi changed by %.2f° rms)", config.rounds + 1, 100 * moved, rms)
+                    "changed class in the final round, psi changed by %.2f° rms)", len(self.history), 100 * moved, rms)
         return state, False
+
+    def _rounds(self, state: ClassState, rows: np.ndarray, rounds: int, min_rounds: int) -> tuple[ClassState, bool]:
+        """Up to ``rounds`` rounds, the first ``fixed_rounds`` of a classification holding the classes; whether
+        they converged (after at least ``min_rounds``)."""
+        config = self.config
+        for round_ in range(rounds):
+            reassign = len(self.history) >= config.fixed_rounds
+            title = f"round {len(self.history) + 1}" + ("" if reassign else " (classes held)")
+            state, moved, rms, dropped = self.one(state, self.particles.for_rounds(), rows, reassign, title)
+            if (reassign and round_ + 1 >= min_rounds and not dropped
+                    and moved < config.converged_fraction and rms < config.converged_deg):
+                return state, True
+        return state, False
+
+    def _split(self, state: ClassState, rows: np.ndarray) -> ClassState | None:
+        """``state`` with every class whose particles show more than one view split in two (the largest
+        excess first, up to ``max_classes``), or None when none does."""
+        config = self.config
+        k = state.sums.n_classes
+        counts = np.bincount(state.classes[torch.from_numpy(rows)].numpy(), minlength=k)
+        smallest = config.min_class_fraction * counts.sum() / self.starting_classes
+        which = np.flatnonzero(counts >= 2 * max(smallest, MIN_SPLIT_PART))
+        if not len(which) or k >= config.max_classes:
+            return None
+        tests = self._split_tests(state, which)
+        for c, t in sorted(tests.items()):
+            log.debug("classification: class %d (%d particles): leading residual variance %.2f× noise's", c + 1,
+                      len(t.members), t.ratio)
+        splits = sorted(((c, t) for c, t in tests.items()
+                         if t.splits and min(t.side.sum(), (~t.side).sum()) >= smallest),
+                        key=lambda ct: -ct[1].ratio)[: config.max_classes - k]
+        if not splits:
+            return None
+        classes = state.classes.clone()
+        for new, (c, t) in enumerate(splits, start=k):
+            classes[torch.from_numpy(t.members[t.side])] = new
+            self.split_pairs.add(frozenset((c, new)))
+        log.info("classification: %d class(es) hold more than one view (their residuals' leading variance "
+                 "%s× noise's) and are split in two; %d classes", len(splits),
+                 ", ".join(f"{t.ratio:.1f}" for _, t in splits), k + len(splits))
+        self.merges_from = len(self.history) + HOLD_MERGES_AFTER_SPLIT
+        poses = state.poses
+        if self.shifts.max_px > 0:
+            # Particles far off-centre, their turn found about a wrong centre, also leave a residual of their
+            # own and can be split off as a part. A search that does not depend on the centre places them
+            # anew against every class, so that such a part empties (and is dissolved) instead of staying a
+            # class of misaligned particles.
+            parts = self._averages(sums_of(self.particles.for_rounds(), poses, classes, k + len(splits), self.grid))
+            split = torch.zeros(len(classes), dtype=torch.bool)
+            for c, _ in splits:
+                split[torch.from_numpy(tests[c].members)] = True
+            poses = self.searcher.search_globally(self.particles.for_rounds(), poses,
+                                                  torch.stack([a.reference for a in parts]), self.shifts,
+                                                  supported_band(parts), split)
+        sums = sums_of(self.particles.for_rounds(), poses, classes, k + len(splits), self.grid)
+        return ClassState(poses.copy(), classes, sums)
+
+    def _split_tests(self, state: ClassState, which: np.ndarray) -> dict[int, SplitTest]:
+        """The one-view test (:func:`~relion_canon.analysis.class_split.test_class`) of each class in ``which``."""
+        averages = self._averages(state.sums)
+        features, ring = residual_features(self.particles.for_rounds(), state.poses, state.classes, state.sums,
+                                           self.grid, supported_band(averages), which)
+        tests = {}
+        for c, (members, x) in features.items():
+            # Only the rings where the class's average holds more signal than noise: the others would add
+            # noise-only dimensions that drown a difference of views.
+            cols = averages[c].gain[ring] >= SPLIT_MIN_GAIN
+            if int(cols.sum()) >= 2:
+                tests[c] = test_class(members, x[:, cols], self.config.seed + c)
+        return tests
+
+    def _still_two_views(self, state: ClassState, small: int, large: int, turn: float) -> bool:
+        """Whether the two parts of a split class, merged as :meth:`_tidy` would merge them, still fail the
+        one-view test: then their averages agree only because they are noisy, and they stay apart."""
+        members = state.classes == small
+        poses = state.poses.copy()
+        poses.psi_rad[members] = torch.remainder(poses.psi_rad[members] - turn + math.pi, 2 * math.pi) - math.pi
+        classes = torch.where(members, large, state.classes)
+        union = ClassState(poses, classes, sums_of(self.particles.for_rounds(), poses, classes,
+                                                  state.sums.n_classes, self.grid))
+        test = self._split_tests(union, np.array([large])).get(large)
+        return test is not None and test.splits
 
     def one(self, state: ClassState, batches: Iterable[Prepared], rows: np.ndarray, reassign: bool,
             title: str, tidy: bool = True) -> tuple[ClassState, float, float, bool]:
@@ -270,8 +374,8 @@ class _Rounds:
         keep = counts >= self.config.min_class_fraction * counts.sum() / self.starting_classes
         # Merging waits until the assignment has settled (references sharp, few particles moving), and then
         # merges the most alike pairs first, a few at a time, so that no merge is judged on blurred averages.
-        merging = len(self.history) >= self.config.fixed_rounds + 2 and moved < MERGE_WHEN_MOVED
-        merged_into = self._duplicates(state.sums, counts, keep, self._nats(state.margins)) if merging else {}
+        merging = len(self.history) >= self.merges_from and moved < MERGE_WHEN_MOVED
+        merged_into = self._duplicates(state, counts, keep, self._nats(state.margins)) if merging else {}
         for small in merged_into:
             keep[small] = False
         if bool(keep.all()):
@@ -288,6 +392,9 @@ class _Rounds:
         for small, (large, _) in merged_into.items():
             new_index[small] = new_index[large]
         classes = new_index[state.classes]
+        self.split_pairs = {frozenset(int(new_index[c]) for c in pair) for pair in self.split_pairs
+                            if all(new_index[c] >= 0 for c in pair)}
+        self.split_pairs = {pair for pair in self.split_pairs if len(pair) == 2}
         # A dissolved class's particles go, for now, to the largest class; the next search places them.
         classes[classes < 0] = int(new_index[survivors[counts[survivors].argmax()]])
         log.info("classification: %d classes dissolved (too few particles), %d merged (same view); %d left",
@@ -301,14 +408,15 @@ class _Rounds:
         k = self.grid.box
         return margins * k * k if margins is not None else torch.full((1, 1), math.inf)
 
-    def _duplicates(self, sums: HalfSetSums, counts: torch.Tensor, keep: torch.Tensor,
+    def _duplicates(self, state: ClassState, counts: torch.Tensor, keep: torch.Tensor,
                     margins: torch.Tensor) -> dict[int, tuple[int, float]]:
         """Smaller class → larger class, for pairs whose averages, laid onto each other, differ by no more
         than ``MERGE_FACTOR`` times what their own noise explains (from their half-sets), in the units a
         particle's log-likelihood sees them: the data cannot tell them apart. Each average is compared through
         the other's Wiener filter, so two classes of one view filtered differently (more or fewer particles)
-        still compare equal."""
-        averages = self._averages(sums)
+        still compare equal. The two parts of a split class merge only when together they pass the one-view
+        test (:meth:`_still_two_views`)."""
+        averages = self._averages(state.sums)
         references = torch.stack([a.reference for a in averages])
         halves = torch.stack([a.halves for a in averages])
         gains = torch.stack([a.gain for a in averages])[:, self.grid.rings]  # (K, B, B//2 + 1)
@@ -338,6 +446,12 @@ class _Rounds:
             if len(merged) >= max(1, len(references) // 3):
                 break
             if small not in merged and large not in merged and all(small != into for into, _ in merged.values()):
+                # Two parts of a split class differ in their particles' residuals; their averages, from few
+                # particles at low SNR, can still look alike: they merge only when the merged class passes
+                # the one-view test.
+                if frozenset((small, large)) in self.split_pairs and self._still_two_views(
+                        state, small, large, float(turn[large, small])):
+                    continue
                 merged[small] = (large, float(turn[large, small]))
         return merged
 

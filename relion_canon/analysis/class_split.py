@@ -1,0 +1,125 @@
+"""Finding classes that hold more than one view, and splitting them in two.
+
+A class starts from k-means on rotation-invariant features, and two views whose invariants are alike can
+share one. The refinement cannot part them: their particles are all aligned to one reference, a blend of
+the views, and each fits that blend better than any other class. Their average is sharp enough to pass as a
+view, so the class has to be judged by its particles.
+
+Each particle, turned into its class's frame, less what the class average predicts for it (the average
+times its CTF²) leaves a residual. In a class of one view that residual is noise: over the class, the
+residuals' covariance has no direction of much more variance than the rest. In a class of two views, the
+difference of the views is in every residual, with a sign that depends on the view: one strong direction.
+The test compares the leading eigenvalue of the residuals' covariance (over their median eigenvalue) with
+the same figure for Gaussian noise of the same shape, and a class whose figure is :data:`SPLIT_FACTOR` times
+noise's is split by 2-means on its two leading principal components. A false split costs little: two
+classes of one view are merged back by the classification's merge rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from relion_canon.analysis.alignment import Poses, Prepared, SearchGrid
+from relion_canon.analysis.alignment_reference import HalfSetSums, turned_back
+
+# The leading eigenvalue over the median of a class's residuals, as a multiple of the same figure for
+# Gaussian noise of the same shape, from which the class counts as more than one view. Pure classes sit near
+# 1 and classes of two views well above (benchmarks/classify/README.md).
+SPLIT_FACTOR = 1.6
+SAMPLE = 1000  # particles of a class the test looks at (the rest are placed by the split it finds)
+
+
+@dataclass
+class SplitTest:
+    """One class's test: how far its residuals' leading direction stands above noise, and the split it gives."""
+
+    ratio: float  # the class's leading-eigenvalue figure over noise's
+    members: np.ndarray  # (n,) rows of the class's particles
+    side: np.ndarray  # (n,) bool: the particles of the second part
+
+    @property
+    def splits(self) -> bool:
+        return self.ratio >= SPLIT_FACTOR
+
+
+def _spread(features: torch.Tensor, weight: torch.Tensor) -> float:
+    """Leading eigenvalue over the median eigenvalue of the covariance of ``features`` (n, p), each column
+    centred, scaled to unit variance (so that the coefficients' different CTF and noise power weigh alike) and
+    then weighted by ``weight`` (p,)."""
+    x = features - features.mean(dim=0)
+    x = x / x.std(dim=0).clamp(min=1e-12) * weight
+    s = torch.linalg.svdvals(x)
+    eig = (s**2)[: min(x.shape) - 1]
+    return float(eig[0] / eig.median().clamp(min=1e-30))
+
+
+def _noise_spread(n: int, weight: torch.Tensor, seed: int) -> float:
+    g = torch.Generator().manual_seed(seed)
+    return _spread(torch.randn(n, len(weight), generator=g, dtype=torch.float64), weight)
+
+
+def _band_coefficients(box: int, band: int) -> torch.Tensor:
+    """(B, B//2 + 1) bool: the rfft2 coefficients within ``band`` rings, each once (kx > 0: the kx = 0 column
+    repeats every coefficient as its conjugate)."""
+    ky = torch.fft.fftfreq(box) * box
+    kx = torch.fft.rfftfreq(box) * box
+    radius = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)
+    return (radius <= band) & (kx[None, :] > 0)
+
+
+def residual_features(batches: Iterable[Prepared], poses: Poses, classes: torch.Tensor, sums: HalfSetSums,
+                      grid: SearchGrid, band: int, which: np.ndarray
+                      ) -> tuple[dict[int, tuple[np.ndarray, torch.Tensor]], torch.Tensor]:
+    """For each class ``c`` in ``which``: its particles' rows and their residuals (n, p) as real features, the
+    rfft2 coefficients within ``band`` rings of each particle turned into the class frame, less the class's
+    unfiltered average times the particle's CTF² per ring; and the ring of each feature (p,)."""
+    box = grid.box
+    keep = _band_coefficients(box, band)
+    num = torch.fft.rfft2(sums.num.reshape(-1, 2, box, box).sum(dim=1).float())  # (K, B, B//2 + 1)
+    den = sums.den.reshape(-1, 2, sums.den.shape[-1]).sum(dim=1).clamp(min=1e-6).float()
+    mean = num / den[:, grid.rings]
+    wanted = torch.zeros(sums.n_classes, dtype=torch.bool)
+    wanted[torch.from_numpy(np.asarray(which, dtype=np.int64))] = True
+    rows: dict[int, list[np.ndarray]] = {int(c): [] for c in which}
+    feats: dict[int, list[torch.Tensor]] = {int(c): [] for c in which}
+    for idx, weighted, _, ctf2 in batches:
+        t = torch.from_numpy(idx)
+        c = classes[t]
+        sel = wanted[c]
+        if not bool(sel.any()):
+            continue
+        t, c = t[sel], c[sel]
+        canonical = torch.fft.rfft2(turned_back(weighted[sel], poses.psi_rad[t], poses.shift_px[t]))
+        residual = (canonical - ctf2[sel][:, grid.rings] * mean[c])[:, keep]
+        real = torch.cat([residual.real, residual.imag], dim=1)
+        for k in torch.unique(c).tolist():
+            m = c == k
+            rows[k].append(t[m].numpy())
+            feats[k].append(real[m])
+    ring = grid.rings[keep]
+    return ({k: (np.concatenate(rows[k]), torch.cat(feats[k]).double()) for k in rows if rows[k]},
+            torch.cat([ring, ring]))
+
+
+def test_class(members: np.ndarray, features: torch.Tensor, seed: int, weight: torch.Tensor | None = None) -> SplitTest:
+    """Whether the residuals ``features`` (n, p) of one class's particles ``members`` show two views, and the
+    split by 2-means on their two leading principal components (on at most :data:`SAMPLE` of them; the others
+    go to the nearer part)."""
+    from sklearn.cluster import KMeans
+
+    n = len(members)
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(n, SAMPLE, replace=False)) if n > SAMPLE else np.arange(n)
+    x = features[torch.from_numpy(sample)]
+    weight = torch.ones(x.shape[1], dtype=x.dtype) if weight is None else weight.to(x.dtype)
+    centre, scale = x.mean(dim=0), x.std(dim=0).clamp(min=1e-12) / weight
+    ratio = _spread(x, weight) / _noise_spread(len(sample), weight, seed)
+    _, _, v = torch.linalg.svd((x - centre) / scale, full_matrices=False)
+    scores = (((features - centre) / scale) @ v[:2].T).numpy()
+    km = KMeans(2, n_init=4, random_state=seed).fit(scores[sample])
+    side = km.predict(scores) == 1
+    return SplitTest(ratio, members, side)

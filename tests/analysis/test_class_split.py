@@ -1,0 +1,57 @@
+"""relion_canon.analysis.class_split: a class of two views is found and split along the views; a class of one
+view is left whole."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from relion_canon.analysis.class_split import SPLIT_FACTOR, test_class as split_test
+from relion_canon.analysis.classification import ClassificationConfig
+from relion_canon.simulate import SimulationConfig, read_ground_truth, simulate_dataset
+
+from tests.analysis.test_classification import _classify
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+def _noise(n: int, p: int, seed: int) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    # Coefficients of unequal power (CTF, noise spectrum), as the residuals have.
+    return torch.from_numpy(rng.standard_normal((n, p)) * rng.uniform(0.2, 3.0, p))
+
+
+def test_noise_alone_is_not_split():
+    for seed in range(3):
+        result = split_test(np.arange(300), _noise(300, 400, seed), seed)
+        assert result.ratio < SPLIT_FACTOR, result.ratio
+        assert not result.splits
+
+
+def test_two_views_are_found_and_parted():
+    n, p = 300, 400
+    rng = np.random.default_rng(1)
+    view = rng.integers(0, 2, n).astype(bool)
+    # The residuals of two views against their blend: ± half their difference, weak against the noise in
+    # every coefficient (0.25 of its standard deviation) but present in all of them.
+    x = _noise(n, p, 2)
+    difference = torch.from_numpy(rng.choice([-1.0, 1.0], p)) * x.std(dim=0) * 0.25
+    x += torch.from_numpy(np.where(view, 1.0, -1.0))[:, None] * difference
+    result = split_test(np.arange(n), x, 0)
+    assert result.splits, result.ratio
+    agreement = np.mean(result.side == view)
+    assert max(agreement, 1 - agreement) >= 0.95
+
+
+def test_classes_started_as_one_end_as_one_per_view(tmp_path):
+    # One starting class for two views: without the split the refinement keeps a blend of both.
+    simulate_dataset(SimulationConfig(n_particles=240, box=32, pixel_size=5.0, views=2, snr=0.5, junk_fraction=0.0,
+                                      seed=8), tmp_path / "sim")
+    view = read_ground_truth(tmp_path / "sim")["rlnCanonViewId"].to_numpy()
+    whole = _classify(tmp_path / "sim", ClassificationConfig(n_classes=1, split_passes=0))
+    assert whole.n_classes == 1
+    found = _classify(tmp_path / "sim", ClassificationConfig(n_classes=1))
+    assert found.n_classes == 2
+    purity = sum(np.bincount(view[found.class_index == c]).max() for c in range(found.n_classes)) / len(view)
+    assert purity >= 0.95, purity
