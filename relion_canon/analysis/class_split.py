@@ -105,7 +105,7 @@ def residual_features(batches: Iterable[Prepared], poses: Poses, classes: torch.
             torch.cat([ring, ring]))
 
 
-def test_class(members: np.ndarray, features: torch.Tensor, seed: int, weight: torch.Tensor | None = None) -> SplitTest:
+def split_test(members: np.ndarray, features: torch.Tensor, seed: int, weight: torch.Tensor | None = None) -> SplitTest:
     """Whether the residuals ``features`` (n, p) of one class's particles ``members`` show two views, and the
     split by 2-means on their two leading principal components (on at most :data:`SAMPLE` of them; the others
     go to the nearer part)."""

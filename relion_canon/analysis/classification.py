@@ -55,7 +55,7 @@ from relion_canon.analysis.alignment import (
 from relion_canon.analysis.alignment_reference import ClassAverage, HalfSetSums
 from relion_canon.analysis.class_comparison import filtered, half_agreement, laid, pair_alignment, whitened_power
 from relion_canon.analysis.class_features import initial_classes, invariant_features
-from relion_canon.analysis.class_split import SplitTest, residual_features, test_class
+from relion_canon.analysis.class_split import SplitTest, residual_features, split_test
 from relion_canon.analysis.class_search import ClassSearch, ClassState, sums_of, supported_band
 from relion_canon.context import QUIET, RunContext
 from relion_canon.ctf import CtfParams
@@ -277,7 +277,7 @@ class _Rounds:
         return ClassState(poses.copy(), classes, sums)
 
     def _split_tests(self, state: ClassState, which: np.ndarray) -> dict[int, SplitTest]:
-        """The one-view test (:func:`~relion_canon.analysis.class_split.test_class`) of each class in ``which``."""
+        """The one-view test (:func:`~relion_canon.analysis.class_split.split_test`) of each class in ``which``."""
         averages = self._averages(state.sums)
         features, ring = residual_features(self.particles.for_rounds(), state.poses, state.classes, state.sums,
                                            self.grid, supported_band(averages), which)
@@ -287,7 +287,7 @@ class _Rounds:
             # noise-only dimensions that drown a difference of views.
             cols = averages[c].gain[ring] >= SPLIT_MIN_GAIN
             if int(cols.sum()) >= 2:
-                tests[c] = test_class(members, x[:, cols], self.config.seed + c)
+                tests[c] = split_test(members, x[:, cols], self.config.seed + c)
         return tests
 
     def _still_two_views(self, state: ClassState, small: int, large: int, turn: float) -> bool:

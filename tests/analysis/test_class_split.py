@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from relion_canon.analysis.class_split import SPLIT_FACTOR, test_class as split_test
+from relion_canon.analysis.class_split import SPLIT_FACTOR, split_test
 from relion_canon.analysis.classification import ClassificationConfig
 from relion_canon.simulate import SimulationConfig, read_ground_truth, simulate_dataset
 
