@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from relion_canon.analysis.class_split import SPLIT_FACTOR, split_test
+from relion_canon.analysis.alignment import AlignmentConfig
 from relion_canon.analysis.classification import ClassificationConfig
 from relion_canon.simulate import SimulationConfig, read_ground_truth, simulate_dataset
 
@@ -53,5 +54,18 @@ def test_classes_started_as_one_end_as_one_per_view(tmp_path):
     assert whole.n_classes == 1
     found = _classify(tmp_path / "sim", ClassificationConfig(n_classes=1))
     assert found.n_classes == 2
+    purity = sum(np.bincount(view[found.class_index == c]).max() for c in range(found.n_classes)) / len(view)
+    assert purity >= 0.95, purity
+
+
+def test_three_views_are_split_out_of_one_class_on_a_subset(tmp_path):
+    # With more particles than the rounds use, the rounds run on a subset: the split parts the subset's
+    # particles, and the passes over all particles then place the rest.
+    simulate_dataset(SimulationConfig(n_particles=600, box=32, pixel_size=5.0, views=3, snr=0.5, junk_fraction=0.0,
+                                      seed=9), tmp_path / "sim")
+    view = read_ground_truth(tmp_path / "sim")["rlnCanonViewId"].to_numpy()
+    config = ClassificationConfig(n_classes=1, alignment=AlignmentConfig(max_shift=5.0, reference_particles=100))
+    found = _classify(tmp_path / "sim", config)
+    assert found.n_classes == 3
     purity = sum(np.bincount(view[found.class_index == c]).max() for c in range(found.n_classes)) / len(view)
     assert purity >= 0.95, purity
