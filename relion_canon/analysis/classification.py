@@ -123,6 +123,9 @@ class Classification:
     noise: np.ndarray  # (B//2 + 1,) noise power per ring, for whitening
     converged: bool
     history: list[dict[str, float]] = field(default_factory=list)
+    # One entry per split pass that split classes: the round after which it ran, and each split class's
+    # residual figure (its multiple of noise's; see class_split).
+    splits: list[dict] = field(default_factory=list)
 
     @property
     def n_classes(self) -> int:
@@ -200,6 +203,7 @@ class _Rounds:
         self.searcher = ClassSearch(grid, particles.noise)
         self.merges_from = config.fixed_rounds + 2  # the first round (of self.history) that may merge classes
         self.split_pairs: set[frozenset[int]] = set()  # the two parts of each split class, by class index
+        self.splits: list[dict] = []
 
     def run(self, state: ClassState, rows: np.ndarray) -> tuple[ClassState, bool]:
         """Rounds until the classes settle; then classes that hold more than one view are split
@@ -260,6 +264,8 @@ class _Rounds:
                  "%s× noise's) and are split in two; %d classes", len(splits),
                  ", ".join(f"{t.ratio:.1f}" for _, t in splits), k + len(splits))
         self.merges_from = len(self.history) + HOLD_MERGES_AFTER_SPLIT
+        self.splits.append({"after_round": len(self.history), "n_split": len(splits),
+                            "residual_ratios": [round(t.ratio, 3) for _, t in splits]})
         poses = state.poses
         if self.shifts.max_px > 0:
             # Particles far off-centre, their turn found about a wrong centre, also leave a residual of their
@@ -481,4 +487,4 @@ class _Rounds:
             shift_px=state.poses.shift_px.numpy().astype(np.float64),
             score=state.poses.score.numpy().astype(np.float64), references=references[order].numpy(),
             frc=frc[order.numpy()], half_agreement=half_agreement(halves)[order].numpy(), resolution_A=resolution,
-            noise=noise.numpy(), converged=converged, history=self.history)
+            noise=noise.numpy(), converged=converged, history=self.history, splits=self.splits)

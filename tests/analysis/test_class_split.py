@@ -54,6 +54,8 @@ def test_classes_started_as_one_end_as_one_per_view(tmp_path):
     assert whole.n_classes == 1
     found = _classify(tmp_path / "sim", ClassificationConfig(n_classes=1))
     assert found.n_classes == 2
+    assert whole.splits == [] and found.splits[0]["n_split"] == 1
+    assert found.splits[0]["residual_ratios"][0] >= SPLIT_FACTOR
     purity = sum(np.bincount(view[found.class_index == c]).max() for c in range(found.n_classes)) / len(view)
     assert purity >= 0.95, purity
 

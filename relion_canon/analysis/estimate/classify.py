@@ -65,4 +65,5 @@ def class_facts(found: Classification, c: int) -> dict[str, Any]:
 def classification_report(found: Classification) -> dict[str, Any]:
     if not found.converged:
         log.warning("The classification stopped before it converged: see report.json (classification.history)")
-    return {"n_classes": found.n_classes, "converged": found.converged, "history": found.history}
+    return {"n_classes": found.n_classes, "converged": found.converged, "history": found.history,
+            "splits": found.splits}
