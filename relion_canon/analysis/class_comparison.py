@@ -9,7 +9,17 @@ import math
 import torch
 
 from relion_canon.analysis.alignment import SearchGrid
+from relion_canon.analysis.alignment_reference import ClassAverage
 from relion_canon.geometry import periodic_peak, rotate, sample_polar, shift_peak
+
+# Two classes are one view when their averages differ by no more than this many times the noise their
+# half-sets show. Above 1 because laying one average onto another interpolates it; the measured gap
+# between classes of one view and of different views is in benchmarks/classify/README.md.
+MERGE_FACTOR = 6.0
+# ... or when each class's particles prefer their own class over the other by less than this many nats on
+# average (each at its best turn about its centre): the classes are about as alike as two copies of one view
+# built from different particles. Distinct views part by tens of nats (benchmarks/classify/README.md).
+MERGE_NATS = 8.0
 
 
 def half_agreement(halves: torch.Tensor) -> torch.Tensor:
@@ -64,3 +74,40 @@ def whitened_power(images: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     (n, B, B), with ``weight`` (B, B) = CTF²/σ² (fft2 layout)."""
     b = images.shape[-1]
     return (torch.fft.fft2(images.double()).abs() ** 2 * weight).sum(dim=(-2, -1)) / b**2
+
+
+def merge_candidates(
+    averages: list[ClassAverage], counts: torch.Tensor, keep: torch.Tensor, margins_nats: torch.Tensor,
+    weight: torch.Tensor, grid: SearchGrid,
+) -> tuple[torch.Tensor, list[tuple[float, int, int]]]:
+    """The (K, K) turn that lays each average onto each other, and (ratio, smaller, larger) for the pairs of
+    ``keep`` classes that show one view: their averages, laid onto each other, differ by no more than
+    :data:`MERGE_FACTOR` times what their own noise explains (from their half-sets), in the units a particle's
+    log-likelihood sees them (``weight``, CTF²/noise); or their particles prefer their own class by no more
+    than :data:`MERGE_NATS` (``margins_nats`` (K, K)). Each average is compared through the other's Wiener
+    filter, so two classes of one view filtered differently (more or fewer particles) still compare equal."""
+    references = torch.stack([a.reference for a in averages])
+    halves = torch.stack([a.halves for a in averages])
+    gains = torch.stack([a.gain for a in averages])[:, grid.rings]  # (K, B, B//2 + 1)
+    turn, shift, _ = pair_alignment(references, grid)
+    candidates: list[tuple[float, int, int]] = []
+    for large in range(len(references)):
+        for small in range(len(references)):
+            if small == large or not keep[large] or not keep[small] or counts[small] > counts[large] or \
+                    (counts[small] == counts[large] and small < large):
+                continue
+            pair = torch.stack([references[large], laid(references[small], turn[large, small], shift[large, small])])
+            noise = torch.stack([halves[large, 0] - halves[large, 1], halves[small, 0] - halves[small, 1]]) / 2
+            cross = gains[[small, large]]  # each through the other's filter
+            distance = whitened_power((filtered(pair[0], cross[0]) - filtered(pair[1], cross[1]))[None], weight)[0]
+            # What laying an average onto itself by the same turn loses to interpolation: at high SNR the
+            # averages' own noise is tiny and this is what separates two copies of one view.
+            there_and_back = laid(laid(references[large], turn[large, small], torch.zeros(2)),
+                                  -turn[large, small], torch.zeros(2))
+            floor = whitened_power(filtered(references[large] - there_and_back, cross[0])[None], weight)[0]
+            own = whitened_power(filtered(noise, cross), weight).sum()
+            ratio = float(distance - floor) / max(float(own), 1e-30)
+            nats = max(float(margins_nats[small, large]), float(margins_nats[large, small]))
+            if ratio <= MERGE_FACTOR or nats <= MERGE_NATS:
+                candidates.append((ratio, small, large))
+    return turn, candidates

@@ -59,6 +59,11 @@ def sums_of(batches: Iterable[Prepared], poses: Poses, classes: torch.Tensor, k:
     return sums
 
 
+def averages_of(sums: HalfSetSums, grid: SearchGrid) -> list[ClassAverage]:
+    """Every class's average (reference, FRC, Wiener filter, half-sets) from its half-set sums."""
+    return [sums.average(grid.rings, grid.mask, c) for c in range(sums.n_classes)]
+
+
 def _turned_spectra(references: torch.Tensor) -> torch.Tensor:
     """(K, SHIFT_TURNS, B, B//2 + 1) rfft2 of every reference turned by every multiple of 2π/SHIFT_TURNS."""
     k, box = references.shape[0], references.shape[-1]

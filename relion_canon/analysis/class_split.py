@@ -17,20 +17,29 @@ classes of one view are merged back by the classification's merge rule.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
 import torch
 
-from relion_canon.analysis.alignment import Poses, Prepared, SearchGrid
+from relion_canon.analysis.alignment import Poses, Prepared, PreparedParticles, SearchGrid
 from relion_canon.analysis.alignment_reference import HalfSetSums, turned_back
+from relion_canon.analysis.class_search import ClassState, averages_of, sums_of, supported_band
+from relion_canon.geometry import wrap_rad
+
+log = logging.getLogger(__name__)
 
 # The leading eigenvalue over the median of a class's residuals, as a multiple of the same figure for
 # Gaussian noise of the same shape, from which the class counts as more than one view. Pure classes sit near
 # 1 and classes of two views well above (benchmarks/classify/README.md).
 SPLIT_FACTOR = 1.6
 SAMPLE = 1000  # particles of a class the test looks at (the rest are placed by the split it finds)
+MIN_SPLIT_PART = 20  # particles: a part smaller than this is not worth a class of its own
+# The test looks at the rings where a class's Wiener filter passes this or more: the others would add
+# noise-only dimensions that drown a difference of views.
+SPLIT_MIN_GAIN = 0.5
 
 
 @dataclass
@@ -123,3 +132,61 @@ def split_test(members: np.ndarray, features: torch.Tensor, seed: int, weight: t
     km = KMeans(2, n_init=4, random_state=seed).fit(scores[sample])
     side = km.predict(scores) == 1
     return SplitTest(ratio, members, side)
+
+
+@dataclass
+class Splitter:
+    """The one-view test and the split over one classification's prepared particles (their ``for_rounds``)."""
+
+    particles: PreparedParticles
+    grid: SearchGrid
+    seed: int
+
+    def tests(self, state: ClassState, which: np.ndarray) -> dict[int, SplitTest]:
+        """The one-view test of each class in ``which``."""
+        averages = averages_of(state.sums, self.grid)
+        features, ring = residual_features(self.particles.for_rounds(), state.poses, state.classes, state.sums,
+                                           self.grid, supported_band(averages), which)
+        tests = {}
+        for c, (members, x) in features.items():
+            cols = averages[c].gain[ring] >= SPLIT_MIN_GAIN
+            if int(cols.sum()) >= 2:
+                tests[c] = split_test(members, x[:, cols], self.seed + c)
+        return tests
+
+    def split(self, state: ClassState, rows: np.ndarray, smallest: float,
+              room: int) -> tuple[torch.Tensor, list[tuple[int, SplitTest]]] | None:
+        """New class indices with every class of ``rows`` that fails the test split in two (the second part
+        numbered after the existing classes; the largest excess first, at most ``room``), parts of at least
+        ``smallest`` particles; and the (class, test) of each split. None when no class splits."""
+        k = state.sums.n_classes
+        counts = np.bincount(state.classes[torch.from_numpy(rows)].numpy(), minlength=k)
+        which = np.flatnonzero(counts >= 2 * max(smallest, MIN_SPLIT_PART))
+        if not len(which) or room < 1:
+            return None
+        tests = self.tests(state, which)
+        for c, t in sorted(tests.items()):
+            log.debug("classification: class %d (%d particles): leading residual variance %.2f× noise's", c + 1,
+                      len(t.members), t.ratio)
+        splits = sorted(((c, t) for c, t in tests.items()
+                         if t.splits and min(t.side.sum(), (~t.side).sum()) >= smallest),
+                        key=lambda ct: -ct[1].ratio)[:room]
+        if not splits:
+            return None
+        classes = state.classes.clone()
+        for new, (_, t) in enumerate(splits, start=k):
+            classes[torch.from_numpy(t.members[t.side])] = new
+        return classes, splits
+
+    def still_two_views(self, state: ClassState, small: int, large: int, turn_rad: float) -> bool:
+        """Whether classes ``small`` and ``large`` (two parts of a split), merged as the classification merges
+        them (``small``'s particles turned by ``turn_rad`` into ``large``'s frame), still fail the test: then
+        their averages agree only because they are noisy, and they stay apart."""
+        members = state.classes == small
+        poses = state.poses.copy()
+        poses.psi_rad[members] = wrap_rad(poses.psi_rad[members] - turn_rad)
+        classes = torch.where(members, large, state.classes)
+        union = ClassState(poses, classes, sums_of(self.particles.for_rounds(), poses, classes, state.sums.n_classes,
+                                                  self.grid))
+        test = self.tests(union, np.array([large])).get(large)
+        return test is not None and test.splits

@@ -26,7 +26,7 @@ against K references learnt from the particles (multi-reference refinement).
    class. Classes that fail the test are split in two and the rounds go on (step 4 merges a false split
    back), up to ``split_passes`` times.
 7. Given a rule for junk classes, their particles get a second chance against the good classes alone (see
-   :meth:`_Rounds.rehome`).
+   :func:`~relion_canon.analysis.class_rehome.rehome`).
 
 References are the CTF-corrected, Wiener-filtered class averages of :mod:`relion_canon.analysis.alignment`,
 with the same half-set FRC; each class's angles are in its own average's frame, as RELION's Class2D gives.
@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field, replace
-from typing import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -53,40 +53,24 @@ from relion_canon.analysis.alignment import (
     ShiftSearch,
 )
 from relion_canon.analysis.alignment_reference import ClassAverage, HalfSetSums
-from relion_canon.analysis.class_comparison import filtered, half_agreement, laid, pair_alignment, whitened_power
+from relion_canon.analysis.class_comparison import half_agreement, merge_candidates
 from relion_canon.analysis.class_features import initial_classes, invariant_features
-from relion_canon.analysis.class_split import SplitTest, residual_features, split_test
-from relion_canon.analysis.class_search import ClassSearch, ClassState, sums_of, supported_band
+from relion_canon.analysis.class_rehome import JunkRule, rehome
+from relion_canon.analysis.class_split import Splitter
+from relion_canon.analysis.class_search import ClassSearch, ClassState, averages_of, sums_of, supported_band
 from relion_canon.context import QUIET, RunContext
 from relion_canon.ctf import CtfParams
 from relion_canon.geometry import resolution_at_threshold_A, wrap_deg, wrap_rad
 
 log = logging.getLogger(__name__)
 
-# Two classes are one view when their averages differ by no more than this many times the noise their
-# half-sets show. Above 1 because laying one average onto another interpolates it; the measured gap
-# between classes of one view and of different views is in benchmarks/classify/README.md.
-MERGE_FACTOR = 6.0
-# ... or when each class's particles prefer their own class over the other by less than this many nats on
-# average (each at its best turn about its centre): the classes are about as alike as two copies of one view
-# built from different particles. Distinct views part by tens of nats (benchmarks/classify/README.md).
-MERGE_NATS = 8.0
 MERGE_WHEN_MOVED = 0.02  # merging waits until fewer than this fraction of the particles change class
-# A particle of a junk class joins a good class when it matches it at least this fraction as well as the
-# class's typical (median) particle does. Above the fraction below which a whole class counts as junk (0.5):
-# the re-homing search is global (every turn and shift), and the best of that many poses lifts a junk
-# particle's score more than a search about its centre would.
-REHOME_SCORE_FRACTION = 0.7
 # Rounds after a split in which no classes merge: the two parts start from averages made at the poses
 # the mixed class gave, blurred, and would merge back on them before their particles are aligned anew.
 HOLD_MERGES_AFTER_SPLIT = 3
 # Rounds after a split before the classes may count as settled: two more, in which a false split can merge.
 SETTLE_AFTER_SPLIT = HOLD_MERGES_AFTER_SPLIT + 2
-MIN_SPLIT_PART = 20  # particles: a part smaller than this is not worth a class of its own
-SPLIT_MIN_GAIN = 0.5  # the split test looks at the rings where a class's Wiener filter passes this or more
 
-JunkRule = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-"""(sizes (K,), resolutions Å (K,), median scores (K,)) → (K,) bool: which classes hold junk."""
 @dataclass
 class ClassificationConfig:
     n_classes: int | None = None  # classes to start from; None: one per ``particles_per_class`` particles
@@ -186,7 +170,7 @@ def classify_particles(
             state = rounds.one(state, particles.everyone(), np.arange(n_particles), reassign=True,
                                title=f"pass over all particles {pass_ + 1}/2", tidy=False)[0]
     if junk_rule is not None:
-        state = rounds.rehome(state, particles, junk_rule)
+        state = rehome(state, particles, junk_rule, rounds.searcher, rounds.shifts, grid, rounds.pixel_size_A)
     return rounds.result(state, particles.noise, converged)
 
 
@@ -203,6 +187,7 @@ class _Rounds:
         self.searcher = ClassSearch(grid, particles.noise)
         self.merges_from = config.fixed_rounds + 2  # the first round (of self.history) that may merge classes
         self.split_pairs: set[frozenset[int]] = set()  # the two parts of each split class, by class index
+        self.splitter = Splitter(particles, grid, config.seed)
         self.splits: list[dict] = []
 
     def run(self, state: ClassState, rows: np.ndarray) -> tuple[ClassState, bool]:
@@ -238,28 +223,15 @@ class _Rounds:
         return state, False
 
     def _split(self, state: ClassState, rows: np.ndarray) -> ClassState | None:
-        """``state`` with every class whose particles show more than one view split in two (the largest
-        excess first, up to ``max_classes``), or None when none does."""
-        config = self.config
-        k = state.sums.n_classes
-        counts = np.bincount(state.classes[torch.from_numpy(rows)].numpy(), minlength=k)
-        smallest = config.min_class_fraction * counts.sum() / self.starting_classes
-        which = np.flatnonzero(counts >= 2 * max(smallest, MIN_SPLIT_PART))
-        if not len(which) or k >= config.max_classes:
+        """``state`` with every class whose particles show more than one view split in two
+        (:class:`~relion_canon.analysis.class_split.Splitter`), or None when none does."""
+        config, k = self.config, state.sums.n_classes
+        smallest = config.min_class_fraction * len(rows) / self.starting_classes
+        found = self.splitter.split(state, rows, smallest, config.max_classes - k)
+        if found is None:
             return None
-        tests = self._split_tests(state, which)
-        for c, t in sorted(tests.items()):
-            log.debug("classification: class %d (%d particles): leading residual variance %.2f× noise's", c + 1,
-                      len(t.members), t.ratio)
-        splits = sorted(((c, t) for c, t in tests.items()
-                         if t.splits and min(t.side.sum(), (~t.side).sum()) >= smallest),
-                        key=lambda ct: -ct[1].ratio)[: config.max_classes - k]
-        if not splits:
-            return None
-        classes = state.classes.clone()
-        for new, (c, t) in enumerate(splits, start=k):
-            classes[torch.from_numpy(t.members[t.side])] = new
-            self.split_pairs.add(frozenset((c, new)))
+        classes, splits = found
+        self.split_pairs |= {frozenset((c, new)) for new, (c, _) in enumerate(splits, start=k)}
         log.info("classification: %d class(es) hold more than one view (their residuals' leading variance "
                  "%s× noise's) and are split in two; %d classes", len(splits),
                  ", ".join(f"{t.ratio:.1f}" for _, t in splits), k + len(splits))
@@ -274,39 +246,13 @@ class _Rounds:
             # class of misaligned particles.
             parts = self._averages(sums_of(self.particles.for_rounds(), poses, classes, k + len(splits), self.grid))
             split = torch.zeros(len(classes), dtype=torch.bool)
-            for c, _ in splits:
-                split[torch.from_numpy(tests[c].members)] = True
+            for _, t in splits:
+                split[torch.from_numpy(t.members)] = True
             poses = self.searcher.search_globally(self.particles.for_rounds(), poses,
                                                   torch.stack([a.reference for a in parts]), self.shifts,
                                                   supported_band(parts), split)
         sums = sums_of(self.particles.for_rounds(), poses, classes, k + len(splits), self.grid)
         return ClassState(poses.copy(), classes, sums)
-
-    def _split_tests(self, state: ClassState, which: np.ndarray) -> dict[int, SplitTest]:
-        """The one-view test (:func:`~relion_canon.analysis.class_split.split_test`) of each class in ``which``."""
-        averages = self._averages(state.sums)
-        features, ring = residual_features(self.particles.for_rounds(), state.poses, state.classes, state.sums,
-                                           self.grid, supported_band(averages), which)
-        tests = {}
-        for c, (members, x) in features.items():
-            # Only the rings where the class's average holds more signal than noise: the others would add
-            # noise-only dimensions that drown a difference of views.
-            cols = averages[c].gain[ring] >= SPLIT_MIN_GAIN
-            if int(cols.sum()) >= 2:
-                tests[c] = split_test(members, x[:, cols], self.config.seed + c)
-        return tests
-
-    def _still_two_views(self, state: ClassState, small: int, large: int, turn: float) -> bool:
-        """Whether the two parts of a split class, merged as :meth:`_tidy` would merge them, still fail the
-        one-view test: then their averages agree only because they are noisy, and they stay apart."""
-        members = state.classes == small
-        poses = state.poses.copy()
-        poses.psi_rad[members] = torch.remainder(poses.psi_rad[members] - turn + math.pi, 2 * math.pi) - math.pi
-        classes = torch.where(members, large, state.classes)
-        union = ClassState(poses, classes, sums_of(self.particles.for_rounds(), poses, classes,
-                                                  state.sums.n_classes, self.grid))
-        test = self._split_tests(union, np.array([large])).get(large)
-        return test is not None and test.splits
 
     def one(self, state: ClassState, batches: Iterable[Prepared], rows: np.ndarray, reassign: bool,
             title: str, tidy: bool = True) -> tuple[ClassState, float, float, bool]:
@@ -331,45 +277,8 @@ class _Rounds:
         self._record(title, new, rows, moved, rms)
         return new, moved, rms, dropped
 
-    def rehome(self, state: ClassState, particles: PreparedParticles, junk_rule: JunkRule) -> ClassState:
-        """Give the particles of junk classes (``junk_rule``) a second chance: each is searched against the good
-        classes alone, globally first (a particle far off-centre lands in a junk class because the turn found
-        about its centre was wrong; see :meth:`ClassSearch.search_globally`), and joins the best one when it matches it at least :data:`REHOME_SCORE_FRACTION` as well
-        as that class's typical particle does (a good particle that a blurred class had caught). The others
-        stay, with their correlation with the best good class as their score, so that a junk particle's
-        outlier score says how unlike every view it is, not how well it fits other junk."""
-        averages = self._averages(state.sums)
-        classes = state.classes.numpy()
-        counts = np.bincount(classes, minlength=len(averages))
-        score = state.poses.score.numpy()
-        median = np.array([np.median(score[classes == c]) if counts[c] else 0.0 for c in range(len(counts))])
-        resolution = np.array([resolution_at_threshold_A(a.frc, self.pixel_size_A, self.grid.box) for a in averages])
-        junk = np.asarray(junk_rule(counts, resolution, median), dtype=bool) & (counts > 0)
-        if not junk.any() or junk[counts > 0].all():
-            return state
-        good = torch.from_numpy(np.flatnonzero(~junk & (counts > 0)))
-        references = torch.stack([averages[c].reference for c in good.tolist()])
-        band = supported_band([averages[c] for c in good.tolist()])
-        in_junk = torch.from_numpy(junk[classes])
-        start = state.poses
-        if self.shifts.max_px > 0:
-            start = self.searcher.search_globally(particles.everyone(), state.poses, references, self.shifts, band,
-                                                  in_junk)
-        searched = self.searcher.search(particles.everyone(), replace(state, poses=start), references, True,
-                                        self.shifts, band)
-        best = good[searched.classes]
-        fits = searched.poses.score >= REHOME_SCORE_FRACTION * torch.from_numpy(median).float()[best]
-        move = in_junk & fits
-        poses, new_classes = state.poses.copy(), state.classes.clone()
-        poses.psi_rad[move], poses.shift_px[move] = searched.poses.psi_rad[move], searched.poses.shift_px[move]
-        poses.score[in_junk] = searched.poses.score[in_junk]
-        new_classes[move] = best[move]
-        log.info("classification: %d of the %d particles of %d junk class(es) match a good class and join it",
-                 int(move.sum()), int(in_junk.sum()), int(junk.sum()))
-        return ClassState(poses, new_classes, sums_of(particles.everyone(), poses, new_classes, len(averages), self.grid))
-
     def _averages(self, sums: HalfSetSums) -> list[ClassAverage]:
-        return [sums.average(self.grid.rings, self.grid.mask, c) for c in range(sums.n_classes)]
+        return averages_of(sums, self.grid)
 
     def _tidy(self, state: ClassState, rows: np.ndarray, moved: float) -> tuple[ClassState, bool]:
         """Dissolve classes smaller than ``min_class_fraction`` of the starting mean, and merge classes that show
@@ -391,7 +300,7 @@ class _Rounds:
             # The merged class's particles are turned into the frame of the class they join, so that its
             # average is not a blend of two frames: the small average turned by ``turn`` is the large one.
             members = state.classes == small
-            poses.psi_rad[members] = torch.remainder(poses.psi_rad[members] - turn + math.pi, 2 * math.pi) - math.pi
+            poses.psi_rad[members] = wrap_rad(poses.psi_rad[members] - turn)
         survivors = torch.nonzero(keep).flatten()
         new_index = torch.full((k,), -1, dtype=torch.long)
         new_index[survivors] = torch.arange(len(survivors))
@@ -416,46 +325,22 @@ class _Rounds:
 
     def _duplicates(self, state: ClassState, counts: torch.Tensor, keep: torch.Tensor,
                     margins: torch.Tensor) -> dict[int, tuple[int, float]]:
-        """Smaller class → larger class, for pairs whose averages, laid onto each other, differ by no more
-        than ``MERGE_FACTOR`` times what their own noise explains (from their half-sets), in the units a
-        particle's log-likelihood sees them: the data cannot tell them apart. Each average is compared through
-        the other's Wiener filter, so two classes of one view filtered differently (more or fewer particles)
-        still compare equal. The two parts of a split class merge only when together they pass the one-view
-        test (:meth:`_still_two_views`)."""
+        """Smaller class → larger class (and the turn between them) for pairs that show one view
+        (:func:`~relion_canon.analysis.class_comparison.merge_candidates`), the most alike first, a third of
+        the classes at most. The two parts of a split class merge only when together they pass the one-view
+        test (:meth:`Splitter.still_two_views`)."""
         averages = self._averages(state.sums)
-        references = torch.stack([a.reference for a in averages])
-        halves = torch.stack([a.halves for a in averages])
-        gains = torch.stack([a.gain for a in averages])[:, self.grid.rings]  # (K, B, B//2 + 1)
-        weight = self.searcher.likelihood_weight()
-        turn, shift, _ = pair_alignment(references, self.grid)
-        candidates: list[tuple[float, int, int]] = []
-        for large in range(len(references)):
-            for small in range(len(references)):
-                if small == large or not keep[large] or not keep[small] or counts[small] > counts[large] or \
-                        (counts[small] == counts[large] and small < large):
-                    continue
-                pair = torch.stack([references[large], laid(references[small], turn[large, small], shift[large, small])])
-                noise = torch.stack([halves[large, 0] - halves[large, 1], halves[small, 0] - halves[small, 1]]) / 2
-                cross = gains[[small, large]]  # each through the other's filter
-                distance = whitened_power((filtered(pair[0], cross[0]) - filtered(pair[1], cross[1]))[None], weight)[0]
-                # What laying an average onto itself by the same turn loses to interpolation: at high SNR the
-                # averages' own noise is tiny and this is what separates two copies of one view.
-                there_and_back = laid(laid(references[large], turn[large, small], torch.zeros(2)),
-                                      -turn[large, small], torch.zeros(2))
-                floor = whitened_power(filtered(references[large] - there_and_back, cross[0])[None], weight)[0]
-                own = whitened_power(filtered(noise, cross), weight).sum()
-                ratio = float(distance - floor) / max(float(own), 1e-30)
-                if ratio <= MERGE_FACTOR or max(float(margins[small, large]), float(margins[large, small])) <= MERGE_NATS:
-                    candidates.append((ratio, small, large))
+        turn, candidates = merge_candidates(averages, counts, keep, margins, self.searcher.likelihood_weight(),
+                                            self.grid)
         merged: dict[int, tuple[int, float]] = {}
         for _, small, large in sorted(candidates):
-            if len(merged) >= max(1, len(references) // 3):
+            if len(merged) >= max(1, len(averages) // 3):
                 break
             if small not in merged and large not in merged and all(small != into for into, _ in merged.values()):
                 # Two parts of a split class differ in their particles' residuals; their averages, from few
                 # particles at low SNR, can still look alike: they merge only when the merged class passes
                 # the one-view test.
-                if frozenset((small, large)) in self.split_pairs and self._still_two_views(
+                if frozenset((small, large)) in self.split_pairs and self.splitter.still_two_views(
                         state, small, large, float(turn[large, small])):
                     continue
                 merged[small] = (large, float(turn[large, small]))

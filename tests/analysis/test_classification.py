@@ -18,6 +18,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _classify(root, config=ClassificationConfig()):
+    return _classify_with(root, config, None)
+
+
+def _classify_with(root, config, junk_rule):
     star = read_star(root / "particles.star")
     images = ParticleBatches(star, PreprocessConfig())
 
@@ -26,7 +30,8 @@ def _classify(root, config=ClassificationConfig()):
             pos = np.arange(start, min(start + 256, len(star)))
             yield pos, images[pos]["image"][:, 0].numpy()
 
-    return classify_particles(batches, len(star), star.ctf_params(), images.pixel_size, images.box, config=config)
+    return classify_particles(batches, len(star), star.ctf_params(), images.pixel_size, images.box, config=config,
+                              junk_rule=junk_rule)
 
 
 @pytest.fixture(scope="module")

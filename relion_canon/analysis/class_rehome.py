@@ -1,0 +1,68 @@
+"""A second chance for the particles of junk classes, once a classification has settled: the good particles
+among them (far off-centre, or caught by a blurred class) join the good class they match; the others are
+scored against the good classes."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Callable
+
+import numpy as np
+import torch
+
+from relion_canon.analysis.alignment import PreparedParticles, SearchGrid, ShiftSearch
+from relion_canon.analysis.class_search import ClassSearch, ClassState, averages_of, sums_of, supported_band
+from relion_canon.geometry import resolution_at_threshold_A
+
+log = logging.getLogger(__name__)
+
+# A particle of a junk class joins a good class when it matches it at least this fraction as well as the
+# class's typical (median) particle does. Above the fraction below which a whole class counts as junk (0.5):
+# the re-homing search is global (every turn and shift), and the best of that many poses lifts a junk
+# particle's score more than a search about its centre would.
+REHOME_SCORE_FRACTION = 0.7
+
+JunkRule = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+"""(sizes (K,), resolutions Å (K,), median scores (K,)) → (K,) bool: which classes hold junk."""
+
+
+def rehome(state: ClassState, particles: PreparedParticles, junk_rule: JunkRule, searcher: ClassSearch,
+           shifts: ShiftSearch, grid: SearchGrid, pixel_size_A: float) -> ClassState:
+    """Give the particles of junk classes (``junk_rule``) a second chance: each is searched against the good
+    classes alone, globally first (a particle far off-centre lands in a junk class because the turn found
+    about its centre was wrong; see :meth:`ClassSearch.search_globally`), and joins the best one when it
+    matches it at least :data:`REHOME_SCORE_FRACTION` as well as that class's typical particle does (a good
+    particle that a blurred class had caught). The others stay, with their correlation with the best good
+    class as their score, so that a junk particle's outlier score says how unlike every view it is, not how
+    well it fits other junk."""
+    averages = averages_of(state.sums, grid)
+    classes = state.classes.numpy()
+    counts = np.bincount(classes, minlength=len(averages))
+    score = state.poses.score.numpy()
+    median = np.array([np.median(score[classes == c]) if counts[c] else 0.0 for c in range(len(counts))])
+    resolution = np.array([resolution_at_threshold_A(a.frc, pixel_size_A, grid.box) for a in averages])
+    junk = np.asarray(junk_rule(counts, resolution, median), dtype=bool) & (counts > 0)
+    if not junk.any() or junk[counts > 0].all():
+        return state
+    good = torch.from_numpy(np.flatnonzero(~junk & (counts > 0)))
+    references = torch.stack([averages[c].reference for c in good.tolist()])
+    band = supported_band([averages[c] for c in good.tolist()])
+    in_junk = torch.from_numpy(junk[classes])
+    start = state.poses
+    if shifts.max_px > 0:
+        start = searcher.search_globally(particles.everyone(), state.poses, references, shifts, band,
+                                              in_junk)
+    searched = searcher.search(particles.everyone(), replace(state, poses=start), references, True,
+                                    shifts, band)
+    best = good[searched.classes]
+    fits = searched.poses.score >= REHOME_SCORE_FRACTION * torch.from_numpy(median).float()[best]
+    move = in_junk & fits
+    poses, new_classes = state.poses.copy(), state.classes.clone()
+    poses.psi_rad[move], poses.shift_px[move] = searched.poses.psi_rad[move], searched.poses.shift_px[move]
+    poses.score[in_junk] = searched.poses.score[in_junk]
+    new_classes[move] = best[move]
+    log.info("classification: %d of the %d particles of %d junk class(es) match a good class and join it",
+             int(move.sum()), int(in_junk.sum()), int(junk.sum()))
+    return ClassState(poses, new_classes, sums_of(particles.everyone(), poses, new_classes, len(averages), grid))
+
