@@ -11,8 +11,8 @@ residuals' covariance has no direction of much more variance than the rest. In a
 difference of the views is in every residual, with a sign that depends on the view: one strong direction.
 The test compares the leading eigenvalue of the residuals' covariance (over their median eigenvalue) with
 the same figure for Gaussian noise of the same shape, and a class whose figure is :data:`SPLIT_FACTOR` times
-noise's is split by 2-means on its two leading principal components. A false split costs little: two
-classes of one view are merged back by the classification's merge rule.
+noise's is split by 2-means on its two leading principal components. The two parts of a split merge again
+(by the classification's merge rule) only when, together, they pass the test.
 """
 
 from __future__ import annotations
@@ -55,20 +55,19 @@ class SplitTest:
         return self.ratio >= SPLIT_FACTOR
 
 
-def _spread(features: torch.Tensor, weight: torch.Tensor) -> float:
+def _spread(features: torch.Tensor) -> float:
     """Leading eigenvalue over the median eigenvalue of the covariance of ``features`` (n, p), each column
-    centred, scaled to unit variance (so that the coefficients' different CTF and noise power weigh alike) and
-    then weighted by ``weight`` (p,)."""
+    centred and scaled to unit variance (so that the coefficients' different CTF and noise power weigh alike)."""
     x = features - features.mean(dim=0)
-    x = x / x.std(dim=0).clamp(min=1e-12) * weight
+    x = x / x.std(dim=0).clamp(min=1e-12)
     s = torch.linalg.svdvals(x)
     eig = (s**2)[: min(x.shape) - 1]
     return float(eig[0] / eig.median().clamp(min=1e-30))
 
 
-def _noise_spread(n: int, weight: torch.Tensor, seed: int) -> float:
+def _noise_spread(n: int, p: int, seed: int) -> float:
     g = torch.Generator().manual_seed(seed)
-    return _spread(torch.randn(n, len(weight), generator=g, dtype=torch.float64), weight)
+    return _spread(torch.randn(n, p, generator=g, dtype=torch.float64))
 
 
 def _band_coefficients(box: int, band: int) -> torch.Tensor:
@@ -114,7 +113,7 @@ def residual_features(batches: Iterable[Prepared], poses: Poses, classes: torch.
             torch.cat([ring, ring]))
 
 
-def split_test(members: np.ndarray, features: torch.Tensor, seed: int, weight: torch.Tensor | None = None) -> SplitTest:
+def split_test(members: np.ndarray, features: torch.Tensor, seed: int) -> SplitTest:
     """Whether the residuals ``features`` (n, p) of one class's particles ``members`` show two views, and the
     split by 2-means on their two leading principal components (on at most :data:`SAMPLE` of them; the others
     go to the nearer part)."""
@@ -124,9 +123,8 @@ def split_test(members: np.ndarray, features: torch.Tensor, seed: int, weight: t
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, SAMPLE, replace=False)) if n > SAMPLE else np.arange(n)
     x = features[torch.from_numpy(sample)]
-    weight = torch.ones(x.shape[1], dtype=x.dtype) if weight is None else weight.to(x.dtype)
-    centre, scale = x.mean(dim=0), x.std(dim=0).clamp(min=1e-12) / weight
-    ratio = _spread(x, weight) / _noise_spread(len(sample), weight, seed)
+    centre, scale = x.mean(dim=0), x.std(dim=0).clamp(min=1e-12)
+    ratio = _spread(x) / _noise_spread(len(sample), x.shape[1], seed)
     _, _, v = torch.linalg.svd((x - centre) / scale, full_matrices=False)
     scores = (((features - centre) / scale) @ v[:2].T).numpy()
     km = KMeans(2, n_init=4, random_state=seed).fit(scores[sample])
