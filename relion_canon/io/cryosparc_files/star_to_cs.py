@@ -251,9 +251,10 @@ def _copy_slot(target: Any, source: np.ndarray, slot: str, ours: Sequence[str]) 
 def fill_alignments2d(target: Any, source: np.ndarray, psi: np.ndarray, origins_a: np.ndarray | None = None) -> None:
     """Write an ``alignments2D`` slot into ``target`` (a record array or cryosparc-tools Dataset, same rows).
 
-    ``alignments2D/pose`` comes from ``psi`` (degrees). Every other field is copied from ``source`` (the input
-    particles) where it has it; otherwise the shift comes from ``origins_a`` (Å), the pixel size from
-    ``blob/psize_A``, and the rest are neutral (one class, certain, half-set 0).
+    ``alignments2D/pose`` comes from ``psi`` (degrees) and the shift from ``origins_a`` (Å, the centres the job
+    found, which go with that angle), in pixels of the slot's pixel size. Every other field is copied from
+    ``source`` (the input particles) where it has it; otherwise the pixel size comes from ``blob/psize_A``, and
+    the rest are neutral (one class, certain, half-set 0).
     """
     src = set(source.dtype.names)
     names = field_names(target)
@@ -261,8 +262,9 @@ def fill_alignments2d(target: Any, source: np.ndarray, psi: np.ndarray, origins_
     if "alignments2D/psize_A" not in src and "blob/psize_A" in src and "alignments2D/psize_A" in names:
         target["alignments2D/psize_A"] = source["blob/psize_A"]
         ours.append("alignments2D/psize_A")
-    if "alignments2D/shift" not in src and origins_a is not None and "blob/psize_A" in src:
-        target["alignments2D/shift"] = np.asarray(origins_a, np.float64) / source["blob/psize_A"].astype(np.float64)[:, None]
+    psize = next((source[f] for f in ("alignments2D/psize_A", "blob/psize_A") if f in src), None)
+    if origins_a is not None and psize is not None:
+        target["alignments2D/shift"] = np.asarray(origins_a, np.float64) / psize.astype(np.float64)[:, None]
         ours.append("alignments2D/shift")
     _copy_slot(target, source, "alignments2D", ours)
     target["alignments2D/pose"] = psi_to_pose2d(psi)

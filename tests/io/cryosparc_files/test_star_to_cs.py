@@ -41,7 +41,8 @@ def test_results_go_back_into_the_input_records(shared_data):
     np.testing.assert_array_equal(out["uid"], p["rlnCanonUid"].to_numpy(np.uint64))
     by_uid = {u: i for i, u in enumerate(records["uid"])}
     rows = [by_uid[u] for u in out["uid"]]
-    for name in records.dtype.names:  # every input field, unchanged, except the pose we set
+    for name in records.dtype.names:  # every input field, unchanged, except the pose we set (and the shift,
+        # here the input's own: see test_the_shift_is_the_one_the_job_found_not_the_inputs)
         if name != "alignments2D/pose":
             np.testing.assert_array_equal(out[name], records[name][rows], err_msg=name)
     np.testing.assert_allclose(out["alignments2D/pose"], np.deg2rad(p["rlnAnglePsi"]) % (2 * np.pi), atol=1e-6)
@@ -56,6 +57,20 @@ def test_results_go_back_into_the_input_records(shared_data):
     np.testing.assert_allclose(again["rlnCanonDefocus"], p["rlnCanonDefocus"], rtol=1e-6)
     np.testing.assert_allclose(again["rlnAnglePsi"], p["rlnAnglePsi"], atol=1e-4)
 
+
+def test_the_shift_is_the_one_the_job_found_not_the_inputs(shared_data):
+    # The pose is the job's angle; a shift from the input's own 2D classification beside it would place the
+    # particle by two different alignments.
+    records = C.load_cs(shared_data / J2)
+    results = results_table(C.records_to_star(records, shared_data / J2))
+    p = results.particles
+    p["rlnOriginXAngst"] = np.linspace(-4.0, 4.0, len(p))
+    p["rlnOriginYAngst"] = np.linspace(3.0, -3.0, len(p))
+    out = C.results_to_records(records, results)
+    psize = out["alignments2D/psize_A"].astype(np.float64)
+    np.testing.assert_allclose(out["alignments2D/shift"][:, 0] * psize, p["rlnOriginXAngst"], atol=1e-5)
+    np.testing.assert_allclose(out["alignments2D/shift"][:, 1] * psize, p["rlnOriginYAngst"], atol=1e-5)
+    assert not np.allclose(out["alignments2D/shift"], records["alignments2D/shift"][:len(out)], atol=0.1)
 
 def test_a_whole_alignments2d_slot_is_added_where_the_input_has_none(shared_data):
     records = C.load_cs(shared_data / EMPIAR_CS)
