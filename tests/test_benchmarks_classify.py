@@ -29,6 +29,15 @@ def test_purity_and_completeness_of_a_split_and_a_merge():
     assert cm.class_purity(merged, view) == 0.75 and cm.view_completeness(merged, view) == 0.75
 
 
+def test_views_a_few_degrees_apart_count_as_one():
+    tilt = np.deg2rad([0.0, 3.0, 6.0, 40.0, 90.0])  # 0-3-6 chain within 5 degrees; 40 and 90 alone
+    directions = np.c_[np.sin(tilt), np.zeros(5), np.cos(tilt)]
+    label = cm.views_merged_within(directions, 5.0)
+    assert label[0] == label[1] == label[2] and len(set(label)) == 3
+    view = np.array([0, 0, 1, 1, 3, 3])
+    mixed = np.array([1, 1, 1, 1, 2, 2])  # views 0 and 1 (3 degrees apart) in one class
+    assert cm.class_purity(mixed, view) == 4 / 6 and cm.class_purity(mixed, label[view]) == 1.0
+
 def test_psi_within_classes_fits_an_offset_and_sign_per_pair():
     rng = np.random.default_rng(0)
     true = rng.uniform(-180, 180, 40)

@@ -35,6 +35,19 @@ def class_purity(cls: np.ndarray, view: np.ndarray) -> float:
     return _dominant_share(cls, view)
 
 
+def views_merged_within(directions: np.ndarray, max_angle_deg: float) -> np.ndarray:
+    """(V,) one label per view for ``directions`` (V, 3) unit viewing directions: views whose directions lie
+    within ``max_angle_deg`` of each other, directly or through a chain of such views, share a label. Random
+    views can fall a few degrees apart, closer than any classifier can part at low SNR."""
+    n = len(directions)
+    label = np.arange(n)
+    close = np.degrees(np.arccos(np.clip(directions @ directions.T, -1.0, 1.0))) <= max_angle_deg
+    for a, b in zip(*np.nonzero(np.triu(close, 1))):
+        old, new = label[b], label[a]
+        label[label == old] = new
+    return np.unique(label, return_inverse=True)[1]
+
+
 def view_completeness(cls: np.ndarray, view: np.ndarray) -> float:
     """The share of true particles in their view's dominant class (1 when no view is split over classes)."""
     return _dominant_share(view, cls)

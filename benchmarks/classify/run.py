@@ -220,6 +220,13 @@ def score_method(out: dict, truth, view: np.ndarray, pairs: np.ndarray, true_dif
            **cm.pair_scores(cls_good, psi_good, pairs, true_diff),
            "junk_auc": auc_or_none(junk.astype(int), out["junk_score"]),
            **cm.selection_scores(junk, out["kept"]), "defocus_rmse_um": None}
+    discrete = truth["rlnCanonViewId"].to_numpy()[good]
+    if len(discrete) and (discrete >= 0).all():
+        # Views closer than the pair metric's angle counted as one (random views can fall that close).
+        first = truth[good].groupby("rlnCanonViewId")[["rlnAngleRot", "rlnAngleTilt"]].first().sort_index()
+        directions = cm.viewing_directions(first["rlnAngleRot"].to_numpy(float), first["rlnAngleTilt"].to_numpy(float))
+        merged = cm.views_merged_within(directions, PAIR_MAX_ANGLE_DEG)
+        row["purity_views_within_5deg_as_one"] = cm.class_purity(cls_good, merged[discrete])
     for key in ("junk_score_loglikeli", "junk_score_class_resolution"):
         if key in out:
             row["junk_auc_" + key.removeprefix("junk_score_")] = auc_or_none(junk.astype(int), out[key])
@@ -290,7 +297,9 @@ def _fmt(value, spec: str) -> str:
 
 # (column heading, key in a method's results, format, scale)
 COLUMNS = [
-    ("classes found (job's)", None, "", 1), ("purity", "purity", ".3f", 1), ("completeness", "completeness", ".3f", 1),
+    ("classes found (job's)", None, "", 1), ("purity", "purity", ".3f", 1),
+    ("purity, views ≤ 5° apart as one", "purity_views_within_5deg_as_one", ".3f", 1),
+    ("completeness", "completeness", ".3f", 1),
     ("psi rMSE °", "psi_rmse", ".2f", 1), ("psi median °", "psi_median", ".2f", 1),
     ("psi scored %", "psi_scored_share", ".1f", 100), ("pairs same class", "pair_same_class", ".3f", 1),
     ("pair Δpsi rMSE °", "pair_psi_rmse", ".2f", 1), ("junk AUC", "junk_auc", ".3f", 1),
