@@ -39,6 +39,12 @@ class HalfSetSums:
         self.num += (member @ canonical.reshape(len(half), -1)).double()
         self.den += (member.double() @ ctf2_rings.double())
 
+    def unfiltered_spectra(self, rings: torch.Tensor) -> torch.Tensor:
+        """(K, B, B//2 + 1) every class's CTF-corrected average (both half-sets), unfiltered, as an rfft2."""
+        num = torch.fft.rfft2(self.num.reshape(-1, 2, self.box, self.box).sum(dim=1).float())
+        den = self.den.reshape(-1, 2, self.den.shape[-1]).sum(dim=1).clamp(min=1e-6).float()
+        return num / den[:, rings]
+
     def reference(self, rings: torch.Tensor, mask: torch.Tensor, c: int = 0) -> tuple[torch.Tensor, np.ndarray]:
         """Class ``c``'s Wiener-filtered canonical average (real space, masked) and its half-set FRC."""
         average = self.average(rings, mask, c)

@@ -51,10 +51,8 @@ def rehome(state: ClassState, particles: PreparedParticles, junk_rule: JunkRule,
     in_junk = torch.from_numpy(junk[classes])
     start = state.poses
     if shifts.max_px > 0:
-        start = searcher.search_globally(particles.everyone(), state.poses, references, shifts, band,
-                                              in_junk)
-    searched = searcher.search(particles.everyone(), replace(state, poses=start), references, True,
-                                    shifts, band)
+        start = searcher.search_globally(particles.everyone(), state.poses, references, shifts, band, in_junk)
+    searched = searcher.search(particles.everyone(), replace(state, poses=start), references, True, shifts, band)
     best = good[searched.classes]
     fits = searched.poses.score >= REHOME_SCORE_FRACTION * torch.from_numpy(median).float()[best]
     move = in_junk & fits

@@ -55,19 +55,23 @@ class SplitTest:
         return self.ratio >= SPLIT_FACTOR
 
 
-def _spread(features: torch.Tensor) -> float:
-    """Leading eigenvalue over the median eigenvalue of the covariance of ``features`` (n, p), each column
-    centred and scaled to unit variance (so that the coefficients' different CTF and noise power weigh alike)."""
+def _standardised(features: torch.Tensor) -> torch.Tensor:
+    """``features`` (n, p) with each column centred and scaled to unit variance (so that the coefficients'
+    different CTF and noise power weigh alike)."""
     x = features - features.mean(dim=0)
-    x = x / x.std(dim=0).clamp(min=1e-12)
-    s = torch.linalg.svdvals(x)
-    eig = (s**2)[: min(x.shape) - 1]
+    return x / x.std(dim=0).clamp(min=1e-12)
+
+
+def _spread(singular_values: torch.Tensor, n: int, p: int) -> float:
+    """Leading eigenvalue over the median eigenvalue of the covariance of a centred (n, p) matrix with these
+    singular values (centring leaves min(n, p) − 1 of them that are not zero)."""
+    eig = (singular_values**2)[: min(n, p) - 1]
     return float(eig[0] / eig.median().clamp(min=1e-30))
 
 
 def _noise_spread(n: int, p: int, seed: int) -> float:
     g = torch.Generator().manual_seed(seed)
-    return _spread(torch.randn(n, p, generator=g, dtype=torch.float64))
+    return _spread(torch.linalg.svdvals(_standardised(torch.randn(n, p, generator=g, dtype=torch.float64))), n, p)
 
 
 def _band_coefficients(box: int, band: int) -> torch.Tensor:
@@ -87,9 +91,7 @@ def residual_features(batches: Iterable[Prepared], poses: Poses, classes: torch.
     unfiltered average times the particle's CTF² per ring; and the ring of each feature (p,)."""
     box = grid.box
     keep = _band_coefficients(box, band)
-    num = torch.fft.rfft2(sums.num.reshape(-1, 2, box, box).sum(dim=1).float())  # (K, B, B//2 + 1)
-    den = sums.den.reshape(-1, 2, sums.den.shape[-1]).sum(dim=1).clamp(min=1e-6).float()
-    mean = num / den[:, grid.rings]
+    mean = sums.unfiltered_spectra(grid.rings)
     wanted = torch.zeros(sums.n_classes, dtype=torch.bool)
     wanted[torch.from_numpy(np.asarray(which, dtype=np.int64))] = True
     rows: dict[int, list[np.ndarray]] = {int(c): [] for c in which}
@@ -124,8 +126,8 @@ def split_test(members: np.ndarray, features: torch.Tensor, seed: int) -> SplitT
     sample = np.sort(rng.choice(n, SAMPLE, replace=False)) if n > SAMPLE else np.arange(n)
     x = features[torch.from_numpy(sample)]
     centre, scale = x.mean(dim=0), x.std(dim=0).clamp(min=1e-12)
-    ratio = _spread(x) / _noise_spread(len(sample), x.shape[1], seed)
-    _, _, v = torch.linalg.svd((x - centre) / scale, full_matrices=False)
+    _, singular, v = torch.linalg.svd((x - centre) / scale, full_matrices=False)
+    ratio = _spread(singular, *x.shape) / _noise_spread(len(sample), x.shape[1], seed)
     scores = (((features - centre) / scale) @ v[:2].T).numpy()
     km = KMeans(2, n_init=4, random_state=seed).fit(scores[sample])
     side = km.predict(scores) == 1

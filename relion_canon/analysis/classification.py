@@ -23,8 +23,8 @@ against K references learnt from the particles (multi-reference refinement).
 6. Then each class is tested for more than one view by its particles' residuals
    (:mod:`~relion_canon.analysis.class_split`): k-means on invariants can start two views in one class, and
    the refinement cannot part them, since each of their particles fits the blend better than any other
-   class. Classes that fail the test are split in two and the rounds go on (step 4 merges a false split
-   back), up to ``split_passes`` times.
+   class. Classes that fail the test are split in two and the rounds go on, up to ``split_passes`` times;
+   the two parts merge again (step 4) only when, together, they pass the test.
 7. Given a rule for junk classes, their particles get a second chance against the good classes alone (see
    :func:`~relion_canon.analysis.class_rehome.rehome`).
 
@@ -195,7 +195,7 @@ class _Rounds:
         (:mod:`~relion_canon.analysis.class_split`) and the rounds go on, up to ``split_passes`` times."""
         config = self.config
         state, converged = self._rounds(state, rows, config.rounds, config.min_rounds)
-        for pass_ in range(config.split_passes):
+        for _ in range(config.split_passes):
             split = self._split(state, rows)
             if split is None:
                 break
@@ -307,9 +307,9 @@ class _Rounds:
         for small, (large, _) in merged_into.items():
             new_index[small] = new_index[large]
         classes = new_index[state.classes]
-        self.split_pairs = {frozenset(int(new_index[c]) for c in pair) for pair in self.split_pairs
-                            if all(new_index[c] >= 0 for c in pair)}
-        self.split_pairs = {pair for pair in self.split_pairs if len(pair) == 2}
+        # The split pairs renumbered; a pair that lost a class, or merged, is no longer one.
+        renumbered = (frozenset(int(new_index[c]) for c in pair) for pair in self.split_pairs)
+        self.split_pairs = {pair for pair in renumbered if len(pair) == 2 and min(pair) >= 0}
         # A dissolved class's particles go, for now, to the largest class; the next search places them.
         classes[classes < 0] = int(new_index[survivors[counts[survivors].argmax()]])
         log.info("classification: %d classes dissolved (too few particles), %d merged (same view); %d left",
