@@ -4,6 +4,7 @@ particle's log-likelihood (CTF²/noise-weighted power)."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -11,6 +12,8 @@ import torch
 from relion_canon.analysis.alignment import SearchGrid
 from relion_canon.analysis.alignment_reference import ClassAverage
 from relion_canon.geometry import periodic_peak, rotate, sample_polar, shift_peak
+
+log = logging.getLogger(__name__)
 
 # Two classes are one view when their averages differ by no more than this many times the noise their
 # half-sets show. Above 1 because laying one average onto another interpolates it; the measured gap
@@ -109,5 +112,7 @@ def merge_candidates(
             ratio = float(distance - floor) / max(float(own), 1e-30)
             nats = max(float(margins_nats[small, large]), float(margins_nats[large, small]))
             if ratio <= MERGE_FACTOR or nats <= MERGE_NATS:
+                log.debug("classification: classes %d and %d alike: averages differ %.1f× their noise, particles "
+                          "prefer their own by %.1f nats", small + 1, large + 1, ratio, nats)
                 candidates.append((ratio, small, large))
     return turn, candidates

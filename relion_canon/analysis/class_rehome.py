@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from relion_canon.analysis.alignment import PreparedParticles, SearchGrid, ShiftSearch
+from relion_canon.analysis.alignment_reference import ClassAverage
 from relion_canon.analysis.class_search import ClassSearch, ClassState, averages_of, sums_of, supported_band
 from relion_canon.geometry import resolution_at_threshold_A
 
@@ -27,6 +28,25 @@ JunkRule = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 """(sizes (K,), resolutions Å (K,), median scores (K,)) → (K,) bool: which classes hold junk."""
 
 
+def _median_scores(state: ClassState, rows: np.ndarray | None = None) -> np.ndarray:
+    """(K,) the median score of each class's particles (of ``rows``, default all; 0 for an empty class)."""
+    classes, score = state.classes.numpy(), state.poses.score.numpy()
+    if rows is not None:
+        classes, score = classes[rows], score[rows]
+    return np.array([np.median(score[classes == c]) if (classes == c).any() else 0.0
+                     for c in range(state.sums.n_classes)])
+
+
+def junk_classes_now(state: ClassState, averages: list[ClassAverage], junk_rule: JunkRule, pixel_size_A: float,
+                     box: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """(K,) bool: the non-empty classes of ``state`` (with their ``averages``) that ``junk_rule`` calls junk,
+    judged on the particles ``rows`` (default all: the rounds may run on a subset)."""
+    classes = state.classes.numpy() if rows is None else state.classes.numpy()[rows]
+    counts = np.bincount(classes, minlength=len(averages))
+    resolution = np.array([resolution_at_threshold_A(a.frc, pixel_size_A, box) for a in averages])
+    return np.asarray(junk_rule(counts, resolution, _median_scores(state, rows)), dtype=bool) & (counts > 0)
+
+
 def rehome(state: ClassState, particles: PreparedParticles, junk_rule: JunkRule, searcher: ClassSearch,
            shifts: ShiftSearch, grid: SearchGrid, pixel_size_A: float) -> ClassState:
     """Give the particles of junk classes (``junk_rule``) a second chance: each is searched against the good
@@ -39,10 +59,8 @@ def rehome(state: ClassState, particles: PreparedParticles, junk_rule: JunkRule,
     averages = averages_of(state.sums, grid)
     classes = state.classes.numpy()
     counts = np.bincount(classes, minlength=len(averages))
-    score = state.poses.score.numpy()
-    median = np.array([np.median(score[classes == c]) if counts[c] else 0.0 for c in range(len(counts))])
-    resolution = np.array([resolution_at_threshold_A(a.frc, pixel_size_A, grid.box) for a in averages])
-    junk = np.asarray(junk_rule(counts, resolution, median), dtype=bool) & (counts > 0)
+    median = _median_scores(state)
+    junk = junk_classes_now(state, averages, junk_rule, pixel_size_A, grid.box)
     if not junk.any() or junk[counts > 0].all():
         return state
     good = torch.from_numpy(np.flatnonzero(~junk & (counts > 0)))

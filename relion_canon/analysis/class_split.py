@@ -11,8 +11,10 @@ residuals' covariance has no direction of much more variance than the rest. In a
 difference of the views is in every residual, with a sign that depends on the view: one strong direction.
 The test compares the leading eigenvalue of the residuals' covariance (over their median eigenvalue) with
 the same figure for Gaussian noise of the same shape, and a class whose figure is :data:`SPLIT_FACTOR` times
-noise's is split by 2-means on its two leading principal components. The two parts of a split merge again
-(by the classification's merge rule) only when, together, they pass the test.
+noise's is split by 2-means on its two leading principal components. The residuals are standardised robustly
+and each particle's scaled to the same norm first, so that a few junk particles in a class of one view do
+not pass for a second view. The two parts of a split merge again (by the classification's merge rule) only
+when, together, they pass the test.
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ from relion_canon.geometry import wrap_rad
 log = logging.getLogger(__name__)
 
 # The leading eigenvalue over the median of a class's residuals, as a multiple of the same figure for
-# Gaussian noise of the same shape, from which the class counts as more than one view. Pure classes sit near
-# 1 and classes of two views well above (benchmarks/classify/README.md).
-SPLIT_FACTOR = 1.6
+# Gaussian noise of the same shape, from which the class counts as more than one view. Classes of one view
+# sit near 1 and classes of two views above (benchmarks/classify/README.md gives the measured ranges).
+SPLIT_FACTOR = 1.25
 SAMPLE = 1000  # particles of a class the test looks at (the rest are placed by the split it finds)
 MIN_SPLIT_PART = 20  # particles: a part smaller than this is not worth a class of its own
 # The test looks at the rings where a class's Wiener filter passes this or more: the others would add
@@ -55,11 +57,25 @@ class SplitTest:
         return self.ratio >= SPLIT_FACTOR
 
 
-def _standardised(features: torch.Tensor) -> torch.Tensor:
-    """``features`` (n, p) with each column centred and scaled to unit variance (so that the coefficients'
-    different CTF and noise power weigh alike)."""
-    x = features - features.mean(dim=0)
-    return x / x.std(dim=0).clamp(min=1e-12)
+@dataclass
+class _Standardiser:
+    """Each column centred on its median and scaled by its MAD (so that the coefficients' different CTF and
+    noise power weigh alike), then each row scaled to the median row norm: a few particles unlike the rest
+    (junk, say) would otherwise each make a direction of large variance of their own, and a class of one
+    view with a few such particles would look like two views."""
+
+    centre: torch.Tensor
+    scale: torch.Tensor
+
+    @classmethod
+    def fit(cls, x: torch.Tensor) -> "_Standardiser":
+        centre = x.median(dim=0).values
+        return cls(centre, (1.4826 * (x - centre).abs().median(dim=0).values).clamp(min=1e-12))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x - self.centre) / self.scale
+        norms = z.norm(dim=1).clamp(min=1e-30)
+        return z * (norms.median() / norms)[:, None]
 
 
 def _spread(singular_values: torch.Tensor, n: int, p: int) -> float:
@@ -71,7 +87,9 @@ def _spread(singular_values: torch.Tensor, n: int, p: int) -> float:
 
 def _noise_spread(n: int, p: int, seed: int) -> float:
     g = torch.Generator().manual_seed(seed)
-    return _spread(torch.linalg.svdvals(_standardised(torch.randn(n, p, generator=g, dtype=torch.float64))), n, p)
+    x = torch.randn(n, p, generator=g, dtype=torch.float64)
+    z = _Standardiser.fit(x)(x)
+    return _spread(torch.linalg.svdvals(z - z.mean(dim=0)), n, p)
 
 
 def _band_coefficients(box: int, band: int) -> torch.Tensor:
@@ -125,10 +143,12 @@ def split_test(members: np.ndarray, features: torch.Tensor, seed: int) -> SplitT
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, SAMPLE, replace=False)) if n > SAMPLE else np.arange(n)
     x = features[torch.from_numpy(sample)]
-    centre, scale = x.mean(dim=0), x.std(dim=0).clamp(min=1e-12)
-    _, singular, v = torch.linalg.svd((x - centre) / scale, full_matrices=False)
+    standardise = _Standardiser.fit(x)
+    z = standardise(x)
+    z_centre = z.mean(dim=0)
+    _, singular, v = torch.linalg.svd(z - z_centre, full_matrices=False)
     ratio = _spread(singular, *x.shape) / _noise_spread(len(sample), x.shape[1], seed)
-    scores = (((features - centre) / scale) @ v[:2].T).numpy()
+    scores = ((standardise(features) - z_centre) @ v[:2].T).numpy()
     km = KMeans(2, n_init=4, random_state=seed).fit(scores[sample])
     side = km.predict(scores) == 1
     return SplitTest(ratio, members, side)
@@ -154,14 +174,16 @@ class Splitter:
                 tests[c] = split_test(members, x[:, cols], self.seed + c)
         return tests
 
-    def split(self, state: ClassState, rows: np.ndarray, smallest: float,
-              room: int) -> tuple[torch.Tensor, list[tuple[int, SplitTest]]] | None:
+    def split(self, state: ClassState, rows: np.ndarray, smallest: float, room: int,
+              skip: np.ndarray | None = None) -> tuple[torch.Tensor, list[tuple[int, SplitTest]]] | None:
         """New class indices with every class of ``rows`` that fails the test split in two (the second part
         numbered after the existing classes; the largest excess first, at most ``room``), parts of at least
-        ``smallest`` particles; and the (class, test) of each split. None when no class splits."""
+        ``smallest`` particles; and the (class, test) of each split. Classes where ``skip`` (K,) is true are
+        not tested. None when no class splits."""
         k = state.sums.n_classes
         counts = np.bincount(state.classes[torch.from_numpy(rows)].numpy(), minlength=k)
-        which = np.flatnonzero(counts >= 2 * max(smallest, MIN_SPLIT_PART))
+        testable = counts >= 2 * max(smallest, MIN_SPLIT_PART)
+        which = np.flatnonzero(testable if skip is None else testable & ~skip)
         if not len(which) or room < 1:
             return None
         tests = self.tests(state, which)

