@@ -28,23 +28,28 @@ JunkRule = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 """(sizes (K,), resolutions Å (K,), median scores (K,)) → (K,) bool: which classes hold junk."""
 
 
-def _median_scores(state: ClassState, rows: np.ndarray | None = None) -> np.ndarray:
-    """(K,) the median score of each class's particles (of ``rows``, default all; 0 for an empty class)."""
+def _class_figures(state: ClassState, averages: list[ClassAverage], pixel_size_A: float, box: int,
+                   rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a :data:`JunkRule` judges, each (K,): the classes' sizes and median scores over the particles
+    ``rows`` (default all; the rounds may run on a subset), and their averages' resolutions (Å)."""
     classes, score = state.classes.numpy(), state.poses.score.numpy()
     if rows is not None:
         classes, score = classes[rows], score[rows]
-    return np.array([np.median(score[classes == c]) if (classes == c).any() else 0.0
-                     for c in range(state.sums.n_classes)])
+    counts = np.bincount(classes, minlength=len(averages))
+    median = np.array([np.median(score[classes == c]) if counts[c] else 0.0 for c in range(len(averages))])
+    resolution = np.array([resolution_at_threshold_A(a.frc, pixel_size_A, box) for a in averages])
+    return counts, resolution, median
+
+
+def _judged(junk_rule: JunkRule, counts: np.ndarray, resolution: np.ndarray, median: np.ndarray) -> np.ndarray:
+    return np.asarray(junk_rule(counts, resolution, median), dtype=bool) & (counts > 0)
 
 
 def junk_classes_now(state: ClassState, averages: list[ClassAverage], junk_rule: JunkRule, pixel_size_A: float,
                      box: int, rows: np.ndarray | None = None) -> np.ndarray:
     """(K,) bool: the non-empty classes of ``state`` (with their ``averages``) that ``junk_rule`` calls junk,
-    judged on the particles ``rows`` (default all: the rounds may run on a subset)."""
-    classes = state.classes.numpy() if rows is None else state.classes.numpy()[rows]
-    counts = np.bincount(classes, minlength=len(averages))
-    resolution = np.array([resolution_at_threshold_A(a.frc, pixel_size_A, box) for a in averages])
-    return np.asarray(junk_rule(counts, resolution, _median_scores(state, rows)), dtype=bool) & (counts > 0)
+    judged on the particles ``rows`` (default all)."""
+    return _judged(junk_rule, *_class_figures(state, averages, pixel_size_A, box, rows))
 
 
 def rehome(state: ClassState, particles: PreparedParticles, junk_rule: JunkRule, searcher: ClassSearch,
@@ -58,9 +63,8 @@ def rehome(state: ClassState, particles: PreparedParticles, junk_rule: JunkRule,
     well it fits other junk."""
     averages = averages_of(state.sums, grid)
     classes = state.classes.numpy()
-    counts = np.bincount(classes, minlength=len(averages))
-    median = _median_scores(state)
-    junk = junk_classes_now(state, averages, junk_rule, pixel_size_A, grid.box)
+    counts, resolution, median = _class_figures(state, averages, pixel_size_A, grid.box)
+    junk = _judged(junk_rule, counts, resolution, median)
     if not junk.any() or junk[counts > 0].all():
         return state
     good = torch.from_numpy(np.flatnonzero(~junk & (counts > 0)))
