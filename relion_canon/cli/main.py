@@ -14,6 +14,7 @@ import click
 
 from relion_canon import __version__
 from relion_canon.errors import InputError
+from relion_canon.heap import restart_with_kept_heap
 
 # name → (module:attribute, one-line help shown by --help without importing the module)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -65,6 +66,12 @@ def _terminate(signum: int, frame) -> None:
 @click.version_option(__version__, prog_name="relion-canon")
 def cli() -> None:
     """Learn in-plane angle, defocus, weight and junk status of cryo-EM particles from the particles themselves."""
+
+
+def main() -> None:
+    """Console-script entry point: restarts once with the kept-heap environment, then runs the commands."""
+    restart_with_kept_heap()
+    cli()
 
 
 if __name__ == "__main__":  # `python -m relion_canon.cli.main`, as torchrun starts it

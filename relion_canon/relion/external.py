@@ -49,6 +49,7 @@ from typing import Callable, Sequence
 
 from relion_canon import __version__
 from relion_canon.errors import InputError
+from relion_canon.heap import restart_with_kept_heap
 from relion_canon.io.atomic import atomic_path
 from relion_canon.io.output_dir import FolderBusy, OutputFolder, output_folder, stack_files
 from relion_canon.relion.exit_files import (
@@ -344,6 +345,8 @@ def _copy_model(source: Path, target: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point; returns 0 (success), 1 (failure) or 2 (aborted)."""
+    if argv is None:
+        restart_with_kept_heap()
     argv = list(sys.argv[1:] if argv is None else argv)
     if gui_template.INSTALL_FLAG in argv:
         return gui_template.main(argv)
