@@ -24,14 +24,17 @@ _DEFAULT_TOP_PAD = 128 << 10  # glibc's own, undoing the kept heap's pad for str
 _THRESHOLD = 1 << 20  # blocks of 1 MiB and more are mapped on their own and unmapped when freed
 
 
-def return_freed_memory() -> bool:
-    """Fix glibc's mmap and trim thresholds at 1 MiB (idempotent); True where that was possible."""
+def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = getattr(libc, "mallopt", None)
+        return ctypes.CDLL(name) if name else None
     except OSError:
-        return False
+        return None
+
+
+def return_freed_memory() -> bool:
+    """Fix glibc's mmap and trim thresholds at 1 MiB (idempotent); True where that was possible."""
+    mallopt = getattr(_libc(), "mallopt", None)
     if mallopt is None:
         return False
     return (bool(mallopt(_M_MMAP_THRESHOLD, _THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _THRESHOLD))
@@ -53,12 +56,7 @@ def kept_heap_env(environ: dict[str, str]) -> dict[str, str] | None:
     the user set glibc's malloc variables, or the C library is not glibc."""
     if environ.get(_MARK) or any(key in environ for key in _KEPT_HEAP_ENV):
         return None
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-    if libc is None or getattr(libc, "gnu_get_libc_version", None) is None:
+    if getattr(_libc(), "gnu_get_libc_version", None) is None:
         return None
     return {**environ, **_KEPT_HEAP_ENV, _MARK: "kept"}
 
