@@ -240,6 +240,16 @@ class PreparedParticles:
         self._subset.clear()
 
 
+def only(batches: Iterable[Prepared], which: torch.Tensor) -> Iterator[Prepared]:
+    """The particles ``which`` ((N,) bool, by row) of ``batches``; batches without any are skipped."""
+    for idx, weighted, whitened, ctf2 in batches:
+        sel = which[torch.from_numpy(idx)]
+        if bool(sel.all()):
+            yield idx, weighted, whitened, ctf2
+        elif bool(sel.any()):
+            yield idx[sel.numpy()], weighted[sel], whitened[sel], ctf2[sel]
+
+
 def reference_from(batches: Iterable[Prepared], poses: Poses, grid: SearchGrid) -> tuple[torch.Tensor, np.ndarray]:
     """The reference the particles give at their current poses, and its half-set FRC."""
     sums = HalfSetSums(grid.box, grid.n_rings)

@@ -12,7 +12,7 @@ from typing import Iterable
 
 import torch
 
-from relion_canon.analysis.alignment import Poses, Prepared, SearchGrid, ShiftSearch
+from relion_canon.analysis.alignment import Poses, Prepared, SearchGrid, ShiftSearch, only
 from relion_canon.analysis.alignment_reference import ClassAverage, HalfSetSums
 from relion_canon.geometry import periodic_peak, ring_mean, rotate, sample_polar
 
@@ -181,11 +181,8 @@ class ClassSearch:
         size, n_turns = cropped.shape[-2], cropped.shape[1]
         turn_rad = torch.arange(n_turns) * (GLOBAL_TURN_STRIDE * 2 * math.pi / SHIFT_TURNS)
         poses = poses.copy()
-        for idx, _, whitened, ctf2 in batches:
-            sel = which[torch.from_numpy(idx)]
-            if not bool(sel.any()):
-                continue
-            t, whitened, ctf2 = torch.from_numpy(idx)[sel], whitened[sel], ctf2[sel]
+        for idx, _, whitened, ctf2 in only(batches, which):
+            t = torch.from_numpy(idx)
             _, _, loglik, penalty, _ = self._polar(whitened, ctf2, poses.shift_px[t], refs)
             candidates = loglik.topk(min(SHIFT_CANDIDATES, k), dim=1).indices  # (b, M)
             small = _cropped(torch.fft.rfft2(whitened), size)
