@@ -38,6 +38,7 @@ from relion_canon.analysis.alignment_reference import HalfSetSums, noise_spectru
 from relion_canon.context import QUIET, RunContext
 from relion_canon.ctf import CtfParams
 from relion_canon.geometry import (
+    correlation_window,
     periodic_peak,
     polar_grid,
     resolution_at_threshold_A,
@@ -45,8 +46,9 @@ from relion_canon.geometry import (
     ring_mean,
     rotate,
     sample_polar,
-    shift_peak_and_height,
     soft_circular_mask,
+    window_half_width,
+    window_peak_and_height,
     wrap_deg,
     wrap_rad,
 )
@@ -143,17 +145,19 @@ class ShiftSearch:
     max_px: float
     sigma_px: float
 
-    def log_prior(self, size: int, box: int) -> torch.Tensor:
-        """(size, size) log prior on the circular shift grid of a ``size`` px cross-correlation of a ``box`` px
-        image, in the units the searches' correlations carry (log-likelihood over box²)."""
-        r = torch.fft.fftfreq(size) * box  # px at the full box
-        return -(r[None, :] ** 2 + r[:, None] ** 2) / (2 * self.sigma_px**2) / box**2
-
-    def peak(self, cc: torch.Tensor, box: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(b, 2) shift (px at the full box) and height of the best shift of (b, s, s) correlations computed at
-        ``s`` px (cropped) or at the full box, prior included."""
-        size = cc.shape[-1]
-        shift, height = shift_peak_and_height(cc + self.log_prior(size, box), self.max_px * size / box)
+    def peak(self, cross_spectrum: torch.Tensor, box: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(b, 2) shift (px at the full box) and height, prior included, of the best shift of the (b, s, s)
+        cross-correlations whose rfft2 is ``cross_spectrum`` (particle times conjugate reference, (b, s, s//2 + 1)),
+        at ``s`` px (cropped) or at the full box. Only the window of shifts the search allows is computed
+        (:func:`~relion_canon.geometry.correlation.correlation_window`)."""
+        size = cross_spectrum.shape[-2]
+        max_samples = self.max_px * size / box
+        half = window_half_width(max_samples)
+        # irfft2 at a cropped size divides by size², not box²: rescaled to the full box's units.
+        window = correlation_window(cross_spectrum, half) * (size / box) ** 2
+        r = torch.arange(-half, half + 1, dtype=window.dtype) * (box / size)  # px at the full box
+        log_prior = -(r[None, :] ** 2 + r[:, None] ** 2) / (2 * self.sigma_px**2) / box**2
+        shift, height = window_peak_and_height(window + log_prior, max_samples, size)
         return shift * (box / size), height
 
     def updated(self, shift_px: torch.Tensor) -> "ShiftSearch":
@@ -278,8 +282,7 @@ def search(batches: Iterable[Prepared], poses: Poses, reference: torch.Tensor, g
         centres = poses.shift_px[t]
         if search_shift:
             turned = rotate(reference.expand(len(idx), box, box), poses.psi_rad[t])
-            cc = torch.fft.irfft2(torch.fft.rfft2(whitened) * torch.fft.rfft2(turned).conj(), s=(box, box))
-            centres = shifts.peak(cc, box)[0]
+            centres = shifts.peak(torch.fft.rfft2(whitened) * torch.fft.rfft2(turned).conj(), box)[0]
             new.shift_px[t] = centres
         polar = sample_polar(whitened, grid.xy, centres if off_centre else None)
         # Summed over rings before the inverse FFT (it is linear): one inverse transform per particle.

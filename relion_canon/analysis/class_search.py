@@ -191,8 +191,7 @@ class ClassSearch:
             for start in range(0, len(t), step):
                 p = slice(start, start + step)
                 c = candidates[p]
-                cc = torch.fft.irfft2(small[p, None, None] * cropped[c].conj(), s=(size, size)) * (size / grid.box) ** 2
-                shift, height = shifts.peak(cc.flatten(0, 2), grid.box)
+                shift, height = shifts.peak((small[p, None, None] * cropped[c].conj()).flatten(0, 2), grid.box)
                 score = height.reshape(len(c), m, n_turns).double() - penalty[p].gather(1, c)[..., None]
                 best = score.flatten(1).argmax(dim=1)
                 rows = torch.arange(len(c))
@@ -226,11 +225,8 @@ class ClassSearch:
             for m in range(0, candidates.shape[1], step):
                 c = candidates[:, m:m + step]
                 u = turn[rows[:, m:m + step], c]
-                # irfft2 at the cropped size divides by size², not box²: rescaled to the full box's units.
-                cc = torch.fft.irfft2(small[:, None] * cropped[c, u].conj(), s=(size, size)) * (size / box) ** 2
-                peaks.append(shifts.peak(cc.flatten(0, 1), box)[1].reshape(b, -1))
+                peaks.append(shifts.peak((small[:, None] * cropped[c, u].conj()).flatten(0, 1), box)[1].reshape(b, -1))
             shifted = torch.cat(peaks, dim=1).double() - penalty[rows, candidates]
             chosen = candidates[torch.arange(b), shifted.argmax(dim=1)]
         u = turn[torch.arange(b), chosen]
-        cc = torch.fft.irfft2(particle_fft * full[chosen, u].conj(), s=(box, box))
-        return chosen, shifts.peak(cc, box)[0]
+        return chosen, shifts.peak(particle_fft * full[chosen, u].conj(), box)[0]

@@ -1,5 +1,5 @@
 """Image geometry in RELION's conventions, implemented once: rotation and shift, angle wrapping, polar
-sampling, circular masks, sub-sample peaks and Fourier rings.
+sampling, circular masks, sub-sample peaks, correlation windows and Fourier rings.
 
 Conventions (product.md): pixel coordinates are (x right, y down) with the origin at pixel (box//2,
 box//2); a particle with angle ψ is its canonical image turned counter-clockwise by ψ as displayed with
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 _WHERE = {
     "wrap_deg": "angles",
     "wrap_rad": "angles",
+    "correlation_window": "correlation",
     "FRC_THRESHOLD": "fourier_rings",
     "fourier_ring_correlation": "fourier_rings",
     "resolution_at_threshold_A": "fourier_rings",
@@ -26,6 +27,8 @@ _WHERE = {
     "periodic_peak": "peaks",
     "shift_peak": "peaks",
     "shift_peak_and_height": "peaks",
+    "window_half_width": "peaks",
+    "window_peak_and_height": "peaks",
     "polar_grid": "polar",
     "ring_points_px": "polar",
     "sample_polar": "polar",
@@ -39,9 +42,10 @@ _WHERE = {
 
 if TYPE_CHECKING:
     from relion_canon.geometry.angles import wrap_deg, wrap_rad
+    from relion_canon.geometry.correlation import correlation_window
     from relion_canon.geometry.fourier_rings import FRC_THRESHOLD, fourier_ring_correlation, resolution_at_threshold_A, ring_index, ring_mean
     from relion_canon.geometry.masks import circular_mask, soft_circular_mask
-    from relion_canon.geometry.peaks import parabolic_height, parabolic_offset, periodic_peak, shift_peak, shift_peak_and_height
+    from relion_canon.geometry.peaks import parabolic_height, parabolic_offset, periodic_peak, shift_peak, shift_peak_and_height, window_half_width, window_peak_and_height
     from relion_canon.geometry.polar import polar_grid, ring_points_px, sample_polar, sample_rings
     from relion_canon.geometry.rotation import canonicalise, canonicalising_shift_px, rotate, rotate_images, turn_vectors
 

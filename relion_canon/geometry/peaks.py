@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -38,18 +40,37 @@ def shift_peak(cc: torch.Tensor, max_shift_px: float) -> torch.Tensor:
 def shift_peak_and_height(cc: torch.Tensor, max_shift_px: float) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`shift_peak`'s (b, 2) shift and the (b,) height of ``cc`` there (the sum of the two per-axis
     parabolas' rises over the peak sample)."""
-    b, h, w = cc.shape
-    r = torch.fft.fftfreq(h) * h
-    # Only the window of allowed shifts is searched: (2m + 1)² samples about zero, not the whole map.
-    near = torch.nonzero(r.abs() <= max_shift_px).flatten()
-    window = cc[:, near][:, :, near]
-    allowed = (r[near][:, None] ** 2 + r[near][None, :] ** 2) <= max_shift_px**2
+    size = cc.shape[-1]
+    offsets = torch.arange(-window_half_width(max_shift_px), window_half_width(max_shift_px) + 1) % size
+    return window_peak_and_height(cc[:, offsets][:, :, offsets], max_shift_px, size)
+
+
+def window_half_width(max_shift_px: float) -> int:
+    """Half the side of the window of shifts (samples) that :func:`window_peak_and_height` reads for a peak
+    within ``max_shift_px``: the allowed shifts and a neighbour beyond them for the parabolas."""
+    return int(math.floor(max_shift_px)) + 1
+
+
+def window_peak_and_height(window: torch.Tensor, max_shift_px: float,
+                           period: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`shift_peak_and_height` of a (b, 2h + 1, 2h + 1) window of a cross-correlation, its samples at
+    shifts −h…h per axis (h = :func:`window_half_width`): the peak within ``max_shift_px`` and, for a
+    circular correlation of ``period`` samples, within [−period/2, period/2) (the shifts it tells apart)."""
+    b, w = window.shape[0], window.shape[-1]
+    h = w // 2
+    r = torch.arange(-h, h + 1, dtype=window.dtype)
+    allowed = (r[:, None] ** 2 + r[None, :] ** 2) <= max_shift_px**2
+    if period is not None:
+        distinct = (r >= -(period // 2)) & (r < period - period // 2)
+        allowed &= distinct[:, None] & distinct[None, :]
+    allowed[[0, -1], :] = False  # the outer samples are only neighbours
+    allowed[:, [0, -1]] = False
     k = window.masked_fill(~allowed, float("-inf")).reshape(b, -1).argmax(dim=-1)
-    iy, ix = near[k // len(near)], near[k % len(near)]
+    iy, ix = k // w, k % w
     rows = torch.arange(b)
-    y0 = cc[rows, iy, ix]
-    xm, xp = cc[rows, iy, (ix - 1) % w], cc[rows, iy, (ix + 1) % w]
-    ym, yp = cc[rows, (iy - 1) % h, ix], cc[rows, (iy + 1) % h, ix]
+    y0 = window[rows, iy, ix]
+    xm, xp = window[rows, iy, ix - 1], window[rows, iy, ix + 1]
+    ym, yp = window[rows, iy - 1, ix], window[rows, iy + 1, ix]
     dx, dy = parabolic_offset(xm, y0, xp), parabolic_offset(ym, y0, yp)
     height = parabolic_height(xm, y0, xp, dx) + parabolic_height(ym, y0, yp, dy) - y0
     return torch.stack([r[ix] + dx, r[iy] + dy], dim=-1), height

@@ -122,3 +122,24 @@ def test_stops_on_request_before_a_round(centred):
     context = RunContext(progress=False, should_stop=lambda: True)
     with pytest.raises(InterruptedError, match="alignment stopped on request"):
         align_particles(batches, len(data), star.ctf_params(), data.pixel_size, data.box, context=context)
+
+
+@pytest.mark.parametrize("size", [64, 36])  # the full box, and cropped to a band
+def test_shift_search_peak_is_the_prior_weighted_peak_of_the_whole_correlation(size):
+    import torch
+
+    from relion_canon.analysis.alignment import ShiftSearch
+    from relion_canon.geometry import shift_peak_and_height
+
+    box, search = 64, ShiftSearch(max_px=5.0, sigma_px=1.5)
+    g = torch.Generator().manual_seed(size)
+    particle, reference = torch.randn(2, 6, size, size, generator=g, dtype=torch.float64)
+    cross = torch.fft.rfft2(particle) * torch.fft.rfft2(torch.roll(reference, (2, -1), (-2, -1))).conj()
+    shift, height = search.peak(cross, box)
+    # The peak of the whole correlation (at box units) plus the log prior, found over every sample.
+    cc = torch.fft.irfft2(cross, s=(size, size)) * (size / box) ** 2
+    r = torch.fft.fftfreq(size, dtype=torch.float64) * box
+    prior = -(r[None, :] ** 2 + r[:, None] ** 2) / (2 * search.sigma_px**2) / box**2
+    expected_shift, expected_height = shift_peak_and_height(cc + prior, search.max_px * size / box)
+    torch.testing.assert_close(shift, expected_shift * (box / size))
+    torch.testing.assert_close(height, expected_height)

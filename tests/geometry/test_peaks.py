@@ -8,7 +8,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relion_canon.geometry import parabolic_offset, periodic_peak, shift_peak, shift_peak_and_height
+from relion_canon.geometry import (
+    parabolic_offset,
+    periodic_peak,
+    shift_peak,
+    shift_peak_and_height,
+    window_half_width,
+    window_peak_and_height,
+)
 
 
 @settings(max_examples=50, deadline=None)
@@ -66,3 +73,29 @@ def test_shift_peak_looks_only_within_the_allowed_shift():
     cc[0, 2, box - 1] = 1.0  # shift (x, y) = (−1, 2)
     shift, top = shift_peak_and_height(cc, 3.0)
     assert shift[0].tolist() == [-1.0, 2.0] and float(top[0]) == 1.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(sx=st.floats(-2.4, 2.4), sy=st.floats(-2.4, 2.4), max_shift=st.floats(2.5, 4.0))
+def test_a_window_gives_the_peak_of_the_whole_correlation(sx, sy, max_shift):
+    box = 16
+    r = torch.fft.fftfreq(box, dtype=torch.float64) * box
+    cc = (1.0 - (r[None, :] - sx) ** 2 - 0.5 * (r[:, None] - sy) ** 2)[None]
+    h = window_half_width(max_shift)
+    window = cc[:, torch.arange(-h, h + 1) % box][:, :, torch.arange(-h, h + 1) % box]
+    shift, top = window_peak_and_height(window, max_shift, box)
+    whole_shift, whole_top = shift_peak_and_height(cc, max_shift)
+    torch.testing.assert_close(shift, whole_shift)
+    torch.testing.assert_close(top, whole_top)
+
+
+def test_a_window_wider_than_the_period_looks_at_each_shift_once():
+    # Period 4: shifts −2…1 are distinct; the window's −3 is +1 again, and is read first.
+    period, max_shift = 4, 3.5
+    h = window_half_width(max_shift)
+    r = torch.arange(-h, h + 1)
+    cc = torch.zeros(period, period, dtype=torch.float64)
+    cc[0, 1] = 1.0  # shift (x, y) = (1, 0)
+    window = cc[r % period][:, r % period][None]
+    shift, _ = window_peak_and_height(window, max_shift, period)
+    assert shift[0].tolist() == [1.0, 0.0]
