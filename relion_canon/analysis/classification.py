@@ -18,8 +18,9 @@ against K references learnt from the particles (multi-reference refinement).
    their averages agree (after the best turn) as well as each class's own two half-sets agree, or when their
    particles prefer their own class over the other by only a few nats: one view. So the number of classes
    found follows the data, from the starting number down.
-5. Stop when fewer than ``converged_fraction`` of the particles change class and the angles move less than
-   ``converged_deg``; the report says when the rounds ran out first.
+5. Stop when fewer than ``converged_fraction`` of the particles change class and the angles of the others,
+   but for as many again that changed most, move less than ``converged_deg`` (rms); the report says when
+   the rounds ran out first.
 6. Then each class is tested for more than one view by its particles' residuals
    (:mod:`~relion_canon.analysis.class_split`): k-means on invariants can start two views in one class, and
    the refinement cannot part them, since each of their particles fits the blend better than any other
@@ -81,7 +82,7 @@ class ClassificationConfig:
     fixed_rounds: int = 3  # rounds that align each class to its own reference before particles may move
     min_rounds: int = 6
     converged_fraction: float = 0.005  # of the particles changing class in a round
-    converged_deg: float = 0.5  # rms psi change of the particles that kept their class
+    converged_deg: float = 0.5  # rms psi change of the particles that kept their class (see _settled_rms)
     # of the starting classes' mean size: smaller classes are dissolved. Fixed at the start, so that a class
     # of junk (a tenth of the particles, say) survives once the views' classes have merged into a few.
     min_class_fraction: float = 0.25
@@ -175,6 +176,15 @@ def classify_particles(
     return rounds.result(state, particles.noise, converged)
 
 
+def _settled_rms(change_deg: torch.Tensor, spared: int) -> float:
+    """The rms of the psi changes ``change_deg`` without the ``spared`` largest. Convergence spares as many
+    particles' angles as it spares particles changing class (``converged_fraction``): a few noisy particles
+    whose best turn flips between rounds would otherwise keep the rms above ``converged_deg`` for good, and
+    the rounds run on while nothing else moves."""
+    kept = torch.sort(change_deg.abs()).values[: max(len(change_deg) - spared, 0)]
+    return float(torch.sqrt((kept.double() ** 2).mean())) if len(kept) else 0.0
+
+
 class _Rounds:
     """The rounds of the multi-reference refinement over one set of prepared particles."""
 
@@ -208,7 +218,8 @@ class _Rounds:
         # the last round removed.
         state, moved, rms, _ = self.one(state, self.particles.for_rounds(), rows, True, "final round", tidy=False)
         log.warning("classification: stopped after %d rounds without converging (%.1f %% of the particles "
-                    "changed class in the final round, psi changed by %.2f° rms)", len(self.history), 100 * moved, rms)
+                    "changed class in the final round, psi changed by %.2f° rms without the most changed)",
+                    len(self.history), 100 * moved, rms)
         return state, False
 
     def _rounds(self, state: ClassState, rows: np.ndarray, rounds: int, min_rounds: int) -> tuple[ClassState, bool]:
@@ -264,8 +275,8 @@ class _Rounds:
     def one(self, state: ClassState, batches: Iterable[Prepared], rows: np.ndarray, reassign: bool,
             title: str, tidy: bool = True) -> tuple[ClassState, float, float, bool]:
         """One search of ``rows`` against the references of ``state``; then dissolve and merge classes. The
-        new state, the fraction of particles that changed class, the rms psi change of those that kept it,
-        and whether a class was dropped."""
+        new state, the fraction of particles that changed class, the rms psi change of those that kept it
+        (without the few that changed most: :func:`_settled_rms`), and whether a class was dropped."""
         self.context.check_stop("classification")
         averages = self._averages(state.sums)
         references = torch.stack([a.reference for a in averages])
@@ -280,9 +291,10 @@ class _Rounds:
         moved = float((~kept).double().mean())
         change = torch.rad2deg(wrap_rad(new.poses.psi_rad[t][kept] - state.poses.psi_rad[t][kept]))
         rms = float(torch.sqrt((change**2).mean())) if len(change) else 0.0
+        settled = _settled_rms(change, int(self.config.converged_fraction * len(rows)))
         new, dropped = self._tidy(new, rows, moved) if reassign and tidy else (new, False)
-        self._record(title, new, rows, moved, rms)
-        return new, moved, rms, dropped
+        self._record(title, new, rows, moved, rms, settled)
+        return new, moved, settled, dropped
 
     def _averages(self, sums: HalfSetSums) -> list[ClassAverage]:
         return averages_of(sums, self.grid)
@@ -353,13 +365,17 @@ class _Rounds:
                 merged[small] = (large, float(turn[large, small]))
         return merged
 
-    def _record(self, title: str, state: ClassState, rows: np.ndarray, moved: float, rms: float) -> None:
+    def _record(self, title: str, state: ClassState, rows: np.ndarray, moved: float, rms: float,
+                settled: float) -> None:
         t = torch.from_numpy(rows)
         entry = {"round": len(self.history) + 1, "n_classes": state.sums.n_classes, "moved_fraction": moved,
-                 "psi_change_rms_deg": rms, "mean_score": float(state.poses.score[t].mean())}
+                 "psi_change_rms_deg": rms, "psi_change_settled_rms_deg": settled,
+                 "mean_score": float(state.poses.score[t].mean())}
         self.history.append(entry)
         log.info("classification %s: %d classes, %.1f %% of the particles changed class, psi changed by %.2f° "
-                 "rms, mean correlation %.3f", title, entry["n_classes"], 100 * moved, rms, entry["mean_score"])
+                 "rms (%.2f° without the %.1f %% that changed most), mean correlation %.3f", title,
+                 entry["n_classes"], 100 * moved, rms, settled, 100 * self.config.converged_fraction,
+                 entry["mean_score"])
 
     def result(self, state: ClassState, noise: torch.Tensor, converged: bool) -> Classification:
         """The final classes, sorted by population (largest first), with their references and resolutions."""

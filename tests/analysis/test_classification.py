@@ -115,3 +115,16 @@ def test_the_default_number_of_classes_follows_the_particles():
     assert default_n_classes(2000, config) == 20
     assert default_n_classes(10**6, config) == config.max_classes
     assert default_n_classes(2000, ClassificationConfig(n_classes=7)) == 7
+
+
+def test_convergence_spares_the_few_angles_that_flip():
+    import torch
+
+    from relion_canon.analysis.classification import _settled_rms
+
+    change = torch.full((1000,), 0.1)
+    change[:4] = torch.tensor([180.0, -170.0, 90.0, 45.0])  # a few noisy particles' best turn flips
+    assert float(torch.sqrt((change**2).mean())) > 5.0  # what the plain rms says
+    assert _settled_rms(change, 5) == pytest.approx(0.1, rel=1e-5)
+    assert _settled_rms(change, 3) == pytest.approx(((45.0**2 + 996 * 0.01) / 997) ** 0.5, rel=1e-5)
+    assert _settled_rms(change[:2], 5) == 0.0
