@@ -76,6 +76,9 @@ SETTLE_AFTER_SPLIT = HOLD_MERGES_AFTER_SPLIT + 2
 @dataclass
 class ClassificationConfig:
     n_classes: int | None = None  # classes to start from; None: one per ``particles_per_class`` particles
+    # Also how many particles per starting class the rounds run on (a random subset, at least the alignment's
+    # ``reference_particles``), before the passes over every particle. Twice as many made the rounds twice as
+    # slow without purer classes (benchmarks/classify/README.md, "Speed on 2 cores").
     particles_per_class: int = 100
     max_classes: int = 50
     rounds: int = 30  # at most, fixed rounds included
@@ -149,7 +152,7 @@ def classify_particles(
     rng = np.random.default_rng(config.seed)
     poses = Poses.start(initial_psi_deg, n_particles, rng)
     k = default_n_classes(n_particles, config)
-    reference_particles = None if al.reference_particles is None else max(al.reference_particles, 200 * k)
+    reference_particles = None if al.reference_particles is None else max(al.reference_particles, config.particles_per_class * k)
     subset = None
     if reference_particles is not None and n_particles > reference_particles:
         subset = np.sort(rng.choice(n_particles, reference_particles, replace=False))
