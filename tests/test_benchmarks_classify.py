@@ -102,3 +102,35 @@ def test_classify_smoke(require_relion, tmp_path):
         assert f"| {method} |" in text
     assert (tmp_path / "results/classes.png").stat().st_size > 0
     assert not list(tmp_path.glob("classify_*"))  # scratch projects removed unless --keep
+
+
+def test_score_job_scores_a_perfect_and_a_blind_job(tmp_path):
+    import json as _json
+
+    from relion_canon.io.star import read_star, write_star
+    from relion_canon.simulate import SimulationConfig, read_ground_truth, simulate_dataset
+
+    sys.path.insert(0, str(REPO / "benchmarks" / "classify"))
+    from score_job import score_job
+
+    sim = tmp_path / "sim"
+    simulate_dataset(SimulationConfig(n_particles=120, box=32, views=3, junk_fraction=0.2, seed=4), sim)
+    truth = read_ground_truth(sim)
+    star = read_star(sim / "particles.star")
+    junk = truth["rlnCanonIsJunk"].to_numpy() == 1
+    for name, perfect in (("perfect", True), ("blind", False)):
+        parts = star.particles.copy()
+        parts["rlnClassNumber"] = truth["rlnCanonViewId"].to_numpy() + 2 if perfect else 1
+        parts["rlnAnglePsi"] = truth["rlnAnglePsi"].to_numpy() if perfect else 0.0
+        parts["rlnCanonIsOutlier"] = junk.astype(int) if perfect else 0
+        parts["rlnParticleSelectZScore"] = junk.astype(float) if perfect else 0.0
+        job = tmp_path / name
+        job.mkdir()
+        write_star({**star.blocks, star.particles_block: parts}, job / "particles.star")
+        (job / "report.json").write_text(_json.dumps({"seconds": {"total": 1.0}}))
+        scores = score_job(job, sim)
+        if perfect:
+            assert scores["purity"] == 1.0 and scores["completeness"] == 1.0 and scores["junk_auc"] == 1.0
+            assert scores["psi_rmse"] < 1e-6 and scores["junk_kept"] == 0.0
+        else:
+            assert scores["purity"] < 0.5 and scores["junk_auc"] == 0.5 and scores["junk_kept"] == 1.0
