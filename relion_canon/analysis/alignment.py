@@ -39,6 +39,7 @@ from relion_canon.context import QUIET, RunContext
 from relion_canon.ctf import CtfParams
 from relion_canon.geometry import (
     correlation_window,
+    correlation_windows,
     periodic_peak,
     polar_grid,
     resolution_at_threshold_A,
@@ -151,13 +152,28 @@ class ShiftSearch:
         at ``s`` px (cropped) or at the full box. Only the window of shifts the search allows is computed
         (:func:`~relion_canon.geometry.correlation.correlation_window`)."""
         size = cross_spectrum.shape[-2]
-        max_samples = self.max_px * size / box
-        half = window_half_width(max_samples)
+        return self._peak_in(correlation_window(cross_spectrum, self._half_width(size, box)), size, box)
+
+    def peaks_against(self, spectra: torch.Tensor, references: torch.Tensor,
+                      box: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`peak` of every particle (rfft2 ``spectra`` (b, s, s//2 + 1)) against every reference (R, s,
+        s//2 + 1): (b, R, 2) shifts and (b, R) heights (:func:`~relion_canon.geometry.correlation.correlation_windows`)."""
+        size = spectra.shape[-2]
+        window = correlation_windows(spectra, references, self._half_width(size, box))
+        shift, height = self._peak_in(window.flatten(0, 1), size, box)
+        return shift.reshape(len(spectra), len(references), 2), height.reshape(len(spectra), len(references))
+
+    def _half_width(self, size: int, box: int) -> int:
+        return window_half_width(self.max_px * size / box)
+
+    def _peak_in(self, window: torch.Tensor, size: int, box: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shift (px at the full box) and height of the peaks of (b, w, w) windows of ``size`` px correlations."""
+        half = window.shape[-1] // 2
         # irfft2 at a cropped size divides by size², not box²: rescaled to the full box's units.
-        window = correlation_window(cross_spectrum, half) * (size / box) ** 2
+        window = window * (size / box) ** 2
         r = torch.arange(-half, half + 1, dtype=window.dtype) * (box / size)  # px at the full box
         log_prior = -(r[None, :] ** 2 + r[:, None] ** 2) / (2 * self.sigma_px**2) / box**2
-        shift, height = window_peak_and_height(window + log_prior, max_samples, size)
+        shift, height = window_peak_and_height(window + log_prior, self.max_px * size / box, size)
         return shift * (box / size), height
 
     def updated(self, shift_px: torch.Tensor) -> "ShiftSearch":

@@ -25,6 +25,7 @@ SHIFT_IMAGES = 4096  # cross-correlations computed at once
 # A global search (:meth:`ClassSearch.search_globally`) tries every 4th of those turns (11.25° apart; the
 # search that follows refines the turn).
 GLOBAL_TURN_STRIDE = 4
+GLOBAL_IMAGES = 64  # particles per product of a global search against every class at once
 # The band the references hold: out to the last ring where the classes' Wiener filters pass more than this
 # on average (beyond it their half-sets agree about as much as noise does).
 SUPPORTED_GAIN = 0.1
@@ -181,17 +182,26 @@ class ClassSearch:
         size, n_turns = cropped.shape[-2], cropped.shape[1]
         turn_rad = torch.arange(n_turns) * (GLOBAL_TURN_STRIDE * 2 * math.pi / SHIFT_TURNS)
         poses = poses.copy()
+        every_turn = cropped.flatten(0, 1)  # (K·turns, size, size//2 + 1)
         for idx, _, whitened, ctf2 in only(batches, which):
             t = torch.from_numpy(idx)
             _, _, loglik, penalty, _ = self._polar(whitened, ctf2, poses.shift_px[t], refs)
             candidates = loglik.topk(min(SHIFT_CANDIDATES, k), dim=1).indices  # (b, M)
             small = _cropped(torch.fft.rfft2(whitened), size)
             m = candidates.shape[1]
-            step = max(1, SHIFT_IMAGES // (m * n_turns))
+            # Every class a candidate (as when re-homing onto a few good classes): all of them at once, in
+            # the order of the classes, without forming each product spectrum (its own step: the product's
+            # intermediate grows with the particles, not with particles × candidates × turns).
+            all_classes = m == k
+            step = GLOBAL_IMAGES if all_classes else max(1, SHIFT_IMAGES // (m * n_turns))
             for start in range(0, len(t), step):
                 p = slice(start, start + step)
                 c = candidates[p]
-                shift, height = shifts.peak((small[p, None, None] * cropped[c].conj()).flatten(0, 2), grid.box)
+                if all_classes:
+                    c = torch.arange(k).expand(len(c), k)
+                    shift, height = shifts.peaks_against(small[p], every_turn, grid.box)
+                else:
+                    shift, height = shifts.peak((small[p, None, None] * cropped[c].conj()).flatten(0, 2), grid.box)
                 score = height.reshape(len(c), m, n_turns).double() - penalty[p].gather(1, c)[..., None]
                 best = score.flatten(1).argmax(dim=1)
                 rows = torch.arange(len(c))

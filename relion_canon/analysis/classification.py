@@ -76,9 +76,8 @@ SETTLE_AFTER_SPLIT = HOLD_MERGES_AFTER_SPLIT + 2
 @dataclass
 class ClassificationConfig:
     n_classes: int | None = None  # classes to start from; None: one per ``particles_per_class`` particles
-    # Also how many particles per starting class the rounds run on (a random subset, at least the alignment's
-    # ``reference_particles``), before the passes over every particle. Twice as many made the rounds twice as
-    # slow without purer classes (benchmarks/classify/README.md, "Speed on 2 cores").
+    # Also the rounds' random subset per starting class (at least ``reference_particles``); twice as many made
+    # them twice as slow without purer classes (benchmarks/classify/README.md, "Speed on 2 cores").
     particles_per_class: int = 100
     max_classes: int = 50
     rounds: int = 30  # at most, fixed rounds included
@@ -152,7 +151,8 @@ def classify_particles(
     rng = np.random.default_rng(config.seed)
     poses = Poses.start(initial_psi_deg, n_particles, rng)
     k = default_n_classes(n_particles, config)
-    reference_particles = None if al.reference_particles is None else max(al.reference_particles, config.particles_per_class * k)
+    per_class = config.particles_per_class * k
+    reference_particles = None if al.reference_particles is None else max(al.reference_particles, per_class)
     subset = None
     if reference_particles is not None and n_particles > reference_particles:
         subset = np.sort(rng.choice(n_particles, reference_particles, replace=False))
@@ -180,10 +180,9 @@ def classify_particles(
 
 
 def _settled_rms(change_deg: torch.Tensor, spared: int) -> float:
-    """The rms of the psi changes ``change_deg`` without the ``spared`` largest. Convergence spares as many
-    particles' angles as it spares particles changing class (``converged_fraction``): a few noisy particles
-    whose best turn flips between rounds would otherwise keep the rms above ``converged_deg`` for good, and
-    the rounds run on while nothing else moves."""
+    """The rms of the psi changes ``change_deg`` without the ``spared`` largest (as many as may change class):
+    a few noisy particles whose best turn flips between rounds would otherwise keep it above ``converged_deg``
+    for good, and the rounds run on while nothing else moves."""
     kept = torch.sort(change_deg.abs()).values[: max(len(change_deg) - spared, 0)]
     return float(torch.sqrt((kept.double() ** 2).mean())) if len(kept) else 0.0
 

@@ -15,6 +15,7 @@ _WHERE = {
     "wrap_deg": "angles",
     "wrap_rad": "angles",
     "correlation_window": "correlation",
+    "correlation_windows": "correlation",
     "FRC_THRESHOLD": "fourier_rings",
     "fourier_ring_correlation": "fourier_rings",
     "resolution_at_threshold_A": "fourier_rings",
@@ -42,7 +43,7 @@ _WHERE = {
 
 if TYPE_CHECKING:
     from relion_canon.geometry.angles import wrap_deg, wrap_rad
-    from relion_canon.geometry.correlation import correlation_window
+    from relion_canon.geometry.correlation import correlation_window, correlation_windows
     from relion_canon.geometry.fourier_rings import FRC_THRESHOLD, fourier_ring_correlation, resolution_at_threshold_A, ring_index, ring_mean
     from relion_canon.geometry.masks import circular_mask, soft_circular_mask
     from relion_canon.geometry.peaks import parabolic_height, parabolic_offset, periodic_peak, shift_peak, shift_peak_and_height, window_half_width, window_peak_and_height

@@ -44,3 +44,21 @@ def _bases(size: int, half_width: int, dtype: torch.dtype, device: torch.device)
     along_x = torch.stack([scale * torch.cos(phase), -scale * torch.sin(phase)], dim=1).flatten(0, 1)
     real = torch.float64 if dtype == torch.complex128 else torch.float32
     return along_y.to(dtype=dtype, device=device), along_x.to(dtype=real, device=device)
+
+
+def correlation_windows(spectra: torch.Tensor, references: torch.Tensor, half_width: int) -> torch.Tensor:
+    """:func:`correlation_window` of every image against every reference: (b, S, S//2 + 1) and (R, S, S//2 + 1)
+    rfft2 spectra → (b, R, 2h + 1, 2h + 1), the windows of irfft2(spectrum · conj(reference)). The same sums,
+    ordered so that the reference side is one matrix product per frequency column for all images at once,
+    without forming every product spectrum."""
+    size, n_columns = spectra.shape[-2:]
+    if n_columns != size // 2 + 1 or size % 2 or references.shape[-2:] != spectra.shape[-2:]:
+        raise ValueError(f"correlation_windows takes rfft2s of one even square; got {tuple(spectra.shape)} and "
+                         f"{tuple(references.shape)}")
+    along_y, along_x = _bases(size, half_width, spectra.dtype, spectra.device)
+    b, r, w = len(spectra), len(references), 2 * half_width + 1
+    # (columns, b·w, S): each image's rows weighted by the inverse DFT over y, per column.
+    modulated = (along_y[None, :, :, None] * spectra[:, None]).permute(3, 0, 1, 2).reshape(n_columns, b * w, size)
+    rows = torch.bmm(modulated, references.conj().permute(2, 1, 0))  # (columns, b·w, R): summed over y
+    rows = rows.reshape(n_columns, b, w, r).permute(1, 3, 2, 0).contiguous()  # (b, R, w, columns)
+    return torch.view_as_real(rows).flatten(-2) @ along_x

@@ -143,3 +143,18 @@ def test_shift_search_peak_is_the_prior_weighted_peak_of_the_whole_correlation(s
     expected_shift, expected_height = shift_peak_and_height(cc + prior, search.max_px * size / box)
     torch.testing.assert_close(shift, expected_shift * (box / size))
     torch.testing.assert_close(height, expected_height)
+
+
+def test_shift_search_against_every_reference_is_each_pairs_peak():
+    import torch
+
+    from relion_canon.analysis.alignment import ShiftSearch
+
+    search = ShiftSearch(max_px=4.0, sigma_px=2.0)
+    g = torch.Generator().manual_seed(1)
+    spectra = torch.fft.rfft2(torch.randn(5, 36, 36, generator=g))
+    references = torch.fft.rfft2(torch.randn(4, 36, 36, generator=g))
+    shift, height = search.peaks_against(spectra, references, 64)
+    pair_shift, pair_height = search.peak((spectra[:, None] * references[None].conj()).flatten(0, 1), 64)
+    torch.testing.assert_close(shift, pair_shift.reshape(5, 4, 2), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(height, pair_height.reshape(5, 4), atol=1e-6, rtol=1e-4)

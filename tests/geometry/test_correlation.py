@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relion_canon.geometry import correlation_window
+from relion_canon.geometry import correlation_window, correlation_windows
 
 
 @settings(max_examples=30, deadline=None)
@@ -36,3 +36,19 @@ def test_single_precision_matches_the_fft_to_its_rounding():
 def test_a_spectrum_that_is_not_an_even_squares_rfft2_is_refused():
     with pytest.raises(ValueError, match="even square"):
         correlation_window(torch.zeros(1, 40, 40, dtype=torch.complex64), 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_every_image_against_every_reference_is_each_pairs_window(dtype):
+    g = torch.Generator().manual_seed(2)
+    spectra = torch.fft.rfft2(torch.randn(4, 24, 24, generator=g, dtype=dtype))
+    references = torch.fft.rfft2(torch.randn(3, 24, 24, generator=g, dtype=dtype))
+    got = correlation_windows(spectra, references, 3)
+    pairs = correlation_window(spectra[:, None] * references[None].conj(), 3)
+    assert got.shape == (4, 3, 7, 7)
+    torch.testing.assert_close(got, pairs, atol=1e-5 if dtype == torch.float32 else 1e-12, rtol=1e-4)
+
+
+def test_windows_of_different_sizes_are_refused():
+    with pytest.raises(ValueError, match="one even square"):
+        correlation_windows(torch.zeros(1, 24, 13, dtype=torch.complex64), torch.zeros(1, 26, 14, dtype=torch.complex64), 2)
