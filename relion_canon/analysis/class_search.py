@@ -47,7 +47,8 @@ class ClassState:
 class _References:
     """What a search needs of the class references: their polar spectra, polar norms and power per ring."""
 
-    fft: torch.Tensor  # (K, rings, angles//2 + 1)
+    # (angles//2 + 1, rings, K): one (rings, K) matrix per angular frequency, as the batched product takes it
+    fft: torch.Tensor
     norm: torch.Tensor  # (K,)
     power: torch.Tensor  # (K, rings) float64
 
@@ -108,7 +109,7 @@ class ClassSearch:
         grid = self.grid
         ref_polar = sample_polar(references, grid.xy)
         return _References(
-            fft=torch.fft.rfft(ref_polar * grid.ring_weight, dim=-1),
+            fft=torch.fft.rfft(ref_polar * grid.ring_weight, dim=-1).permute(2, 1, 0).contiguous(),
             norm=torch.sqrt((ref_polar**2 * grid.ring_weight).sum(dim=(1, 2))).clamp(min=1e-12),
             power=ring_mean(torch.fft.rfft2(references).abs() ** 2, grid.rings, grid.n_rings).double())
 
@@ -118,8 +119,11 @@ class ClassSearch:
         log-likelihood, the norm term ½‖CR‖²/σ² (all (b, K)) and the particle's polar norm (b,)."""
         grid = self.grid
         polar = sample_polar(whitened, grid.xy, shift_px)
-        spectra = torch.fft.rfft(polar, dim=-1).conj()
-        corr = torch.fft.irfft(torch.einsum("brf,krf->bkf", spectra, refs.fft), n=grid.angular_samples, dim=-1)
+        # Per angular frequency, (b, rings) @ (rings, K): a batched product on contiguous operands, about twice
+        # as fast on the CPU as the einsum's own layout.
+        spectra = torch.fft.rfft(polar, dim=-1).conj().permute(2, 0, 1).contiguous()
+        products = torch.bmm(spectra, refs.fft).permute(1, 2, 0).contiguous()  # (b, K, angles//2 + 1)
+        corr = torch.fft.irfft(products, n=grid.angular_samples, dim=-1)
         b, k = len(whitened), len(refs.norm)
         pos, height = periodic_peak(corr.reshape(-1, grid.angular_samples))
         pos, height = pos.reshape(b, k), height.reshape(b, k)
