@@ -13,6 +13,7 @@ import torch
 
 from relion_canon.analysis.alignment import PreparedParticles, SearchGrid, ShiftSearch, only
 from relion_canon.analysis.alignment_reference import ClassAverage
+from relion_canon.analysis.class_comparison import half_agreement
 from relion_canon.analysis.class_search import ClassSearch, ClassState, averages_of, sums_of, supported_band
 from relion_canon.geometry import resolution_at_threshold_A
 
@@ -24,25 +25,29 @@ log = logging.getLogger(__name__)
 # particle's score more than a search about its centre would.
 REHOME_SCORE_FRACTION = 0.7
 
-JunkRule = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-"""(sizes (K,), resolutions Å (K,), median scores (K,)) → (K,) bool: which classes hold junk."""
+JunkRule = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+"""(sizes (K,), resolutions Å (K,), median scores (K,), half-set agreements (K,)) → (K,) bool: which classes
+hold junk."""
 
 
 def _class_figures(state: ClassState, averages: list[ClassAverage], pixel_size_A: float, box: int,
-                   rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """What a :data:`JunkRule` judges, each (K,): the classes' sizes and median scores over the particles
-    ``rows`` (default all; the rounds may run on a subset), and their averages' resolutions (Å)."""
+    ``rows`` (default all; the rounds may run on a subset), their averages' resolutions (Å) and half-set
+    agreements."""
     classes, score = state.classes.numpy(), state.poses.score.numpy()
     if rows is not None:
         classes, score = classes[rows], score[rows]
     counts = np.bincount(classes, minlength=len(averages))
     median = np.array([np.median(score[classes == c]) if counts[c] else 0.0 for c in range(len(averages))])
     resolution = np.array([resolution_at_threshold_A(a.frc, pixel_size_A, box) for a in averages])
-    return counts, resolution, median
+    agreement = half_agreement(torch.stack([a.halves for a in averages])).numpy()
+    return counts, resolution, median, agreement
 
 
-def _judged(junk_rule: JunkRule, counts: np.ndarray, resolution: np.ndarray, median: np.ndarray) -> np.ndarray:
-    return np.asarray(junk_rule(counts, resolution, median), dtype=bool) & (counts > 0)
+def _judged(junk_rule: JunkRule, counts: np.ndarray, resolution: np.ndarray, median: np.ndarray,
+            agreement: np.ndarray) -> np.ndarray:
+    return np.asarray(junk_rule(counts, resolution, median, agreement), dtype=bool) & (counts > 0)
 
 
 def junk_classes_now(state: ClassState, averages: list[ClassAverage], junk_rule: JunkRule, pixel_size_A: float,
@@ -63,8 +68,8 @@ def rehome(state: ClassState, particles: PreparedParticles, junk_rule: JunkRule,
     well it fits other junk."""
     averages = averages_of(state.sums, grid)
     classes = state.classes.numpy()
-    counts, resolution, median = _class_figures(state, averages, pixel_size_A, grid.box)
-    junk = _judged(junk_rule, counts, resolution, median)
+    counts, resolution, median, agreement = _class_figures(state, averages, pixel_size_A, grid.box)
+    junk = _judged(junk_rule, counts, resolution, median, agreement)
     if not junk.any() or junk[counts > 0].all():
         return state
     good = torch.from_numpy(np.flatnonzero(~junk & (counts > 0)))

@@ -21,7 +21,7 @@ def test_good_particles_leave_junk_classes_and_junk_stays(tmp_path):
     junk = read_ground_truth(tmp_path / "sim")["rlnCanonIsJunk"].to_numpy().astype(bool)
     marked = []
 
-    def every_class_but_the_best_is_junk(sizes, resolution_A, median_score):
+    def every_class_but_the_best_is_junk(sizes, resolution_A, median_score, half_agreement):
         # As harsh as a rule can be: the good particles caught in other classes must find their way back.
         flags = np.arange(len(sizes)) != int(np.argmax(median_score * (sizes > 0)))
         marked.append(flags)

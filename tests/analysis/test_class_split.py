@@ -80,7 +80,7 @@ def test_a_class_the_junk_rule_marks_is_not_split(tmp_path):
                                       seed=8), tmp_path / "sim")
     calls = []
 
-    def all_junk(sizes, resolution_A, median_score):
+    def all_junk(sizes, resolution_A, median_score, half_agreement):
         calls.append(len(sizes))
         return np.ones(len(sizes), dtype=bool)
 

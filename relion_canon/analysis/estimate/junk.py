@@ -93,6 +93,12 @@ def find_junk(features: np.ndarray, method: str, threshold: float, seed: int, cl
 # theirs, holds no consistent view: its particles agree on too little to be one.
 JUNK_CLASS_RESOLUTION_FACTOR = 1.5
 JUNK_CLASS_SCORE_FRACTION = 0.5
+# ... or whose two half-set averages fall short of agreeing by more than this many times what a class of its
+# size should (:func:`agreement_shortfall`). A class of mixed junk (noise, carbon edges, aggregates) can have
+# an average sharp enough, and particles that match it well enough, to pass both tests above; its halves still
+# disagree tens of times more than its size allows, while classes of one view stay within about 2.5 times
+# (benchmarks/classify/README.md, "Speed on 2 cores").
+JUNK_CLASS_AGREEMENT_FACTOR = 5.0
 
 
 def junk_by_alignment_score(score: np.ndarray, threshold: float) -> Junk:
@@ -111,32 +117,52 @@ def junk_by_alignment_score(score: np.ndarray, threshold: float) -> Junk:
     return Junk(z=z, flag=flag, per_detector={"alignment_score": z}, report=report)
 
 
-def junk_classes(classes: dict[int, np.ndarray], resolution_A: dict[int, float], score: np.ndarray) -> dict[int, bool]:
+def junk_classes(classes: dict[int, np.ndarray], resolution_A: dict[int, float], score: np.ndarray,
+                 half_agreement: dict[int, float]) -> dict[int, bool]:
     """Class number → whether it is a junk class: its average's resolution is more than
     :data:`JUNK_CLASS_RESOLUTION_FACTOR` times the typical class's, or its particles' median correlation with
     it is below :data:`JUNK_CLASS_SCORE_FRACTION` of the typical class's (both typical values the
-    population-weighted medians over classes). Its particles go with it, as a RELION user drops a junk class
-    after Class2D."""
+    population-weighted medians over classes), or its half-sets agree :data:`JUNK_CLASS_AGREEMENT_FACTOR` times
+    less than its size predicts. Its particles go with it, as a RELION user drops a junk class after Class2D."""
     numbers = sorted(classes)
     sizes = np.array([len(classes[n]) for n in numbers], dtype=float)
     resolution = np.array([resolution_A[n] for n in numbers])
     median_score = np.array([np.median(score[classes[n]]) if len(classes[n]) else 0.0 for n in numbers])
-    marked = dict(zip(numbers, (bool(j) for j in junk_class_mask(sizes, resolution, median_score))))
+    agreement = np.array([half_agreement[n] for n in numbers])
+    marked = dict(zip(numbers, (bool(j) for j in junk_class_mask(sizes, resolution, median_score, agreement))))
     if any(marked.values()):
-        log.info("Junk classes (averages coarser than %.1f x the typical, or matched less than %.1f x as well as "
-                 "the typical class): %s", JUNK_CLASS_RESOLUTION_FACTOR, JUNK_CLASS_SCORE_FRACTION,
+        log.info("Junk classes (averages coarser than %.1f x the typical, matched less than %.1f x as well as "
+                 "the typical class, or half-sets agreeing %.0f x less than their size predicts): %s",
+                 JUNK_CLASS_RESOLUTION_FACTOR, JUNK_CLASS_SCORE_FRACTION, JUNK_CLASS_AGREEMENT_FACTOR,
                  ", ".join(str(n) for n, junk in marked.items() if junk))
     return marked
 
 
-def junk_class_mask(sizes: np.ndarray, resolution_A: np.ndarray, median_score: np.ndarray) -> np.ndarray:
-    """(K,) bool: :func:`junk_classes`' rule on classes given by their (K,) sizes, resolutions (Å) and their
-    particles' median correlation with their average."""
+def junk_class_mask(sizes: np.ndarray, resolution_A: np.ndarray, median_score: np.ndarray,
+                    half_agreement: np.ndarray) -> np.ndarray:
+    """(K,) bool: :func:`junk_classes`' rule on classes given by their (K,) sizes, resolutions (Å), their
+    particles' median correlation with their average, and their half-set averages' agreement."""
     sizes = np.asarray(sizes, dtype=float)
     typical_resolution = _weighted_median(resolution_A, sizes)
     typical_score = _weighted_median(median_score, sizes)
     return (np.asarray(resolution_A) > JUNK_CLASS_RESOLUTION_FACTOR * typical_resolution) | \
-        (np.asarray(median_score) < JUNK_CLASS_SCORE_FRACTION * typical_score)
+        (np.asarray(median_score) < JUNK_CLASS_SCORE_FRACTION * typical_score) | \
+        (agreement_shortfall(sizes, half_agreement) > JUNK_CLASS_AGREEMENT_FACTOR)
+
+
+def agreement_shortfall(sizes: np.ndarray, half_agreement: np.ndarray) -> np.ndarray:
+    """(K,) how many times more each class's half-set averages fall short of agreeing (1 − a) than a class of
+    its size should. Two noisy copies of one image correlate as a = S/(1 + S), S their signal-to-noise ratio,
+    and S grows with the particles averaged: from the typical class's S per particle (the population-weighted
+    median over classes), a class of n particles should fall short by 1/(1 + S·n)."""
+    sizes = np.asarray(sizes, dtype=float)
+    agreement = np.clip(np.asarray(half_agreement, dtype=float), 0.0, 1.0 - 1e-9)
+    snr = agreement / (1.0 - agreement)
+    occupied = sizes > 0
+    if not occupied.any():
+        return np.zeros(len(sizes))
+    per_particle = _weighted_median(snr[occupied] / sizes[occupied], sizes[occupied])
+    return (1.0 - agreement) * (1.0 + per_particle * sizes)
 
 
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:

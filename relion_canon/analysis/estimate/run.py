@@ -112,8 +112,9 @@ def class_numbers(classes: dict[int, np.ndarray], n: int) -> np.ndarray:
 def mark_junk_classes(refinement: Refinement, junk: Junk) -> None:
     """Flag every particle of a junk class (see :func:`~relion_canon.analysis.estimate.junk.junk_classes`),
     and record which classes are junk and how many views the others show."""
-    marked = junk_classes(refinement.classes, {n: refinement.class_reports[str(n)]["resolution_A"]
-                                               for n in refinement.classes}, refinement.score)
+    reports = {n: refinement.class_reports[str(n)] for n in refinement.classes}
+    marked = junk_classes(refinement.classes, {n: r["resolution_A"] for n, r in reports.items()}, refinement.score,
+                          {n: r["half_agreement"] for n, r in reports.items()})
     for number, is_junk in marked.items():
         refinement.class_reports[str(number)]["is_junk"] = is_junk
         if is_junk:

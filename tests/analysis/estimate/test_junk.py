@@ -43,3 +43,25 @@ def test_the_alignment_score_flags_particles_far_below_the_typical_one():
     junk = junk_by_alignment_score(score, 4.0)
     assert junk.flag[-1] and junk.flag.sum() == 1
     assert junk.report["threshold"] == 4.0 and junk.report["threshold_from"] == "outlier_threshold"
+
+
+def test_a_class_whose_halves_disagree_more_than_its_size_allows_is_junk():
+    from relion_canon.analysis.estimate.junk import agreement_shortfall, junk_class_mask
+
+    sizes = np.array([1400.0, 1400.0, 300.0, 2100.0])
+    snr = 0.35 * sizes  # one SNR per particle: classes of one view, whatever their size
+    agreement = snr / (1 + snr)
+    agreement[3] = 0.96  # mixed junk: sharp enough average, well-matched particles, halves that disagree
+    shortfall = agreement_shortfall(sizes, agreement)
+    np.testing.assert_allclose(shortfall[:3], 1.0, rtol=1e-6)  # the small view is as expected for its size
+    assert shortfall[3] > 20
+    resolution, score = np.full(4, 12.0), np.full(4, 0.06)  # the other two tests see nothing
+    assert junk_class_mask(sizes, resolution, score, agreement).tolist() == [False, False, False, True]
+
+
+def test_one_class_or_halves_that_anticorrelate():
+    from relion_canon.analysis.estimate.junk import agreement_shortfall
+
+    assert agreement_shortfall(np.array([500.0]), np.array([0.99])).tolist() == [1.0]
+    shortfall = agreement_shortfall(np.array([1000.0, 1000.0, 200.0]), np.array([0.998, 0.998, -0.2]))
+    assert shortfall[2] > 50 and np.all(np.isfinite(shortfall))
