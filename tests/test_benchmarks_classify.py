@@ -120,17 +120,24 @@ def test_score_job_scores_a_perfect_and_a_blind_job(tmp_path):
     junk = truth["rlnCanonIsJunk"].to_numpy() == 1
     for name, perfect in (("perfect", True), ("blind", False)):
         parts = star.particles.copy()
-        parts["rlnClassNumber"] = truth["rlnCanonViewId"].to_numpy() + 2 if perfect else 1
+        parts["rlnClassNumber"] = np.where(junk, 1, truth["rlnCanonViewId"].to_numpy() + 2) if perfect else 1
         parts["rlnAnglePsi"] = truth["rlnAnglePsi"].to_numpy() if perfect else 0.0
         parts["rlnCanonIsOutlier"] = junk.astype(int) if perfect else 0
         parts["rlnParticleSelectZScore"] = junk.astype(float) if perfect else 0.0
         job = tmp_path / name
         job.mkdir()
         write_star({**star.blocks, star.particles_block: parts}, job / "particles.star")
-        (job / "report.json").write_text(_json.dumps({"seconds": {"total": 1.0}}))
+        numbers = sorted(set(parts["rlnClassNumber"].tolist()))
+        counts = parts["rlnClassNumber"].value_counts()
+        classes = {str(n): {"n_particles": int(counts[n]), "half_agreement": 0.99, "is_junk": n == 1 and perfect}
+                   for n in numbers}
+        (job / "report.json").write_text(_json.dumps({"seconds": {"total": 1.0}, "classes": classes}))
         scores = score_job(job, sim)
+        assert [c["class"] for c in scores["per_class"]] == numbers
         if perfect:
             assert scores["purity"] == 1.0 and scores["completeness"] == 1.0 and scores["junk_auc"] == 1.0
             assert scores["psi_rmse"] < 1e-6 and scores["junk_kept"] == 0.0
+            # Class 1 holds the junk; the views' classes none.
+            assert [c["junk_share"] for c in scores["per_class"]] == [1.0] + [0.0] * (len(numbers) - 1)
         else:
             assert scores["purity"] < 0.5 and scores["junk_auc"] == 0.5 and scores["junk_kept"] == 1.0

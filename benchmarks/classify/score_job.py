@@ -6,7 +6,9 @@ comparisons of README.md ("Speed on 2 cores") report for each run.
 JOB_DIR holds the job's particles.star (and report.json, for the class count, rounds and seconds);
 SIMULATION_DIR the simulator's ground_truth.star, joined on rlnImageName. Prints one JSON object. With
 discrete views: purity, completeness and psi within classes (class_metrics); with uniform views (no view
-ids) the median angle between a particle's viewing direction and its class's mean direction instead.
+ids) the median angle between a particle's viewing direction and its class's mean direction instead. With a
+classification's report, ``per_class`` lists each class's share of true junk beside the junk-class test's
+figures.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import class_metrics as cm  # noqa: E402
 
+from relion_canon.analysis.estimate.junk import agreement_shortfall  # noqa: E402
 from relion_canon.io.star import read_star  # noqa: E402
 from relion_canon.simulate import read_ground_truth  # noqa: E402
 
@@ -55,7 +58,22 @@ def score_job(job_dir: Path, simulation_dir: Path) -> dict:
         classification = report.get("classification", {})
         scores.update(classes=classification.get("n_classes"), rounds=len(classification.get("history", [])),
                       job_seconds=report["seconds"]["total"])
+        if report.get("classes") and all("half_agreement" in r for r in report["classes"].values()):
+            scores["per_class"] = per_class(report["classes"], cls, junk)
     return scores
+
+
+def per_class(reports: dict, cls: np.ndarray, junk: np.ndarray) -> list[dict]:
+    """Each class's size, share of true junk, half-set agreement, agreement shortfall (the junk-class test of
+    ``relion_canon.analysis.estimate.junk``) and whether the job called it junk."""
+    numbers = sorted(reports, key=int)
+    sizes = np.array([reports[n]["n_particles"] for n in numbers], dtype=float)
+    agreement = np.array([reports[n]["half_agreement"] for n in numbers])
+    shortfall = agreement_shortfall(sizes, agreement)
+    return [{"class": int(n), "n": int(size), "junk_share": float(junk[cls == int(n)].mean()) if size else 0.0,
+             "half_agreement": float(a), "agreement_shortfall": float(f),
+             "is_junk": bool(reports[n].get("is_junk", False))}
+            for n, size, a, f in zip(numbers, sizes, agreement, shortfall)]
 
 
 if __name__ == "__main__":
