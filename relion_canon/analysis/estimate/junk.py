@@ -97,7 +97,7 @@ JUNK_CLASS_SCORE_FRACTION = 0.5
 # size should (:func:`agreement_shortfall`). A class of mixed junk (noise, carbon edges, aggregates) can have
 # an average sharp enough, and particles that match it well enough, to pass both tests above; its halves still
 # disagree tens of times more than its size allows, while classes of one view stay within about 2.5 times
-# (benchmarks/classify/README.md, "Speed on 2 cores").
+# (benchmarks/classify/README.md, "Junk classes also by their half-sets' agreement").
 JUNK_CLASS_AGREEMENT_FACTOR = 5.0
 
 
