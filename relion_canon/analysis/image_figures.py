@@ -129,8 +129,12 @@ def class_gallery(averages: Mapping[int, np.ndarray], summaries: Mapping[int, Cl
     n_cols = min(columns, len(numbers))
     n_rows = -(-len(numbers) // n_cols)
     cell = 1.6
-    fig = new_figure(n_cols * cell + 0.2, n_rows * (cell + 0.55) + 0.5, layout=None)
-    fig.suptitle(f"Class averages by population ({len(numbers)} classes)")
+    # Inches above the first row: the figure's title, then the first row's two-line axes titles. A band given as
+    # a fraction of the figure's height shrinks as rows are added, and the title ran into the first row's.
+    header = 0.95
+    fig = new_figure(n_cols * cell + 0.2, n_rows * (cell + 0.55) + header, layout=None)
+    fig.suptitle(f"Class averages by population ({len(numbers)} classes)", y=1 - 0.08 / fig.get_figheight(),
+                 va="top")
     for k, number in enumerate(numbers):
         summary = summaries[number]
         ax = fig.add_subplot(n_rows, n_cols, k + 1)
@@ -146,7 +150,7 @@ def class_gallery(averages: Mapping[int, np.ndarray], summaries: Mapping[int, Cl
             spine.set_visible(bool(summary.is_junk))
             spine.set_edgecolor("red")
             spine.set_linewidth(3)
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.5 / fig.get_figheight(), hspace=0.45,
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - header / fig.get_figheight(), hspace=0.45,
                         wspace=0.08)
     return fig
 

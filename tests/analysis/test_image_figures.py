@@ -67,3 +67,19 @@ def test_class_gallery_largest_first_with_junk_marked():
     FigureCanvasAgg(fig).draw()
     with pytest.raises(ValueError):
         image_figures.class_gallery({0: img}, {})
+
+
+@pytest.mark.parametrize("n_classes", [3, 50])
+def test_the_gallery_title_clears_the_first_rows_titles(n_classes):
+    from relion_canon.analysis.class_summary import class_summaries
+
+    img = np.random.default_rng(1).normal(size=(16, 16))
+    reports = {str(c): {"n_particles": 100 - c, "resolution_A": 9.0} for c in range(1, n_classes + 1)}
+    fig = image_figures.class_gallery({c: img for c in range(1, n_classes + 1)}, class_summaries(reports, 5000))
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    title_bottom = fig._suptitle.get_window_extent(renderer).y0
+    first_row_top = max(ax.title.get_window_extent(renderer).y1 for ax in fig.axes[:6])
+    assert title_bottom > first_row_top  # display coordinates: y grows upwards
+    assert fig._suptitle.get_window_extent(renderer).y1 <= fig.bbox.y1  # and stays on the page
