@@ -89,8 +89,8 @@ def merge_candidates(
     averages: list[ClassAverage], counts: torch.Tensor, keep: torch.Tensor, margins_nats: torch.Tensor,
     weight: torch.Tensor, grid: SearchGrid,
 ) -> tuple[torch.Tensor, list[tuple[float, int, int]]]:
-    """The (K, K) turn that lays each smaller average onto each larger one (NaN for the pairs not compared), and (ratio, smaller, larger) for the pairs of
-    ``keep`` classes that show one view: their averages, laid onto each other, differ by no more than
+    """The (K, K) turn that lays each smaller average onto each larger one (NaN for the pairs not compared),
+    and (ratio, smaller, larger) for the pairs of ``keep`` classes that show one view: their averages, laid onto each other, differ by no more than
     :data:`MERGE_FACTOR` times what their own noise explains (from their half-sets), in the units a particle's
     log-likelihood sees them (``weight``, CTF²/noise); or their particles prefer their own class by no more
     than :data:`MERGE_NATS` (``margins_nats`` (K, K)). Each average is compared through the other's Wiener

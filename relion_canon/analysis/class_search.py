@@ -119,8 +119,8 @@ class ClassSearch:
         log-likelihood, the norm term ½‖CR‖²/σ² (all (b, K)) and the particle's polar norm (b,)."""
         grid = self.grid
         polar = sample_polar(whitened, grid.xy, shift_px)
-        # Per angular frequency, (b, rings) @ (rings, K): a batched product on contiguous operands, about twice
-        # as fast on the CPU as the einsum's own layout.
+        # Per angular frequency, (b, rings) @ (rings, K): a batched product on contiguous operands, faster on
+        # the CPU than the einsum's own layout (benchmarks/classify/README.md, "Speed on 2 cores").
         spectra = torch.fft.rfft(polar, dim=-1).conj().permute(2, 0, 1).contiguous()
         products = torch.bmm(spectra, refs.fft).permute(1, 2, 0).contiguous()  # (b, K, angles//2 + 1)
         corr = torch.fft.irfft(products, n=grid.angular_samples, dim=-1)
@@ -190,19 +190,19 @@ class ClassSearch:
         for idx, _, whitened, ctf2 in only(batches, which):
             t = torch.from_numpy(idx)
             _, _, loglik, penalty, _ = self._polar(whitened, ctf2, poses.shift_px[t], refs)
-            candidates = loglik.topk(min(SHIFT_CANDIDATES, k), dim=1).indices  # (b, M)
-            small = _cropped(torch.fft.rfft2(whitened), size)
-            m = candidates.shape[1]
             # Every class a candidate (as when re-homing onto a few good classes): all of them at once, in
             # the order of the classes, without forming each product spectrum (its own step: the product's
             # intermediate grows with the particles, not with particles × candidates × turns).
-            all_classes = m == k
+            all_classes = k <= SHIFT_CANDIDATES
+            candidates = (torch.arange(k).expand(len(t), k) if all_classes
+                          else loglik.topk(SHIFT_CANDIDATES, dim=1).indices)  # (b, M)
+            small = _cropped(torch.fft.rfft2(whitened), size)
+            m = candidates.shape[1]
             step = GLOBAL_IMAGES if all_classes else max(1, SHIFT_IMAGES // (m * n_turns))
             for start in range(0, len(t), step):
                 p = slice(start, start + step)
                 c = candidates[p]
                 if all_classes:
-                    c = torch.arange(k).expand(len(c), k)
                     shift, height = shifts.peaks_against(small[p], every_turn, grid.box)
                 else:
                     shift, height = shifts.peak((small[p, None, None] * cropped[c].conj()).flatten(0, 2), grid.box)

@@ -17,13 +17,20 @@ def correlation_window(cross_spectrum: torch.Tensor, half_width: int) -> torch.T
     """``torch.fft.irfft2(cross_spectrum, s=(S, S))`` at the shifts −h…h per axis (h = ``half_width``, rows y,
     columns x): (..., S, S//2 + 1) complex → (..., 2h + 1, 2h + 1) real. S, the even size of the square
     correlation, is read from the rows; shifts are circular (−1 is the sample at S − 1)."""
-    size, n_columns = cross_spectrum.shape[-2:]
-    if n_columns != size // 2 + 1 or size % 2:
-        raise ValueError(f"correlation_window takes the rfft2 of an even square; got {tuple(cross_spectrum.shape)}")
+    size = _even_square(cross_spectrum)
     along_y, along_x = _bases(size, half_width, cross_spectrum.dtype, cross_spectrum.device)
     rows = torch.matmul(along_y, cross_spectrum)  # (..., 2h + 1, S//2 + 1): inverse DFT over y at the window
     # The real part of rows @ along_x, from the interleaved (re, im) pairs as one real product.
     return torch.view_as_real(rows).flatten(-2) @ along_x
+
+
+def _even_square(*spectra: torch.Tensor) -> int:
+    """The size S of the even square whose rfft2 (..., S, S//2 + 1) every one of ``spectra`` is."""
+    size, n_columns = spectra[0].shape[-2:]
+    if n_columns != size // 2 + 1 or size % 2 or any(s.shape[-2:] != spectra[0].shape[-2:] for s in spectra):
+        raise ValueError(f"correlation windows take rfft2s of one even square; got "
+                         f"{', '.join(str(tuple(s.shape)) for s in spectra)}")
+    return size
 
 
 @functools.lru_cache(maxsize=32)
@@ -51,10 +58,8 @@ def correlation_windows(spectra: torch.Tensor, references: torch.Tensor, half_wi
     rfft2 spectra → (b, R, 2h + 1, 2h + 1), the windows of irfft2(spectrum · conj(reference)). The same sums,
     ordered so that the reference side is one matrix product per frequency column for all images at once,
     without forming every product spectrum."""
-    size, n_columns = spectra.shape[-2:]
-    if n_columns != size // 2 + 1 or size % 2 or references.shape[-2:] != spectra.shape[-2:]:
-        raise ValueError(f"correlation_windows takes rfft2s of one even square; got {tuple(spectra.shape)} and "
-                         f"{tuple(references.shape)}")
+    size = _even_square(spectra, references)
+    n_columns = size // 2 + 1
     along_y, along_x = _bases(size, half_width, spectra.dtype, spectra.device)
     b, r, w = len(spectra), len(references), 2 * half_width + 1
     # (columns, b·w, S): each image's rows weighted by the inverse DFT over y, per column.

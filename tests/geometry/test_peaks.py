@@ -76,7 +76,7 @@ def test_shift_peak_looks_only_within_the_allowed_shift():
 
 
 @settings(max_examples=40, deadline=None)
-@given(sx=st.floats(-2.4, 2.4), sy=st.floats(-2.4, 2.4), max_shift=st.floats(2.5, 4.0))
+@given(sx=st.floats(-1.4, 1.4), sy=st.floats(-1.4, 1.4), max_shift=st.floats(2.5, 4.0))
 def test_a_window_gives_the_peak_of_the_whole_correlation(sx, sy, max_shift):
     box = 16
     r = torch.fft.fftfreq(box, dtype=torch.float64) * box
@@ -84,9 +84,10 @@ def test_a_window_gives_the_peak_of_the_whole_correlation(sx, sy, max_shift):
     h = window_half_width(max_shift)
     window = cc[:, torch.arange(-h, h + 1) % box][:, :, torch.arange(-h, h + 1) % box]
     shift, top = window_peak_and_height(window, max_shift, box)
-    whole_shift, whole_top = shift_peak_and_height(cc, max_shift)
-    torch.testing.assert_close(shift, whole_shift)
-    torch.testing.assert_close(top, whole_top)
+    # The paraboloid's own vertex (its nearest sample well inside the allowed disk), not shift_peak_and_height,
+    # which reads its window and calls this.
+    torch.testing.assert_close(shift, torch.tensor([[sx, sy]], dtype=torch.float64))
+    torch.testing.assert_close(top, torch.tensor([1.0], dtype=torch.float64))
 
 
 def test_a_window_wider_than_the_period_looks_at_each_shift_once():
