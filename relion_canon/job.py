@@ -48,6 +48,7 @@ from relion_canon.relion.class_model import (
     has_class_model,
     write_class_model,
 )
+from relion_canon.resources import resources_used
 from relion_canon.threads import cpu_threads
 
 log = logging.getLogger(__name__)
@@ -227,6 +228,7 @@ def _run_job(particles: str | Path | ParticleStar, out_dir: Path, config: JobCon
     figures = write_figures(out_dir, estimates, history)
     timings["figures"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
+    report["resources"] = resources_used(config.device)
     with atomic_path(out_dir / REPORT_JSON) as tmp:
         tmp.write_text(json.dumps(report, indent=2, default=_json_default))
     log.info(f"Wrote {paths['particles']} ({len(star)} particles), {paths['selected']} ({report['n_selected']}), "

@@ -85,6 +85,7 @@ def test_report_figures_model_and_canonical_images(job):
     for key in ("outliers", "symmetry", "defocus", "seconds", "training_history", "config"):
         assert key in report
     assert report["outliers"]["threshold"] == JobConfig().outlier_threshold
+    assert report["resources"]["peak_rss_mb"] > 100  # the interpreter and torch alone hold more
     assert job.logfile.stat().st_size > 0 and job.model_path.exists()
     n_classes = report["classification"]["n_classes"]
     with mrcfile.open(job.out_dir / "class_averages.mrcs", header_only=True) as m:

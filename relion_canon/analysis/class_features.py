@@ -23,10 +23,11 @@ MAX_ORDER = 12  # angular orders kept: finer angular detail is mostly noise at t
 RING_STEPS = (1, 2)  # ring separations of the cross-ring products
 
 
-def invariant_features(batches: Iterable[Prepared], n_particles: int, grid: SearchGrid,
+def invariant_features(batches: Iterable[Prepared], rows: np.ndarray, grid: SearchGrid,
                        max_order: int = MAX_ORDER) -> np.ndarray:
-    """(N, F) rotation-invariant, mirror-sensitive features of every particle in ``batches`` (rows not in
-    them stay 0), from its polar transform about the box centre."""
+    """(len(rows), F) rotation-invariant, mirror-sensitive features of the particles ``rows`` (sorted), in
+    that order, from their polar transforms about the box centre; ``batches`` yields these rows (and no
+    others). Only these rows are held: the rounds' subset of a million particles needs no million-row array."""
     out: np.ndarray | None = None
     for idx, _, whitened, _ in batches:
         coefficients = torch.fft.rfft(sample_polar(whitened, grid.xy), dim=-1)[..., : max_order + 1]
@@ -36,9 +37,9 @@ def invariant_features(batches: Iterable[Prepared], n_particles: int, grid: Sear
             parts += [cross.real.flatten(1), cross.imag.flatten(1)]
         block = torch.cat(parts, dim=1).double().numpy()
         if out is None:
-            out = np.zeros((n_particles, block.shape[1]))
-        out[idx] = block
-    return out if out is not None else np.zeros((n_particles, 0))
+            out = np.zeros((len(rows), block.shape[1]))
+        out[np.searchsorted(rows, idx)] = block
+    return out if out is not None else np.zeros((len(rows), 0))
 
 
 def initial_classes(features: np.ndarray, n_classes: int, seed: int, n_components: int = 24) -> np.ndarray:

@@ -160,9 +160,9 @@ def classify_particles(
     grid = SearchGrid.build(box, al)
     particles = PreparedParticles(batches, n_particles, ctf, pixel_size_A, grid, subset, al.cache_bytes)
     rows = particles.rows
-    features = invariant_features(particles.for_rounds(), n_particles, grid)
+    features = invariant_features(particles.for_rounds(), rows, grid)
     classes = np.zeros(n_particles, dtype=np.int64)
-    classes[rows] = initial_classes(features[rows], k, config.seed)
+    classes[rows] = initial_classes(features, k, config.seed)
     log.info("classification: %d particles, %d starting classes (rotation-invariant features, k-means)",
              len(rows), k)
     state = ClassState(poses, torch.from_numpy(classes), sums_of(particles.for_rounds(), poses,

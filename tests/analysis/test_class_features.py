@@ -20,7 +20,21 @@ def _blob_image(box: int = 32) -> torch.Tensor:
 def _features(images: torch.Tensor) -> np.ndarray:
     grid = SearchGrid.build(images.shape[-1], AlignmentConfig())
     batch = [(np.arange(len(images)), images, images, torch.ones(len(images), grid.n_rings))]
-    return invariant_features(batch, len(images), grid)
+    return invariant_features(batch, np.arange(len(images)), grid)
+
+
+def test_the_features_of_some_rows_come_in_their_order_from_batches_of_only_those_rows():
+    rng = np.random.default_rng(1)
+    images = torch.from_numpy(rng.standard_normal((9, 32, 32)).astype(np.float32))
+    grid = SearchGrid.build(32, AlignmentConfig())
+    everyone = _features(images)
+    rows = np.array([1, 4, 5, 8])
+    weights = torch.ones(2, grid.n_rings)
+    batches = [(rows[:2], images[rows[:2]], images[rows[:2]], weights),
+               (rows[2:], images[rows[2:]], images[rows[2:]], weights)]
+    some = invariant_features(batches, rows, grid)
+    assert some.shape == (4, everyone.shape[1])
+    np.testing.assert_allclose(some, everyone[rows], rtol=1e-6)
 
 
 def test_a_turned_image_has_the_same_features_and_its_mirror_does_not():
