@@ -56,8 +56,9 @@ from relion_canon.geometry import (
 
 log = logging.getLogger(__name__)
 
-ImageBatches = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
-"""Called once per round; yields (indices (b,), images (b, B, B) float32) covering every particle once."""
+ImageBatches = Callable[..., Iterator[tuple[np.ndarray, np.ndarray]]]
+"""Called once per round; yields (indices (b,), images (b, B, B) float32) covering every particle once. Called
+with sorted indices, it yields just those particles: a pass that needs a few reads only theirs."""
 
 Prepared = tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]
 """One batch as the search reads it: (indices, CTF-weighted images, whitened CTF-weighted images, ring mean
@@ -250,6 +251,13 @@ class PreparedParticles:
             if self._cache is not None:
                 self._cache.append(item)
             yield item
+
+    def some(self, which: torch.Tensor) -> Iterator[Prepared]:
+        """The particles ``which`` ((N,) bool, by row), prepared: from the cache when the particles fit in it,
+        else only their images are read (a pass over a tenth of a million particles reads that tenth)."""
+        if self._cache is not None:
+            return only(self.everyone(), which)
+        return (self._prepare(idx, images) for idx, images in self._batches(np.flatnonzero(which.numpy())))
 
     def for_rounds(self) -> Iterator[Prepared]:
         """The particles the rounds run on (``rows``), prepared."""

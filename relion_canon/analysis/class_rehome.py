@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from relion_canon.analysis.alignment import PreparedParticles, SearchGrid, ShiftSearch, only
+from relion_canon.analysis.alignment import PreparedParticles, SearchGrid, ShiftSearch
 from relion_canon.analysis.alignment_reference import ClassAverage
 from relion_canon.analysis.class_comparison import half_agreement
 from relion_canon.analysis.class_search import ClassSearch, ClassState, averages_of, sums_of, supported_band
@@ -78,10 +78,9 @@ def rehome(state: ClassState, particles: PreparedParticles, junk_rule: JunkRule,
     in_junk = torch.from_numpy(junk[classes])
     start = state.poses
     if shifts.max_px > 0:
-        start = searcher.search_globally(particles.everyone(), state.poses, references, shifts, band, in_junk)
+        start = searcher.search_globally(particles.some(in_junk), state.poses, references, shifts, band, in_junk)
     # Only the junk classes' particles are searched: the others keep their class and pose.
-    searched = searcher.search(only(particles.everyone(), in_junk), replace(state, poses=start), references, True,
-                               shifts, band)
+    searched = searcher.search(particles.some(in_junk), replace(state, poses=start), references, True, shifts, band)
     best = torch.where(in_junk, good[torch.where(in_junk, searched.classes, 0)], state.classes)
     fits = searched.poses.score >= REHOME_SCORE_FRACTION * torch.from_numpy(median).float()[best]
     move = in_junk & fits

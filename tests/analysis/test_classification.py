@@ -25,9 +25,10 @@ def _classify_with(root, config, junk_rule):
     star = read_star(root / "particles.star")
     images = ParticleBatches(star, PreprocessConfig())
 
-    def batches():
-        for start in range(0, len(star), 256):
-            pos = np.arange(start, min(start + 256, len(star)))
+    def batches(which=None):
+        rows = np.arange(len(star)) if which is None else which
+        for start in range(0, len(rows), 256):
+            pos = rows[start:start + 256]
             yield pos, images[pos]["image"][:, 0].numpy()
 
     return classify_particles(batches, len(star), star.ctf_params(), images.pixel_size, images.box, config=config,

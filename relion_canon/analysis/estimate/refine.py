@@ -168,12 +168,14 @@ def in_class_frame(psi_deg: np.ndarray, given_psi_deg: np.ndarray,
 
 
 def batches_of(images: ParticleBatches, rows: np.ndarray,
-             size: int = ALIGN_BATCH) -> Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]:
-    """A re-startable iterator over ``rows`` as (positions within rows, preprocessed images)."""
+             size: int = ALIGN_BATCH) -> Callable[..., Iterator[tuple[np.ndarray, np.ndarray]]]:
+    """A re-startable iterator over ``rows`` as (positions within rows, preprocessed images); given sorted
+    positions ``which``, over just those (see :data:`~relion_canon.analysis.alignment.ImageBatches`)."""
 
-    def generate():
-        for start in range(0, len(rows), size):
-            pos = np.arange(start, min(start + size, len(rows)))
+    def generate(which: np.ndarray | None = None):
+        positions = np.arange(len(rows)) if which is None else np.asarray(which)
+        for start in range(0, len(positions), size):
+            pos = positions[start:start + size]
             yield pos, images[rows[pos]]["image"][:, 0].numpy()
 
     return generate
