@@ -208,9 +208,12 @@ class PreparedParticles:
             in_subset[subset] = True
         self._raw: list[tuple[np.ndarray, np.ndarray]] = []  # the particles as read, when they fit, until prepared
         raw_subset: list[tuple[np.ndarray, np.ndarray]] = []  # the subset's, when all do not fit
+        largest = 0  # the largest batch read
 
         def read() -> Iterator[np.ndarray]:
+            nonlocal largest
             for idx, images in batches():
+                largest = max(largest, len(idx))
                 if fits:
                     self._raw.append((idx, images))
                 elif subset is not None and in_subset[idx].any():
@@ -221,7 +224,9 @@ class PreparedParticles:
         self.noise = noise_spectrum(read(), n_particles, grid.rings, grid.n_rings)
         if subset is not None and fits:  # the subset's images are copied out of the full set's, kept for the passes
             raw_subset = [(idx[in_subset[idx]], images[in_subset[idx]]) for idx, images in self._raw]
-        self._subset = [self._prepare(idx, images) for idx, images in raw_subset if len(idx)]
+        # Re-cut into batches as large as those read: a subset drawn from a million particles has a few in each
+        # batch read, and every round would pay a batch's fixed cost thousands of times.
+        self._subset = [self._prepare(idx, images) for idx, images in _rebatched(raw_subset, largest)]
         self._cache: list[Prepared] | None = [] if fits else None
         self.rows: np.ndarray = np.arange(n_particles) if subset is None else subset
         """The particles the rounds run on."""
@@ -399,6 +404,16 @@ def _reference_subset(n_particles: int, reference_particles: int | None,
     if reference_particles is None or n_particles <= reference_particles:
         return None
     return np.sort(rng.choice(n_particles, reference_particles, replace=False))
+
+
+def _rebatched(parts: list[tuple[np.ndarray, np.ndarray]], size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The (indices, images) ``parts`` joined and cut again into batches of ``size``, in the same order."""
+    if not parts:
+        return
+    idx, images = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    parts.clear()  # the pieces, once joined, are copies no longer needed
+    for start in range(0, len(idx), size):
+        yield idx[start:start + size], images[start:start + size]
 
 
 def _drain(items: list) -> Iterator:
