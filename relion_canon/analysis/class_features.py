@@ -16,7 +16,8 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from relion_canon.analysis.alignment import Prepared, SearchGrid
+from relion_canon.analysis.alignment import SearchGrid
+from relion_canon.analysis.prepared_particles import Prepared
 from relion_canon.geometry import sample_polar
 
 MAX_ORDER = 12  # angular orders kept: finer angular detail is mostly noise at the SNR of particles

@@ -11,10 +11,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from relion_canon.analysis.alignment import PreparedParticles, SearchGrid, ShiftSearch
+from relion_canon.analysis.alignment import SearchGrid, ShiftSearch
 from relion_canon.analysis.alignment_reference import ClassAverage
 from relion_canon.analysis.class_comparison import half_agreement
 from relion_canon.analysis.class_search import ClassSearch, ClassState, averages_of, sums_of, supported_band
+from relion_canon.analysis.prepared_particles import PreparedParticles
 from relion_canon.geometry import resolution_at_threshold_A
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,9 @@ from typing import Iterable
 
 import torch
 
-from relion_canon.analysis.alignment import Poses, Prepared, SearchGrid, ShiftSearch, only
+from relion_canon.analysis.alignment import Poses, SearchGrid, ShiftSearch
 from relion_canon.analysis.alignment_reference import ClassAverage, HalfSetSums
+from relion_canon.analysis.prepared_particles import Prepared, only
 from relion_canon.geometry import periodic_peak, ring_mean, rotate, sample_polar
 
 # Classes per particle whose reference a translational search tries, the likeliest at the particle's centre.

@@ -26,9 +26,10 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from relion_canon.analysis.alignment import Poses, Prepared, PreparedParticles, SearchGrid
+from relion_canon.analysis.alignment import Poses, SearchGrid
 from relion_canon.analysis.alignment_reference import HalfSetSums, turned_back
 from relion_canon.analysis.class_search import ClassState, averages_of, sums_of, supported_band
+from relion_canon.analysis.prepared_particles import Prepared, PreparedParticles
 from relion_canon.geometry import wrap_rad
 
 log = logging.getLogger(__name__)

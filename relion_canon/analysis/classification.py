@@ -44,22 +44,14 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from relion_canon.analysis.alignment import (
-    Alignment,
-    AlignmentConfig,
-    ImageBatches,
-    Poses,
-    Prepared,
-    PreparedParticles,
-    SearchGrid,
-    ShiftSearch,
-)
+from relion_canon.analysis.alignment import Alignment, AlignmentConfig, Poses, SearchGrid, ShiftSearch
 from relion_canon.analysis.alignment_reference import ClassAverage, HalfSetSums
 from relion_canon.analysis.class_comparison import half_agreement, merge_candidates
 from relion_canon.analysis.class_features import initial_classes, invariant_features
 from relion_canon.analysis.class_rehome import JunkRule, junk_classes_now, rehome
 from relion_canon.analysis.class_split import Splitter
 from relion_canon.analysis.class_search import ClassSearch, ClassState, averages_of, sums_of, supported_band
+from relion_canon.analysis.prepared_particles import ImageBatches, Prepared, PreparedParticles
 from relion_canon.context import QUIET, RunContext
 from relion_canon.ctf import CtfParams
 from relion_canon.geometry import resolution_at_threshold_A, wrap_deg, wrap_rad

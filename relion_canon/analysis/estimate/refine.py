@@ -170,7 +170,7 @@ def in_class_frame(psi_deg: np.ndarray, given_psi_deg: np.ndarray,
 def batches_of(images: ParticleBatches, rows: np.ndarray,
              size: int = ALIGN_BATCH) -> Callable[..., Iterator[tuple[np.ndarray, np.ndarray]]]:
     """A re-startable iterator over ``rows`` as (positions within rows, preprocessed images); given sorted
-    positions ``which``, over just those (see :data:`~relion_canon.analysis.alignment.ImageBatches`)."""
+    positions ``which``, over just those (see :data:`~relion_canon.analysis.prepared_particles.ImageBatches`)."""
 
     def generate(which: np.ndarray | None = None):
         positions = np.arange(len(rows)) if which is None else np.asarray(which)
