@@ -57,7 +57,8 @@ def test_chunks_are_joined_with_their_micrographs_kept_apart(tmp_path):
     from relion_canon.io.star import read_star
 
     scale = _scale_run()
-    a, b = _chunk(tmp_path / "a.star", "chunks/c0000/particles.mrcs", 4), _chunk(tmp_path / "b.star", "chunks/c0001/particles.mrcs", 4)
+    a = _chunk(tmp_path / "a.star", "chunks/c0000/particles.mrcs", 4)
+    b = _chunk(tmp_path / "b.star", "chunks/c0001/particles.mrcs", 4)
     scale.concatenate_stars([a, b], tmp_path / "joined.star", 6, ["c0000", "c0001"])
     star = read_star(tmp_path / "joined.star")
     table = star.particles

@@ -39,8 +39,9 @@ def simulate_chunk(work: Path, i: int, args: argparse.Namespace) -> Path:
     ``work`` (the project directory the job runs in). The clean images are deleted: only the truth's table is
     scored."""
     out = work / "chunks" / f"c{i:04d}"
-    if (out / "ground_truth.star").is_file():
+    if (out / "ground_truth.star").is_file() and _simulated_as(out, i, args):
         return out
+    shutil.rmtree(out, ignore_errors=True)  # none, a partial one, or one simulated with other settings
     cmd = [relion_canon(), "simulate", "--o", str(out.relative_to(work)), "--n", str(args.chunk),
            "--box", str(args.box), "--pixel-size", str(args.pixel_size), "--views", args.views,
            "--snr", str(args.snr), "--shift-sigma", str(args.shift_sigma), "--junk-fraction", str(args.junk),
@@ -50,6 +51,18 @@ def simulate_chunk(work: Path, i: int, args: argparse.Namespace) -> Path:
     subprocess.run(cmd, cwd=work, check=True, stdout=subprocess.DEVNULL)
     (out / "ground_truth_clean.mrcs").unlink(missing_ok=True)
     return out
+
+
+def _simulated_as(chunk: Path, i: int, args: argparse.Namespace) -> bool:
+    """Whether the chunk in ``chunk`` was simulated with the settings asked for now (a work folder kept from a
+    run with other settings must not be reused)."""
+    try:
+        config = json.loads((chunk / "simulation.json").read_text())["config"]
+    except (OSError, ValueError, KeyError):
+        return False
+    wanted = {"n_particles": args.chunk, "box": args.box, "pixel_size": args.pixel_size, "views": args.views,
+              "snr": args.snr, "shift_sigma": args.shift_sigma, "junk_fraction": args.junk, "seed": args.seed + i}
+    return all(str(config.get(key)) == str(value) for key, value in wanted.items())
 
 
 def concatenate_stars(paths: list[Path], out: Path, n: int, chunk_names: list[str]) -> None:
@@ -89,6 +102,7 @@ def concatenate_stars(paths: list[Path], out: Path, n: int, chunk_names: list[st
             if written == n:
                 break
     if written != n:
+        tmp.unlink()
         raise RuntimeError(f"{out}: the chunks hold {written} particles, {n} asked for")
     tmp.replace(out)
 
@@ -100,9 +114,8 @@ def particle_set(work: Path, n: int, args: argparse.Namespace) -> Path:
     folder = work / f"set_{n}"
     folder.mkdir(exist_ok=True)
     names = [c.name for c in chunks]
-    for name in ("particles.star", "ground_truth.star"):
-        if not (folder / name).is_file():
-            concatenate_stars([c / name for c in chunks], folder / name, n, names)
+    for name in ("particles.star", "ground_truth.star"):  # joined anew each time: seconds, even at 1M
+        concatenate_stars([c / name for c in chunks], folder / name, n, names)
     return folder
 
 
@@ -289,8 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         for n in sizes:
             rows.append(measure(work, n, args))
             r = rows[-1]
-            print(f"{n:,} particles: {r['wall_s']:.1f} s ({r['particles_per_s']:.0f}/s), read {r['read_seconds']:.2f} s, "
-                  f"peak RSS {r['peak_rss_mb'] / 1024:.2f} GB", flush=True)
+            print(f"{n:,} particles: {r['wall_s']:.1f} s ({r['particles_per_s']:.0f}/s), "
+                  f"read {r['read_seconds']:.2f} s, peak RSS {r['peak_rss_mb'] / 1024:.2f} GB", flush=True)
             (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     finally:
         if not args.keep:

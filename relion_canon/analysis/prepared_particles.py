@@ -21,6 +21,7 @@ class RingGrid(Protocol):
     rings: torch.Tensor
     n_rings: int
 
+
 ImageBatches = Callable[..., Iterator[tuple[np.ndarray, np.ndarray]]]
 """Called once per round; yields (indices (b,), images (b, B, B) float32) covering every particle once. Called
 with sorted indices, it yields just those particles: a pass that needs a few reads only theirs."""
