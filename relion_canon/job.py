@@ -138,7 +138,8 @@ def run_job(
     context: RunContext = RunContext(),
     passthrough: str | Path | None = None,
     input_checked: bool = False,
-) -> JobResult:
+    folder_held: bool = False,
+) -> JobResult | None:
     """Run the whole job on a particle STAR file; see the module docstring for what lands in ``out_dir``.
 
     ``context.should_stop`` is polled once per training epoch, per prediction batch and per refinement round;
@@ -156,7 +157,15 @@ def run_job(
     ``input_checked``: the caller has already passed these particles and this config through
     :func:`~relion_canon.io.validate.check_job_input` (the External job does, before its distributed training
     starts), so the stacks are not read a second time nor the warnings repeated.
+
+    Under torchrun (``relion-canon run --gpu 0,1``, or ``torchrun --nproc_per_node K -m relion_canon.cli.main
+    run ...``) every process runs this: they train together (DistributedDataParallel), and each predicts,
+    searches and fits its share of the particles in every pass (:mod:`relion_canon.parallel`). Rank 0 alone
+    holds the folder, derives the rest and writes the results; the others return None once the passes are done.
+    ``folder_held``: the process that started torchrun holds the folder and has claimed every name of
+    :func:`result_names` in it (the External job does), so rank 0 writes without taking it again.
     """
+    writer = _join_processes()
     if not input_checked:
         check_job_input(particles, config, passthrough, context.project_dir)  # options and data, before any work
     outputs = [PARTICLES_STAR, SELECTED_STAR, REJECTED_STAR, REPORT_JSON, LOGFILE_PDF]
@@ -165,8 +174,32 @@ def run_job(
     inputs = [passthrough, _model_file(config.model_path) if config.model_path else None]
     if not isinstance(particles, ParticleStar):
         inputs.append(particles)
+    if not writer or folder_held:
+        with cpu_threads(config.threads):
+            return _run_job(particles, Path(out_dir), config, resume, context, passthrough, None, writes=writer)
     with cpu_threads(config.threads), output_folder(out_dir, inputs=inputs, outputs=outputs) as folder:
         return _run_job(particles, Path(out_dir), config, resume, context, passthrough, folder)
+
+
+def result_names(config: JobConfig) -> list[str]:
+    """Every file a job with ``config`` may write in its folder (checkpoint.pt, resume state, aside)."""
+    from relion_canon.analysis.report import JOB_FIGURES
+
+    return [PARTICLES_STAR, SELECTED_STAR, REJECTED_STAR, REPORT_JSON, LOGFILE_PDF,
+            *(() if config.model_path else (MODEL_FILE,)), *OPTIONAL_RESULTS, *(f"{stem}.png" for stem in JOB_FIGURES)]
+
+
+def _join_processes() -> bool:
+    """Join the other processes under torchrun (a no-op without); whether this process writes the results."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return True
+    from relion_canon.parallel import is_writer
+    from relion_canon.train.devices import distributed
+
+    distributed()
+    return is_writer()
 
 
 def _model_file(model_path: str | Path) -> Path:
@@ -175,13 +208,17 @@ def _model_file(model_path: str | Path) -> Path:
 
 
 def _run_job(particles: str | Path | ParticleStar, out_dir: Path, config: JobConfig, resume: bool,
-             context: RunContext, passthrough: str | Path | None, folder: OutputFolder) -> JobResult:
+             context: RunContext, passthrough: str | Path | None, folder: OutputFolder | None,
+             writes: bool = True) -> JobResult | None:
+    """The job; ``folder`` None where this process does not hold it (under torchrun). A process that does not
+    ``writes`` returns None once its share of the passes is done."""
     from relion_canon.analysis.estimate import estimate
-    from relion_canon.analysis.report import JOB_FIGURES, write_figures  # matplotlib: only when a job runs
+    from relion_canon.analysis.report import write_figures  # matplotlib: only when a job runs
 
     t_start = time.perf_counter()
     star = read_particles(particles, passthrough, context.project_dir)
-    folder.protect(stack_files(star, context.project_dir))
+    if folder is not None:
+        folder.protect(stack_files(star, context.project_dir))
     if len(star) < 10:
         raise InputError(f"{len(star)} particles: the job needs at least 10 to learn from", star.path)
 
@@ -193,18 +230,11 @@ def _run_job(particles: str | Path | ParticleStar, out_dir: Path, config: JobCon
     t0 = time.perf_counter()
     estimates = estimate(star, model_path, out_dir, config, context=context)
     timings["estimate"] = time.perf_counter() - t0
+    if estimates is None or not writes:
+        return None  # a process under torchrun that does not write: its share of the passes is done
 
-    out = star.with_columns(estimates.columns)
     flag = estimates.columns["rlnCanonIsOutlier"].astype(bool)
-    paths = {
-        "particles": write_star(out, out_dir / PARTICLES_STAR),
-        "selected": write_star(out.subset(~flag), out_dir / SELECTED_STAR),
-        "rejected": write_star(out.subset(flag), out_dir / REJECTED_STAR),
-    }
-    class_model = write_class_model(out, out_dir, estimates.report) if has_class_model(out, estimates.report) else {}
-    if not isinstance(particles, ParticleStar) and is_cryosparc(particles):
-        written = write_results_cs(particles, passthrough, out, out_dir)
-        log.info(f"Wrote cryoSPARC results: {', '.join(str(p) for p in written)}")
+    paths, class_model = _write_particles(star, estimates, particles, passthrough, out_dir)
     timings.update(estimates.report.pop("seconds", {}))
     report = {
         "input": str(star.path) if star.path else None,
@@ -218,12 +248,8 @@ def _run_job(particles: str | Path | ParticleStar, out_dir: Path, config: JobCon
         **estimates.report,
         **({"class_model": class_model} if class_model else {}),
     }
-    for name in (*OPTIONAL_RESULTS, *((MODEL_FILE,) if config.model_path else ())):
-        folder.remove(name)  # an earlier run's, not this run's (an applied model in the folder is an input: kept)
-    for stem in JOB_FIGURES:
-        # Set aside through the folder, so that a failure puts them back: write_figures deletes the ones it does
-        # not redraw.
-        folder.remove(f"{stem}.png")
+    if folder is not None:  # else the process that holds it has claimed every result name
+        _set_aside_earlier_results(folder, config)
     t0 = time.perf_counter()
     figures = write_figures(out_dir, estimates, history)
     timings["figures"] = time.perf_counter() - t0
@@ -234,6 +260,34 @@ def _run_job(particles: str | Path | ParticleStar, out_dir: Path, config: JobCon
     log.info(f"Wrote {paths['particles']} ({len(star)} particles), {paths['selected']} ({report['n_selected']}), "
              f"{paths['rejected']} ({report['n_rejected']}); {timings['total']:.1f} s in all")
     return JobResult(out_dir, paths["particles"], paths["selected"], paths["rejected"], model_path, report, figures)
+
+
+def _write_particles(star: ParticleStar, estimates: Any, particles: str | Path | ParticleStar,
+                     passthrough: str | Path | None, out_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """particles.star, its selected and rejected parts, the class model files (when every class has an
+    average) and, for a cryoSPARC input, the .cs results; the STAR files' paths and the class model's."""
+    out = star.with_columns(estimates.columns)
+    flag = estimates.columns["rlnCanonIsOutlier"].astype(bool)
+    paths = {
+        "particles": write_star(out, out_dir / PARTICLES_STAR),
+        "selected": write_star(out.subset(~flag), out_dir / SELECTED_STAR),
+        "rejected": write_star(out.subset(flag), out_dir / REJECTED_STAR),
+    }
+    class_model = write_class_model(out, out_dir, estimates.report) if has_class_model(out, estimates.report) else {}
+    if not isinstance(particles, ParticleStar) and is_cryosparc(particles):
+        written = write_results_cs(particles, passthrough, out, out_dir)
+        log.info(f"Wrote cryoSPARC results: {', '.join(str(p) for p in written)}")
+    return paths, class_model
+
+
+def _set_aside_earlier_results(folder: OutputFolder, config: JobConfig) -> None:
+    """An earlier run's results that this run did not write (an applied model in the folder is an input: kept),
+    and its figures: set aside through the folder, so that a failure puts them back (write_figures deletes the
+    ones it does not redraw)."""
+    from relion_canon.analysis.report import JOB_FIGURES
+
+    for name in (*OPTIONAL_RESULTS, *((MODEL_FILE,) if config.model_path else ()), *(f"{s}.png" for s in JOB_FIGURES)):
+        folder.remove(name)
 
 
 def _json_default(value: Any) -> Any:
@@ -275,9 +329,13 @@ def train_for_job(star: ParticleStar, out_dir: Path, config: JobConfig, *, resum
     )
     result = train(subset, out_dir, train_config, resume=resume, context=context)
     if result.epochs_run == 0:
+        from relion_canon.parallel import barrier, is_writer
+
         # Resumed from a finished checkpoint: the model file is the checkpoint's (one an interrupted run wrote was
-        # removed with its other partial results).
-        save_model_from_checkpoint(out_dir / CHECKPOINT_FILE, result.model_path)
+        # removed with its other partial results). Under torchrun rank 0 writes it and the others wait for it.
+        if is_writer():
+            save_model_from_checkpoint(out_dir / CHECKPOINT_FILE, result.model_path)
+        barrier()
     return result.model_path, result.history
 
 

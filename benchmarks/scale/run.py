@@ -4,6 +4,7 @@ run (the I/O limit). See README.md.
 
     python benchmarks/scale/run.py                                  # 20k, 200k, 1M on the CPU
     python benchmarks/scale/run.py --sizes 20000,200000 --device cuda
+    python benchmarks/scale/run.py --sizes 20000 --processes 1,2    # one process, then two under torchrun
     python benchmarks/scale/run.py --smoke                          # what tests/test_benchmarks_scale.py runs
 """
 
@@ -149,33 +150,43 @@ def relion_canon() -> str:
     return str(script) if script.exists() else shutil.which("relion-canon") or "relion-canon"
 
 
-def run_job(work: Path, folder: Path, n: int, args: argparse.Namespace) -> dict:
-    job = work / f"job_{n}"
-    shutil.rmtree(job, ignore_errors=True)
-    cmd = [relion_canon(), "run", "--i", str((folder / "particles.star").relative_to(work)),
-           "--o", job.name, "--device", args.device, "--quiet", *args.job_args.split()]
+def job_command(particles: str, out: str, processes: int, args: argparse.Namespace) -> list[str]:
+    """``relion-canon run`` on ``particles``; with several ``processes``, started by torchrun (one process each,
+    sharing every pass; the threads divided between them)."""
+    options = ["run", "--i", particles, "--o", out, "--device", args.device, "--quiet", *args.job_args.split()]
     if args.threads:
-        cmd += ["--j", str(args.threads)]
-    measured = run_measured(cmd, work, work / f"job_{n}.out", work / f"job_{n}.err", args.timeout)
+        options += ["--j", str(max(1, args.threads // processes))]
+    if processes == 1:
+        return [relion_canon(), *options]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+            "-m", "relion_canon.cli.main", *options]
+
+
+def run_job(work: Path, folder: Path, n: int, args: argparse.Namespace, processes: int = 1) -> dict:
+    name = f"job_{n}" if processes == 1 else f"job_{n}_p{processes}"
+    job = work / name
+    shutil.rmtree(job, ignore_errors=True)
+    cmd = job_command(str((folder / "particles.star").relative_to(work)), job.name, processes, args)
+    measured = run_measured(cmd, work, work / f"{name}.out", work / f"{name}.err", args.timeout)
     if measured["returncode"] != 0:
         raise RuntimeError(f"the job on {n} particles failed ({measured['returncode']}):\n"
-                           f"{tail(work / f'job_{n}.err')}")
+                           f"{tail(work / f'{name}.err')}")
     report = json.loads((job / "report.json").read_text())
     classification = report.get("classification", {})
-    return {**measured, "stage_seconds": {k: round(v, 2) for k, v in report["seconds"].items()},
+    return {**measured, "processes": processes, "stage_seconds": {k: round(v, 2) for k, v in report["seconds"].items()},
             "resources": report.get("resources", {}), "classes": classification.get("n_classes"),
             "rounds": len(classification.get("history", [])), "converged": classification.get("converged"),
             "scores": {k: v for k, v in score_job(job, folder).items() if k != "per_class"}}
 
 
-def measure(work: Path, n: int, args: argparse.Namespace) -> dict:
+def measure(work: Path, n: int, args: argparse.Namespace, processes: int = 1) -> dict:
     folder = particle_set(work, n, args)
     # The read first, then the job at once: both find the page cache as the simulation (or the last size) left it.
     read_s, read_bytes = sequential_read_seconds(work, n, args)
     load = os.getloadavg()[0]
-    job = run_job(work, folder, n, args)
+    job = run_job(work, folder, n, args, processes)
     if not args.keep:
-        shutil.rmtree(work / f"job_{n}", ignore_errors=True)
+        shutil.rmtree(work / (f"job_{n}" if processes == 1 else f"job_{n}_p{processes}"), ignore_errors=True)
     return {"n": n, "read_seconds": read_s, "read_mb_per_s": read_bytes / 2**20 / read_s,
             "particles_per_s": n / job["wall_s"], "io_ratio": read_s / job["wall_s"],
             "loadavg_1min_at_start": load, **job}
@@ -212,17 +223,18 @@ def stage_columns(r: dict) -> dict[str, float]:
 
 
 def table(rows: list[dict], meta: dict) -> str:
-    head = (f"{'particles':>10} {'wall s':>8} {'part/s':>8} {'read s':>7} {'I/O ratio':>9} {'peak RSS GB':>11} "
+    head = (f"{'particles':>10} {'procs':>5} {'wall s':>8} {'part/s':>8} {'read s':>7} {'I/O ratio':>9} {'peak RSS GB':>11} "
             f"{'RSS x prev':>10} {'GPU GB':>7} " + " ".join(f"{s:>11}" for s in (*STAGES, "other", "start"))
             + f" {'classes':>7} {'rounds':>6} {'junk AUC':>8}")
     lines = [f"The whole job ({meta['job']}) on {meta['device_name']}, {meta['threads']} threads", head]
-    previous = None
+    previous: dict[int, float] = {}  # the last size's peak RSS, per number of processes
     for r in rows:
         gpu = r["resources"].get("gpu_peak_allocated_mb")
-        ratio = f"{r['peak_rss_mb'] / previous:.2f}" if previous else "-"
-        previous = r["peak_rss_mb"]
+        procs = r.get("processes", 1)
+        ratio = f"{r['peak_rss_mb'] / previous[procs]:.2f}" if procs in previous else "-"
+        previous[procs] = r["peak_rss_mb"]
         stages = " ".join(f"{v:11.1f}" for v in stage_columns(r).values())
-        lines.append(f"{r['n']:>10,} {r['wall_s']:8.1f} {r['particles_per_s']:8.0f} {r['read_seconds']:7.2f} "
+        lines.append(f"{r['n']:>10,} {procs:>5} {r['wall_s']:8.1f} {r['particles_per_s']:8.0f} {r['read_seconds']:7.2f} "
                      f"{r['io_ratio']:9.4f} {r['peak_rss_mb'] / 1024:11.2f} {ratio:>10} "
                      f"{'-' if gpu is None else f'{gpu / 1024:.2f}':>7} {stages} {r['classes'] or '-':>7} "
                      f"{r['rounds']:>6} {r['scores']['junk_auc']:8.3f}")
@@ -235,13 +247,17 @@ def figure(rows: list[dict], path: Path, meta: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = [r["n"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
-    ax1.plot(n, [r["particles_per_s"] for r in rows], "o-", label="the job, end to end")
-    ax1.plot(n, [r["n"] / r["read_seconds"] for r in rows], "s--", label="sequential read of the stacks")
+    for procs in sorted({r.get("processes", 1) for r in rows}):
+        mine = [r for r in rows if r.get("processes", 1) == procs]
+        label = "the job, end to end" + ("" if procs == 1 else f", {procs} processes")
+        ax1.plot([r["n"] for r in mine], [r["particles_per_s"] for r in mine], "o-", label=label)
+        ax2.plot([r["n"] for r in mine], [r["peak_rss_mb"] / 1024 for r in mine], "o-", label=label)
+    n = sorted({r["n"] for r in rows})
+    read = {r["n"]: r["n"] / r["read_seconds"] for r in rows}
+    ax1.plot(n, [read[k] for k in n], "s--", label="sequential read of the stacks")
     ax1.set(xscale="log", yscale="log", xlabel="particles", ylabel="particles / s", title="Throughput")
     ax1.legend(fontsize=8)
-    ax2.plot(n, [r["peak_rss_mb"] / 1024 for r in rows], "o-")
     ax2.set(xscale="log", xlabel="particles", ylabel="GB", title="Peak RSS of the job")
     ax2.set_ylim(bottom=0)
     fig.suptitle(f"{meta['device_name']}, {meta['threads']} threads", fontsize=9)
@@ -265,7 +281,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--junk", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="the job's --device (cpu, cuda, auto)")
-    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads in all (divided between processes)")
+    p.add_argument("--processes", default="1",
+                   help="comma-separated process counts to run the job with at each size (several: under torchrun)")
     p.add_argument("--job-args", default="", help="more options for relion-canon run, as one string")
     p.add_argument("--timeout", type=float, default=6 * 3600)
     p.add_argument("--workdir", default=None, help="where the data go (default: the system temp dir)")
@@ -298,11 +316,12 @@ def main(argv: list[str] | None = None) -> int:
             "junk": args.junk, "chunk": args.chunk, "source": args.source, "platform": platform.platform(),
             "python": platform.python_version(), "numpy": np.__version__}
     rows = []
+    counts = [int(p) for p in args.processes.split(",")]
     try:
-        for n in sizes:
-            rows.append(measure(work, n, args))
+        for n, processes in ((n, p) for n in sizes for p in counts):
+            rows.append(measure(work, n, args, processes))
             r = rows[-1]
-            print(f"{n:,} particles: {r['wall_s']:.1f} s ({r['particles_per_s']:.0f}/s), "
+            print(f"{n:,} particles, {processes} process(es): {r['wall_s']:.1f} s ({r['particles_per_s']:.0f}/s), "
                   f"read {r['read_seconds']:.2f} s, peak RSS {r['peak_rss_mb'] / 1024:.2f} GB", flush=True)
             (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     finally:

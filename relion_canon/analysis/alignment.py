@@ -37,6 +37,7 @@ import torch
 from relion_canon.analysis.alignment_reference import HalfSetSums
 from relion_canon.analysis.prepared_particles import ImageBatches, Prepared, PreparedParticles
 from relion_canon.context import QUIET, RunContext
+from relion_canon.parallel import merged
 from relion_canon.ctf import CtfParams
 from relion_canon.geometry import (
     correlation_window,
@@ -103,6 +104,12 @@ class Poses:
 
     def copy(self) -> "Poses":
         return Poses(self.psi_rad.clone(), self.shift_px.clone(), self.score.clone())
+
+    def merged(self, before: "Poses", touched: torch.Tensor) -> "Poses":
+        """These poses where some process's search ``touched`` the particle ((N,) bool on this process), else
+        ``before``: every process then holds every pose (:func:`relion_canon.parallel.merged`)."""
+        return Poses(merged(self.psi_rad, before.psi_rad, touched), merged(self.shift_px, before.shift_px, touched),
+                     merged(self.score, before.score, touched))
 
 
 @dataclass(frozen=True)
@@ -190,7 +197,7 @@ def reference_from(batches: Iterable[Prepared], poses: Poses, grid: SearchGrid) 
     for idx, weighted, _, ctf2 in batches:
         t = torch.from_numpy(idx)
         sums.add(idx, weighted, ctf2, poses.psi_rad[t], poses.shift_px[t])
-    return sums.reference(grid.rings, grid.mask)
+    return sums.summed_over_processes().reference(grid.rings, grid.mask)
 
 
 def search(batches: Iterable[Prepared], poses: Poses, reference: torch.Tensor, grid: SearchGrid,
@@ -207,8 +214,10 @@ def search(batches: Iterable[Prepared], poses: Poses, reference: torch.Tensor, g
     off_centre = search_shift or bool(poses.shift_px.any())
     new = poses.copy()
     sums = HalfSetSums(box, grid.n_rings)
+    touched = torch.zeros(len(poses.psi_rad), dtype=torch.bool)
     for idx, weighted, whitened, ctf2 in batches:
         t = torch.from_numpy(idx)
+        touched[t] = True
         centres = poses.shift_px[t]
         if search_shift:
             turned = rotate(reference.expand(len(idx), box, box), poses.psi_rad[t])
@@ -223,7 +232,7 @@ def search(batches: Iterable[Prepared], poses: Poses, reference: torch.Tensor, g
         norm = torch.sqrt((polar**2 * grid.ring_weight).sum(dim=(1, 2))).clamp(min=1e-12)
         new.score[t] = height / (norm * ref_norm)
         sums.add(idx, weighted, ctf2, new.psi_rad[t], new.shift_px[t])
-    return new, sums
+    return new.merged(poses, touched), sums.summed_over_processes()
 
 
 def record_round(history: list[dict[str, float]], title: str, previous_psi_rad: torch.Tensor, poses: Poses,

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from relion_canon.geometry import canonicalising_shift_px, fourier_ring_correlation, ring_mean, rotate
+from relion_canon.parallel import summed
 
 
 class HalfSetSums:
@@ -38,6 +39,13 @@ class HalfSetSums:
             member = torch.nn.functional.one_hot(2 * classes.long() + half, 2 * self.n_classes).T.to(canonical.dtype)
         self.num += (member @ canonical.reshape(len(half), -1)).double()
         self.den += (member.double() @ ctf2_rings.double())
+
+    def summed_over_processes(self) -> "HalfSetSums":
+        """These sums added up over the job's processes (:mod:`relion_canon.parallel`), each of which added the
+        particles it read; unchanged in a single process."""
+        summed(self.num)
+        summed(self.den)
+        return self
 
     def unfiltered_spectra(self, rings: torch.Tensor) -> torch.Tensor:
         """(K, B, B//2 + 1) every class's CTF-corrected average (both half-sets), unfiltered, as an rfft2."""
@@ -88,6 +96,7 @@ def noise_spectrum(images: Iterable[np.ndarray], n_particles: int, rings: torch.
     power = torch.zeros(n_rings, dtype=torch.float64)
     for batch in images:
         power += ring_mean(torch.fft.rfft2(torch.from_numpy(batch)).abs() ** 2, rings, n_rings).sum(0).double()
+    summed(power)  # each process read its own particles
     # A floor: where the particles hold no power at all (noise-free images of a map coarser than the pixels,
     # or Fourier-padded ones) whitening would otherwise blow rounding errors up into the whole signal.
     noise = (power / n_particles).float()

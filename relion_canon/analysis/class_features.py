@@ -19,6 +19,7 @@ import torch
 from relion_canon.analysis.alignment import SearchGrid
 from relion_canon.analysis.prepared_particles import Prepared
 from relion_canon.geometry import sample_polar
+from relion_canon.parallel import summed
 
 MAX_ORDER = 12  # angular orders kept: finer angular detail is mostly noise at the SNR of particles
 RING_STEPS = (1, 2)  # ring separations of the cross-ring products
@@ -28,19 +29,23 @@ def invariant_features(batches: Iterable[Prepared], rows: np.ndarray, grid: Sear
                        max_order: int = MAX_ORDER) -> np.ndarray:
     """(len(rows), F) rotation-invariant, mirror-sensitive features of the particles ``rows`` (sorted), in
     that order, from their polar transforms about the box centre; ``batches`` yields these rows (and no
-    others). Only these rows are held: the rounds' subset of a million particles needs no million-row array."""
-    out: np.ndarray | None = None
+    others; under torchrun, this process's share of them). Only these rows are held: the rounds' subset of a
+    million particles needs no million-row array."""
+    width = _features(torch.zeros(1, grid.box, grid.box), grid, max_order).shape[1]
+    out = torch.zeros(len(rows), width, dtype=torch.float64)
     for idx, _, whitened, _ in batches:
-        coefficients = torch.fft.rfft(sample_polar(whitened, grid.xy), dim=-1)[..., : max_order + 1]
-        parts = [coefficients.abs().square().flatten(1)]
-        for d in RING_STEPS:
-            cross = coefficients[:, :-d, 1:] * coefficients[:, d:, 1:].conj()
-            parts += [cross.real.flatten(1), cross.imag.flatten(1)]
-        block = torch.cat(parts, dim=1).double().numpy()
-        if out is None:
-            out = np.zeros((len(rows), block.shape[1]))
-        out[np.searchsorted(rows, idx)] = block
-    return out if out is not None else np.zeros((len(rows), 0))
+        out[torch.from_numpy(np.searchsorted(rows, idx))] = _features(whitened, grid, max_order)
+    return summed(out).numpy()  # each process filled the rows it read; the others are zero
+
+
+def _features(whitened: torch.Tensor, grid: SearchGrid, max_order: int) -> torch.Tensor:
+    """(b, F) float64 the invariants of a batch of whitened particles."""
+    coefficients = torch.fft.rfft(sample_polar(whitened, grid.xy), dim=-1)[..., : max_order + 1]
+    parts = [coefficients.abs().square().flatten(1)]
+    for d in RING_STEPS:
+        cross = coefficients[:, :-d, 1:] * coefficients[:, d:, 1:].conj()
+        parts += [cross.real.flatten(1), cross.imag.flatten(1)]
+    return torch.cat(parts, dim=1).double()
 
 
 def initial_classes(features: np.ndarray, n_classes: int, seed: int, n_components: int = 24) -> np.ndarray:

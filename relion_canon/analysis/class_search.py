@@ -16,6 +16,7 @@ from relion_canon.analysis.alignment import Poses, SearchGrid, ShiftSearch
 from relion_canon.analysis.alignment_reference import ClassAverage, HalfSetSums
 from relion_canon.analysis.prepared_particles import Prepared, only
 from relion_canon.geometry import periodic_peak, ring_mean, rotate, sample_polar
+from relion_canon.parallel import merged, summed
 
 # Classes per particle whose reference a translational search tries, the likeliest at the particle's centre.
 SHIFT_CANDIDATES = 10
@@ -59,7 +60,7 @@ def sums_of(batches: Iterable[Prepared], poses: Poses, classes: torch.Tensor, k:
     for idx, weighted, _, ctf2 in batches:
         t = torch.from_numpy(idx)
         sums.add(idx, weighted, ctf2, poses.psi_rad[t], poses.shift_px[t], classes[t])
-    return sums
+    return sums.summed_over_processes()
 
 
 def averages_of(sums: HalfSetSums, grid: SearchGrid) -> list[ClassAverage]:
@@ -152,8 +153,10 @@ class ClassSearch:
             turned = (full, _cropped(full, min(grid.box, 2 * (band + 1))))
         ctf2_sum, n_seen = torch.zeros(grid.n_rings, dtype=torch.float64), 0
         margin_sum, members = torch.zeros(k, k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64)
+        touched = torch.zeros(len(classes), dtype=torch.bool)
         for idx, weighted, whitened, ctf2 in batches:
             t = torch.from_numpy(idx)
+            touched[t] = True
             ctf2_sum += ctf2.double().sum(0)
             n_seen += len(idx)
             pos, height, loglik, penalty, norm = self._polar(whitened, ctf2, poses.shift_px[t] if off_centre else None,
@@ -169,8 +172,13 @@ class ClassSearch:
             poses.psi_rad[t] = pos[rows, chosen] * grid.step_rad
             poses.score[t] = height[rows, chosen] / (norm * refs.norm[chosen])
             sums.add(idx, weighted, ctf2, poses.psi_rad[t], poses.shift_px[t], chosen)
-        self.mean_ctf2 = ctf2_sum / max(n_seen, 1)
-        return ClassState(poses, classes, sums, margin_sum / members.clamp(min=1)[:, None])
+        # Each process searched its own particles: their sums and poses are joined (relion_canon.parallel).
+        n_seen = int(summed(torch.tensor([n_seen], dtype=torch.int64)))
+        self.mean_ctf2 = summed(ctf2_sum) / max(n_seen, 1)
+        summed(margin_sum)
+        summed(members)
+        return ClassState(poses.merged(state.poses, touched), merged(classes, state.classes, touched),
+                          sums.summed_over_processes(), margin_sum / members.clamp(min=1)[:, None])
 
     def search_globally(self, batches: Iterable[Prepared], poses: Poses, references: torch.Tensor,
                         shifts: ShiftSearch, band: int, which: torch.Tensor) -> Poses:
@@ -186,10 +194,12 @@ class ClassSearch:
         cropped = _cropped(full, min(grid.box, 2 * (band + 1)))
         size, n_turns = cropped.shape[-2], cropped.shape[1]
         turn_rad = torch.arange(n_turns) * (GLOBAL_TURN_STRIDE * 2 * math.pi / SHIFT_TURNS)
-        poses = poses.copy()
+        before, poses = poses, poses.copy()
         every_turn = cropped.flatten(0, 1)  # (K·turns, size, size//2 + 1)
+        touched = torch.zeros(len(poses.psi_rad), dtype=torch.bool)
         for idx, _, whitened, ctf2 in only(batches, which):
             t = torch.from_numpy(idx)
+            touched[t] = True
             _, _, loglik, penalty, _ = self._polar(whitened, ctf2, poses.shift_px[t], refs)
             # Every class a candidate (as when re-homing onto a few good classes): all of them at once, in
             # the order of the classes, without forming each product spectrum (its own step: the product's
@@ -212,7 +222,7 @@ class ClassSearch:
                 rows = torch.arange(len(c))
                 poses.shift_px[t[p]] = shift.reshape(len(c), m, n_turns, 2)[rows, best // n_turns, best % n_turns]
                 poses.psi_rad[t[p]] = turn_rad[best % n_turns]
-        return poses
+        return poses.merged(before, touched)
 
     def _shifted(self, whitened: torch.Tensor, turned: tuple[torch.Tensor, torch.Tensor], psi_rad: torch.Tensor,
                  loglik: torch.Tensor, penalty: torch.Tensor, held: torch.Tensor | None,

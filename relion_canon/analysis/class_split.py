@@ -28,6 +28,7 @@ import torch
 
 from relion_canon.analysis.alignment import Poses, SearchGrid
 from relion_canon.analysis.alignment_reference import HalfSetSums, turned_back
+from relion_canon.parallel import gathered
 from relion_canon.analysis.class_search import ClassState, averages_of, sums_of, supported_band
 from relion_canon.analysis.prepared_particles import Prepared, PreparedParticles
 from relion_canon.geometry import wrap_rad
@@ -130,8 +131,13 @@ def residual_features(batches: Iterable[Prepared], poses: Poses, classes: torch.
             rows[k].append(t[m].numpy())
             feats[k].append(real[m])
     ring = grid.rings[keep]
-    return ({k: (np.concatenate(rows[k]), torch.cat(feats[k]).double()) for k in rows if rows[k]},
-            torch.cat([ring, ring]))
+    found = {}
+    for k in rows:  # under torchrun, every process's particles of the class, in row order
+        joined = gathered(np.concatenate(rows[k]) if rows[k] else np.zeros(0, dtype=np.int64),
+                          torch.cat(feats[k]) if feats[k] else torch.zeros(0, 2 * int(keep.sum())))
+        if len(joined[0]):
+            found[k] = (joined[0], joined[1].double())
+    return found, torch.cat([ring, ring])
 
 
 def split_test(members: np.ndarray, features: torch.Tensor, seed: int) -> SplitTest:

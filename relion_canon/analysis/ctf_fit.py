@@ -24,12 +24,13 @@ import torch
 from relion_canon.analysis.alignment import Alignment
 from relion_canon.ctf import CtfParams, ctf_2d, electron_wavelength
 from relion_canon.geometry import parabolic_height, parabolic_offset, ring_index, rotate
+from relion_canon.parallel import merged_rows, share
 
 N_BINS = 1024  # bins of k²: πλ·d·Δs stays below 0.1 rad for d up to 5 µm at Nyquist
 
 
 def fit_defocus(
-    batches: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]],
+    batches: Callable[..., Iterator[tuple[np.ndarray, np.ndarray]]],
     alignment: Alignment,
     ctf: CtfParams,
     pixel_size: np.ndarray,
@@ -51,10 +52,12 @@ def fit_defocus(
     rings = ring_index(box)
     noise = torch.from_numpy(alignment.noise).float().clamp(min=1e-12)[rings].numpy()
     reference = torch.from_numpy(alignment.reference).float()
-    estimate = np.empty(n)
-    peak = np.empty(n)
+    estimate = np.full(n, np.nan)
+    peak = np.full(n, np.nan)
     tables = _Tables(candidates)
-    for idx, images in batches():
+    # Under torchrun each process fits its share, and the fits are joined (relion_canon.parallel).
+    mine = share(n)
+    for idx, images in batches() if len(mine) == n else batches(mine):
         spectra = torch.fft.rfft2(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)))
         turned = rotate(reference.expand(len(idx), box, box), torch.from_numpy(np.deg2rad(alignment.psi[idx])).float(),
                         torch.from_numpy(alignment.shift[idx]).float())
@@ -67,7 +70,9 @@ def fit_defocus(
             scores = _scores(cross[sel], power[sel], ctf.take(rows), float(value), box, tables)
             best = scores.argmax(axis=1)
             estimate[rows], peak[rows] = _refine(candidates, scores, best)
-    return estimate, peak
+    fitted = np.zeros(n, dtype=bool)
+    fitted[mine] = True
+    return merged_rows(estimate, fitted), merged_rows(peak, fitted)
 
 
 class _Tables:

@@ -11,6 +11,7 @@ import torch
 from relion_canon.analysis.alignment_reference import noise_spectrum
 from relion_canon.ctf import CtfParams
 from relion_canon.geometry import ring_mean
+from relion_canon.parallel import owned, world
 
 
 class RingGrid(Protocol):
@@ -35,22 +36,30 @@ class PreparedParticles:
     """The particles CTF-weighted and whitened, as every round reads them: kept in memory when they fit in
     ``cache_bytes``, else read and prepared anew per pass; and the random ``subset`` the rounds run on, if
     any, always in memory. Reading them once on construction gives the noise spectrum they are whitened by.
+
+    Under torchrun each process holds and yields only its own share of the particles (and of the subset), and
+    every pass over them adds its results up across the processes (:mod:`relion_canon.parallel`).
     """
 
     def __init__(self, batches: ImageBatches, n_particles: int, ctf: CtfParams | None, pixel_size_A: np.ndarray,
                  grid: RingGrid, subset: np.ndarray | None, cache_bytes: int):
         self._batches, self._ctf, self._pixel_size_A, self._grid = batches, ctf, pixel_size_A, grid
-        fits = n_particles * grid.box * grid.box * 8 <= cache_bytes
+        # This process's particles: all of them, or its share under torchrun.
+        self._mine = None if world()[1] == 1 else owned(n_particles)
+        n_mine = n_particles if self._mine is None else int(self._mine.sum())
+        fits = n_mine * grid.box * grid.box * 8 <= cache_bytes
         in_subset = np.zeros(n_particles, dtype=bool)
         if subset is not None:
             in_subset[subset] = True
+            if self._mine is not None:
+                in_subset &= self._mine
         self._raw: list[tuple[np.ndarray, np.ndarray]] = []  # the particles as read, when they fit, until prepared
         raw_subset: list[tuple[np.ndarray, np.ndarray]] = []  # the subset's, when all do not fit
         largest = 0  # the largest batch read
 
         def read() -> Iterator[np.ndarray]:
             nonlocal largest
-            for idx, images in batches():
+            for idx, images in self._read():
                 largest = max(largest, len(idx))
                 if fits:
                     self._raw.append((idx, images))
@@ -70,6 +79,13 @@ class PreparedParticles:
         """The particles the rounds run on."""
         self.has_subset = subset is not None
 
+    def _read(self, which: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The images of this process's particles, or of those among them that ``which`` ((N,) bool) picks."""
+        if which is None and self._mine is None:
+            return self._batches()
+        picked = self._mine if which is None else which if self._mine is None else which & self._mine
+        return self._batches(np.flatnonzero(picked))
+
     def _prepare(self, idx: np.ndarray, images: np.ndarray) -> Prepared:
         grid = self._grid
         spectra = torch.fft.rfft2(torch.from_numpy(images))
@@ -88,7 +104,7 @@ class PreparedParticles:
         if self._cache:
             yield from self._cache
             return
-        source = _drain(self._raw) if self._cache is not None else self._batches()
+        source = _drain(self._raw) if self._cache is not None else self._read()
         for idx, images in source:
             item = self._prepare(idx, images)
             if self._cache is not None:
@@ -100,7 +116,7 @@ class PreparedParticles:
         else only their images are read (a pass over a tenth of a million particles reads that tenth)."""
         if self._cache is not None:
             return only(self.everyone(), which)
-        return (self._prepare(idx, images) for idx, images in self._batches(np.flatnonzero(which.numpy())))
+        return (self._prepare(idx, images) for idx, images in self._read(which.numpy()))
 
     def for_rounds(self) -> Iterator[Prepared]:
         """The particles the rounds run on (``rows``), prepared."""

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from relion_canon.cli.relaunch import relaunch_on_gpus
 from relion_canon.cli.job_options import job_click_options, job_config_from_click
 from relion_canon.options import RUN
 
@@ -26,21 +27,32 @@ from relion_canon.options import RUN
 @click.option("--passthrough", type=click.Path(path_type=Path), default=None, help="cryoSPARC passthrough .cs.")
 @click.option("--project-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory image names are relative to (RELION or cryoSPARC project).")
+@click.option("--gpu", default=None,
+              help="GPU ids, e.g. 0 or 0,1. Several: one process each through torchrun, sharing every pass over the "
+                   "particles (one process writes).")
 @click.option("--no-resume", is_flag=True, help="Start training afresh even if the output folder holds a checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def run_command(particles: Path, out_dir: Path, passthrough: Path | None, project_dir: Path | None, no_resume: bool,
-                quiet: bool, **options: Any) -> None:
+def run_command(particles: Path, out_dir: Path, passthrough: Path | None, project_dir: Path | None, gpu: str | None,
+                no_resume: bool, quiet: bool, **options: Any) -> None:
     """Learn each particle's in-plane angle, defocus, weight and junk status, and write them back."""
+    import logging
+    import os
+
     from relion_canon.context import RunContext
     from relion_canon.logs import log_to
     from relion_canon.job import run_job
+    from relion_canon.train.devices import device_from_gpu_ids
     from relion_canon.train.engine import TrainingDiverged
 
     config = job_config_from_click(options, RUN)
+    relaunch_on_gpus(gpu)
+    config.device = device_from_gpu_ids(gpu, config.device)
+    # Under torchrun the processes share the work and rank 0 reports it; the others say only what fails.
+    writer = os.environ.get("RANK", "0") == "0"
     try:  # run_job bounds torch's and the BLAS's threads to config.threads
-        with log_to(click.echo):
+        with log_to(click.echo, level=logging.INFO if writer else logging.ERROR):
             run_job(particles, out_dir, config, resume=not no_resume,
-                    context=RunContext(project_dir=project_dir, progress=not quiet), passthrough=passthrough)
+                    context=RunContext(project_dir=project_dir, progress=not quiet and writer), passthrough=passthrough)
     except TrainingDiverged as exc:
         click.echo(f"relion-canon: error: {exc}", err=True)
         sys.exit(3)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from relion_canon.cli.relaunch import relaunch_on_gpus
 from relion_canon.context import RunContext
 from relion_canon.io.output_dir import output_folder, stack_files
 from relion_canon.io.particles import is_cryosparc, read_particles
@@ -34,18 +35,6 @@ def _model_options(pairs: tuple[str, ...]) -> dict:
         return parse_model_options(pairs)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--set") from None
-
-
-def _relaunch_distributed(gpu: str) -> None:
-    """``--gpu 0,1`` outside torchrun: start one process per GPU through torchrun, the standard launcher."""
-    ids = [g.strip() for g in gpu.split(",") if g.strip()]
-    if len(ids) < 2 or "WORLD_SIZE" in os.environ:
-        return
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(ids))
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={len(ids)}",
-            "-m", "relion_canon.cli.main", *sys.argv[1:]]
-    click.echo(f"Launching {len(ids)} processes with torchrun on GPUs {','.join(ids)}", err=True)
-    os.execve(sys.executable, args, env)
 
 
 @click.command("train")
@@ -86,7 +75,7 @@ def train_command(particles: Path, passthrough: Path | None, project_dir: Path |
                   quiet: bool) -> None:
     """Train a model on the particles of a STAR file (no labels needed)."""
     if gpu:
-        _relaunch_distributed(gpu)
+        relaunch_on_gpus(gpu)
     options = _model_options(settings)
     if lr is not None:
         options["lr"] = lr

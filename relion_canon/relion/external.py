@@ -73,13 +73,13 @@ from relion_canon.relion.params import (
     params_help,
     text_or_none,
 )
-from relion_canon.relion.torchrun import distributed_train_command, run_torchrun, single_device_after
+from relion_canon.relion.torchrun import distributed_job_command, run_torchrun
 
 MODEL_FILE = "model.pt"
 # What the job writes in its folder, checked against its inputs before any work (run_job adds its own names).
 OUTPUTS = ("particles.star", "particles_selected.star", "particles_rejected.star", "logfile.pdf", "report.json",
            MODEL_FILE, OUTPUT_NODES)
-DDP_SETTINGS = "distributed_training.json"  # the settings handed to the torchrun processes; removed after
+DDP_SETTINGS = "distributed_job.json"  # the settings handed to the torchrun processes; removed after
 
 
 class _Stop(BaseException):
@@ -247,22 +247,19 @@ class ExternalJob:
         config, gpu_ids = config_from_args(args)
         model_source = _model_file(config.model_path) if config.model_path else None
         _log("Settings: " + json.dumps(config.to_dict(), default=str))
-        input_checked = False
-        if gpu_ids and len(gpu_ids) > 1 and model_source is None:
-            self._train_distributed(star, args.in_parts, config, gpu_ids, is_continue)
-            input_checked = True
-            is_continue = True  # the job now resumes from the checkpoint the distributed run left
-            config.device = single_device_after(gpu_ids)
+        if gpu_ids and len(gpu_ids) > 1:
+            report = self._run_distributed(star, args.in_parts, config, gpu_ids, is_continue)
+        else:
+            job = self._job
+            if job is None:
+                from relion_canon.job import run_job as job
+            from relion_canon.context import RunContext
+            from relion_canon.logs import log_to
 
-        job = self._job
-        if job is None:
-            from relion_canon.job import run_job as job
-        from relion_canon.context import RunContext
-        from relion_canon.logs import log_to
-
-        with log_to(sys.stdout):  # the job's lines in run.out, as _log writes its own
-            result = job(star, self.out_dir, config, resume=is_continue, input_checked=input_checked,
-                         context=RunContext(progress=False, should_stop=self.should_stop))
+            with log_to(sys.stdout):  # the job's lines in run.out, as _log writes its own
+                result = job(star, self.out_dir, config, resume=is_continue,
+                             context=RunContext(progress=False, should_stop=self.should_stop))
+            report = getattr(result, "report", {})
 
         if model_source is not None:
             _copy_model(model_source, self.out / MODEL_FILE)
@@ -274,10 +271,10 @@ class ExternalJob:
                                                  ("particles_selected.star", NodeKind.PARTICLES),
                                                  ("logfile.pdf", NodeKind.LOGFILE))
                  if (self.out / name).exists()]
-        if getattr(result, "report", {}).get("class_model"):  # this run's, never a file an earlier run left
+        if report.get("class_model"):  # this run's, never a file an earlier run left
             nodes.append(selection_node(version))
         write_output_nodes(self.out, [((self.out / name).as_posix(), kind) for name, kind in nodes], version)
-        n_sel = result.report.get("n_selected") if hasattr(result, "report") else None
+        n_sel = report.get("n_selected")
         _log(f"Done in {time.perf_counter() - t0:.1f} s: {', '.join(name for name, _ in nodes)}"
              + (f" ({n_sel} particles selected)" if n_sel is not None else ""))
 
@@ -303,26 +300,34 @@ class ExternalJob:
             _log(f"Warning: {exc}; resuming from a checkpoint if the folder holds one")
             return True
 
-    def _train_distributed(self, star, in_parts: str, config, gpu_ids: list[str], resume: bool) -> None:
+    def _run_distributed(self, star, in_parts: str, config, gpu_ids: list[str], resume: bool) -> dict:
+        """The whole job in one torchrun process per GPU (:mod:`relion_canon.relion.ddp_job`), which share the
+        training and every pass over the particles; rank 0 writes the results into this job's folder. Its
+        report."""
         from relion_canon.io.validate import check_job_input
+        from relion_canon.job import REPORT_JSON, result_names
         from relion_canon.logs import log_to
-        from relion_canon.relion.ddp_train import write_settings
+        from relion_canon.relion.ddp_job import write_settings
 
-        # run_job's own check would come only after the torchrun processes have trained on the data.
+        # Before the processes start: a wrong input is one line here, not one traceback per process.
         with log_to(sys.stdout):  # its warnings in run.out, where run_job would have put them
             check_job_input(star, config)
-        # The torchrun processes write model.pt outside this process's atomic_path: it is this run's all the same.
-        self.folder.claim(MODEL_FILE)  # type: ignore[union-attr]
+        # The processes write outside this process's atomic_path: their results are this run's all the same, and
+        # an earlier run's files of those names are set aside (back if this run fails).
+        for name in result_names(config):
+            self.folder.claim(name)  # type: ignore[union-attr]
         settings = write_settings(self.out / DDP_SETTINGS, in_parts, self.out_dir, config, resume)
-        cmd = distributed_train_command(str(settings), len(gpu_ids))
-        _log(f"Training on GPUs {','.join(gpu_ids)}, one process each: {' '.join(cmd)}")
+        cmd = distributed_job_command(str(settings), len(gpu_ids))
+        _log(f"Running on GPUs {','.join(gpu_ids)}, one process each: {' '.join(cmd)}")
         try:
             finished = run_torchrun(cmd, gpu_ids, self.should_stop)
         finally:
             settings.unlink(missing_ok=True)
         if not finished:
-            raise _Stop(f"aborted on RELION's request ({ABORT_NOW}) during training; "
-                        "Continue resumes from the last completed epoch")
+            raise _Stop(f"aborted on RELION's request ({ABORT_NOW}) while running on GPUs {','.join(gpu_ids)}; "
+                        "Continue resumes training from the last completed epoch")
+        report_path = self.out / REPORT_JSON
+        return json.loads(report_path.read_text()) if report_path.exists() else {}
 
 
 def _model_file(path: str) -> Path:

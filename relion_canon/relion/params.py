@@ -47,8 +47,8 @@ MODE = JobOption("mode", (), Option(kind=TEXT, choices=MODES,
                                     help="train: train a model on these particles, then apply it; apply: apply "
                                          "the model given as model_path."), "train")
 GPU = JobOption("gpu", (), Option(kind=TEXT, help="Empty: automatic (the GPU when there is one, honouring "
-                                                  "CUDA_VISIBLE_DEVICES); 0: that GPU; 0,1: train on both, one "
-                                                  "process each, through torchrun; cpu: no GPU."), None)
+                                                  "CUDA_VISIBLE_DEVICES); 0: that GPU; 0,1: the whole job on "
+                                                  "both, one process each, through torchrun; cpu: no GPU."), None)
 THREADS = JobOption("j", (), Option(kind=INT, minimum=1, help="CPU threads (RELION's 'Number of threads')."), None)
 
 

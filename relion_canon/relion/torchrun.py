@@ -1,6 +1,6 @@
-"""The External job's training on several GPUs, from the job's side: the torchrun command that starts one
-:mod:`relion_canon.relion.ddp_train` process per GPU, running it while polling RELION's abort request, stopping
-its whole process tree, and the device the job predicts on afterwards."""
+"""The External job on several GPUs, from the launching side: the torchrun command that starts one
+:mod:`relion_canon.relion.ddp_job` process per GPU, running it while polling RELION's abort request, and stopping
+its whole process tree."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import sys
 from typing import Callable
 
 
-def distributed_train_command(settings_path: str, n_processes: int) -> list[str]:
-    """torchrun, the standard launcher (as ``relion-canon train --gpu 0,1`` uses it), starting one
-    :mod:`relion_canon.relion.ddp_train` process per GPU. A child, not ``exec``: the job must live on to
-    predict and, whatever happens, to write the exit file."""
+def distributed_job_command(settings_path: str, n_processes: int) -> list[str]:
+    """torchrun, the standard launcher (as ``relion-canon run --gpu 0,1`` uses it), starting one
+    :mod:`relion_canon.relion.ddp_job` process per GPU. A child, not ``exec``: the External job must live on to
+    name the output nodes and, whatever happens, to write the exit file."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n_processes}",
-            "-m", "relion_canon.relion.ddp_train", settings_path]
+            "-m", "relion_canon.relion.ddp_job", settings_path]
 
 
 def run_torchrun(cmd: list[str], gpu_ids: list[str], should_stop: Callable[[], bool]) -> bool:
@@ -35,18 +35,11 @@ def run_torchrun(cmd: list[str], gpu_ids: list[str], should_stop: Callable[[], b
                 if should_stop():
                     return False
         if rc != 0:
-            raise RuntimeError(f"distributed training exited with code {rc} (its messages are above in run.err)")
+            raise RuntimeError(f"the torchrun processes exited with code {rc} (their messages are above in run.err)")
         return True
     finally:
         if proc.poll() is None:
             _stop_process_group(proc)
-
-
-def single_device_after(gpu_ids: list[str]) -> str:
-    """Prediction after distributed training runs in the job's own process, on the first of the GPUs."""
-    import torch
-
-    return f"cuda:{int(gpu_ids[0])}" if torch.cuda.is_available() else "auto"
 
 
 def _stop_process_group(proc: subprocess.Popen, grace: float = 10.0) -> None:

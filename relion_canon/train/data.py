@@ -8,6 +8,7 @@ worker processes when asked.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -129,7 +130,7 @@ class EpochSampler(Sampler[int]):
         return iter(order[self.rank : total : self.world_size].tolist())
 
 
-def make_loader(dataset: ParticleBatches, sampler: Sampler, batch_size: int, workers: int, drop_last: bool) -> DataLoader:
+def make_loader(dataset: ParticleBatches, sampler: Sampler | Iterable[int], batch_size: int, workers: int, drop_last: bool) -> DataLoader:
     """Batches of ``batch_size`` rows read by ``workers`` processes (0: in this process)."""
     return DataLoader(
         dataset,

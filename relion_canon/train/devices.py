@@ -18,7 +18,9 @@ def distributed() -> tuple[int, int, int]:
     if world <= 1:
         return 0, 1, 0
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+        # CPU tensors through gloo as well: the analysis's passes reduce their sums on the CPU
+        # (relion_canon.parallel) while training reduces gradients on the GPUs.
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
         dist.init_process_group(backend=backend)
     return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
 

@@ -88,13 +88,15 @@ def run_inference(
     canonical: bool = False,
     *,
     context: RunContext = RunContext(),
+    rows: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Model outputs for every particle, in STAR order: ``latent`` always, ``psi`` (radians) where the model
-    predicts it, ``canonical`` images on request. ``context.should_stop`` is polled before every batch; a stop
-    raises ``InterruptedError``."""
+    """Model outputs for every particle (or the sorted ``rows``), in STAR order: ``latent`` always, ``psi``
+    (radians) where the model predicts it, ``canonical`` images on request. ``context.should_stop`` is polled
+    before every batch; a stop raises ``InterruptedError``."""
     model = loaded.model
     device = next(model.parameters()).device
-    loader = make_loader(dataset, EpochSampler(len(dataset), 0, shuffle=False), batch_size, workers, drop_last=False)
+    order = EpochSampler(len(dataset), 0, shuffle=False) if rows is None else np.asarray(rows).tolist()
+    loader = make_loader(dataset, order, batch_size, workers, drop_last=False)
     parts: dict[str, list[np.ndarray]] = defaultdict(list)
     for batch in tqdm(loader, desc="predicting", unit="batch", leave=False, disable=not context.progress or None):
         context.check_stop("prediction")

@@ -16,7 +16,7 @@ from relion_canon.relion import external
 from relion_canon.relion.job_star import parse_star_text
 from relion_canon.relion.external import ExternalJob, main
 from relion_canon.relion.params import UsageError, build_parser, config_from_args, parse_defocus_range, parse_gpu
-from relion_canon.relion.torchrun import distributed_train_command
+from relion_canon.relion.torchrun import distributed_job_command
 from tests.relion.helpers import FakeJob, snapshot, write_job_star
 
 REPO = Path(__file__).resolve().parents[2]
@@ -122,9 +122,9 @@ def test_bad_values_are_one_line_errors(argv, message):
 
 
 def test_distributed_training_settings_round_trip(tmp_path):
-    """Several GPUs: torchrun starts one ddp_train process per GPU, each rebuilding the job's settings from
+    """Several GPUs: torchrun starts one ddp_job process per GPU, each rebuilding the job's settings from
     the JSON file the job writes; they must come back exactly as parsed."""
-    from relion_canon.relion.ddp_train import job_config_from_dict, write_settings
+    from relion_canon.relion.ddp_job import job_config_from_dict, write_settings
 
     config, gpu_ids = _config("--o x/ --in_parts p.star --model spatial-vae --box 32 --labels --gpu 0,1 "
                                  "--j 3 --set lr=0.002 --seed 5 --defocus_range 5000,25000".split())
@@ -136,9 +136,9 @@ def test_distributed_training_settings_round_trip(tmp_path):
     assert (settings["particles"], settings["out_dir"], settings["resume"]) == \
         ("Input/particles.star", "External/job001/", False)
     assert job_config_from_dict(settings["config"]) == config
-    cmd = distributed_train_command(str(path), 2)
+    cmd = distributed_job_command(str(path), 2)
     assert cmd == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                   "-m", "relion_canon.relion.ddp_train", str(path)]
+                   "-m", "relion_canon.relion.ddp_job", str(path)]
 
 
 # --- the protocol around a stand-in job -----------------------------------------------------------------------

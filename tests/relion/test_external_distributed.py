@@ -1,8 +1,7 @@
-"""``--gpu 0,1``: training in one torchrun process per device, then prediction in the job's own process.
+"""``--gpu 0,1``: the whole job in one torchrun process per device, sharing the training and every pass over the
+particles; rank 0 writes the results into the folder the External job holds.
 
-Without GPUs the same path runs on the CPU (two gloo processes), which is what this checks here: the
-processes train the job's own network, rank 0 leaves the checkpoint, and the job resumes from it with
-nothing left to train.
+Without GPUs the same path runs on the CPU (two gloo processes), which is what this checks here.
 """
 
 from __future__ import annotations
@@ -13,19 +12,26 @@ from relion_canon.relion.external import main
 from tests.relion.helpers import make_project
 
 
-def test_two_processes_then_predict(tmp_path, monkeypatch, capsys):
-    project = make_project(tmp_path / "project", n=24, box=32, junk=0.0, seed=4)
+def test_the_job_in_two_processes(tmp_path, monkeypatch, capfd):
+    project = make_project(tmp_path / "project", n=60, box=32, junk=0.1, seed=4)
     monkeypatch.chdir(project)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    rc = main(["--o", "External/job001/", "--in_parts", "Input/particles.star", "--epochs", "1", "--gpu", "0,1",
-               "--j", "1", "--refine", "no", "--outlier_method", "iforest"])
-    captured = capsys.readouterr()
-    assert rc == 0, captured.err[-3000:]
     job = project / "External/job001"
+    job.mkdir(parents=True)
+    (job / "class_gallery.png").write_text("an earlier run's figure")  # set aside: this run does not draw it
+    rc = main(["--o", "External/job001/", "--in_parts", "Input/particles.star", "--epochs", "1", "--gpu", "0,1",
+               "--j", "1", "--classes", "2"])
+    captured = capfd.readouterr()  # the processes write to the file descriptors
+    assert rc == 0, captured.err[-3000:]
     assert (job / "RELION_JOB_EXIT_SUCCESS").exists()
-    assert "Training on GPUs 0,1, one process each" in captured.out
-    # The parent found the distributed run's finished checkpoint and trained no further.
-    assert "Resuming from External/job001/checkpoint.pt after epoch 1/1" in captured.out
+    assert "Running on GPUs 0,1, one process each" in captured.out
+    assert captured.out.count("Predicting 60 particles") == 1  # rank 0's lines only
     report = json.loads((job / "report.json").read_text())
-    assert [h["epoch"] for h in report["training_history"]] == [1]
-    assert not (job / "distributed_training.json").exists()
+    assert report["n_particles"] == 60 and [h["epoch"] for h in report["training_history"]] == [1]
+    assert report["classification"]["n_classes"] >= 1
+    nodes = (job / "RELION_OUTPUT_NODES.star").read_text()
+    assert "particles_selected.star" in nodes and "logfile.pdf" in nodes
+    assert not (job / "distributed_job.json").exists()
+    assert not (job / "class_gallery.png").exists() or "earlier" not in (job / "class_gallery.png").read_text(
+        errors="replace")
+    assert not (job / ".relion_canon.previous").exists() and not (job / ".relion_canon.journal").exists()

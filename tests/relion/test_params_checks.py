@@ -110,16 +110,16 @@ def test_misspelt_label_through_the_installed_script(project):
 
 
 @pytest.mark.parametrize("case", ["negative_defocus", "constant_images"])
-def test_bad_particles_fail_before_distributed_training(project, capsys, case):
-    """With several GPUs the torchrun processes train before run_job starts: the data is checked before them,
-    so the job fails at once, as with one device, and no training process is started."""
+def test_bad_particles_fail_before_the_torchrun_processes(project, capsys, case):
+    """With several GPUs the job runs in torchrun processes: the data is checked before they start, so the job
+    fails at once with one line, as with one device, and no process is started."""
     make_case(project / "Input/particles.star", case, project / "Input" / f"{case}.star")
     before = file_stamps(project)
     rc = main(["--o", OUT, "--in_parts", f"Input/{case}.star", "--j", "1", "--gpu", "0,1", "--epochs", "1"])
     captured = capsys.readouterr()
     line = _failed(project, before, rc, captured.err)
     assert line.startswith(f"relion_canon_external: error: Input/{case}.star") and CASES[case][0] in line
-    assert "Training on GPUs" not in captured.out
+    assert "Running on GPUs" not in captured.out
 
 
 def test_a_job_saved_with_the_old_labels_still_runs(project, capsys):

@@ -40,7 +40,7 @@ def test_finished_command_sees_only_the_gpus_given(tmp_path):
 
 
 def test_failure_names_the_exit_code():
-    with pytest.raises(RuntimeError, match=r"distributed training exited with code 3 \(its messages are above"):
+    with pytest.raises(RuntimeError, match=r"the torchrun processes exited with code 3 \(their messages are above"):
         run_torchrun([sys.executable, "-c", "raise SystemExit(3)"], ["0", "1"], lambda: False)
 
 

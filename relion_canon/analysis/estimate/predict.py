@@ -44,6 +44,9 @@ class Prediction:
 def predict(star: ParticleStar, model_path: str | Path, device_name: str, seed: int, context: RunContext,
             clock: Clock) -> Prediction:
     """Load the model on ``device_name``, run it on every particle, and pick ``N_EXAMPLES`` rows (by ``seed``)."""
+    import torch
+
+    from relion_canon.parallel import gathered, share
     from relion_canon.train.devices import resolve_device
     from relion_canon.train.inference import dataset_for, load_model, run_inference
 
@@ -53,7 +56,12 @@ def predict(star: ParticleStar, model_path: str | Path, device_name: str, seed: 
     n = len(dataset)
     log.info(f"Predicting {n} particles with {loaded.meta['model']} ({dataset.box} px)")
     clock.lap()
-    outputs = run_inference(loaded, dataset, batch_size=PREDICT_BATCH, context=context)
+    # Under torchrun each process predicts its share, and every process gets all the outputs.
+    mine = share(n)
+    outputs = run_inference(loaded, dataset, batch_size=PREDICT_BATCH, context=context,
+                            rows=None if len(mine) == n else mine)
+    if len(mine) < n:
+        outputs = {key: gathered(mine, torch.from_numpy(value))[1].numpy() for key, value in outputs.items()}
     clock.lap("predict")
     rng = np.random.default_rng(seed)
     example_index = np.sort(rng.choice(n, size=min(N_EXAMPLES, n), replace=False))

@@ -20,6 +20,7 @@ from relion_canon.analysis.estimate.timing import Clock
 from relion_canon.analysis.estimate_config import EstimateConfig
 from relion_canon.context import RunContext
 from relion_canon.io.star import ParticleStar
+from relion_canon.parallel import is_writer
 
 if TYPE_CHECKING:
     from relion_canon.analysis.orientation import Orientations
@@ -28,8 +29,10 @@ log = logging.getLogger(__name__)
 
 
 def estimate(star: ParticleStar, model_path: str | Path, out_dir: str | Path, config: EstimateConfig, *,
-             context: RunContext = RunContext()) -> Estimates:
-    """Apply the trained model to every particle and derive the job's estimates (see the package docstring)."""
+             context: RunContext = RunContext()) -> Estimates | None:
+    """Apply the trained model to every particle and derive the job's estimates (see the package docstring).
+    Under torchrun the passes over the particles are shared (:mod:`relion_canon.parallel`); the rest reads only
+    their joined results and is rank 0's: the other processes return None after the passes."""
     clock = Clock()
     prediction = predict(star, model_path, config.device, config.seed, context, clock)
     ctf = ctf_or_none(star)
@@ -37,6 +40,8 @@ def estimate(star: ParticleStar, model_path: str | Path, out_dir: str | Path, co
         refinement = classify_classes(star, prediction.psi_deg, prediction.dataset.source, ctf, config, context, clock)
     else:
         refinement = refine_classes(star, prediction.psi_deg, prediction.dataset.source, ctf, config, context, clock)
+    if not is_writer():
+        return None
     defocus_input_A = None if ctf is None else 0.5 * (ctf.defocus_u + ctf.defocus_v)
     defocus = estimate_defocus(prediction.latent, refinement.defocus_fit_A, defocus_input_A, config.defocus_range)
     features = outlier_features(prediction.latent, refinement.score, refinement.fit_peak, refinement.defocus_fit_A,

@@ -1,19 +1,20 @@
-"""One process of the External job's training on several GPUs; ``relion_canon_external --gpu 0,1`` starts
-one per GPU through torchrun::
+"""One process of the External job on several GPUs; ``relion_canon_external --gpu 0,1`` starts one per GPU
+through torchrun::
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 -m relion_canon.relion.ddp_train SETTINGS.json
+    python -m torch.distributed.run --standalone --nproc_per_node 2 -m relion_canon.relion.ddp_job SETTINGS.json
 
-Each process runs the job's own training step (``relion_canon.job.train_for_job``: the same network
-options, training subset and box as a single-process job), so the training engine's DistributedDataParallel
-shares every batch between the processes and rank 0 writes ``checkpoint.pt`` / ``model.pt``. The External job
-then resumes from that checkpoint in its own process, finds nothing left to train, and predicts.
+Each process runs the whole job (:func:`relion_canon.job.run_job`) with the job's own settings: the training
+engine's DistributedDataParallel shares every batch, and every pass over the particles (prediction, the
+classification's searches, the defocus fit) is shared between the processes (:mod:`relion_canon.parallel`).
+Rank 0 writes the results into the folder the External job holds, which has claimed their names, and writes
+its lines to run.out; the External job then names the output nodes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -43,23 +44,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from relion_canon.context import RunContext
     from relion_canon.io.star import read_star
     from relion_canon.logs import log_to
-    from relion_canon.job import train_for_job
+    from relion_canon.job import run_job
 
     argv = list(sys.argv[1:] if argv is None else argv)
     settings = json.loads(Path(argv[0]).read_text())
     config = job_config_from_dict(settings["config"])
     is_main = int(os.environ.get("RANK", "0")) == 0
 
-    # One copy of each line in run.out, not one per process.
-    lines = log_to(sys.stdout) if is_main else contextlib.nullcontext()
-    try:
-        star = read_star(settings["particles"])
-        with lines:
-            train_for_job(star, Path(settings["out_dir"]), config, resume=settings["resume"],
-                          context=RunContext(progress=False))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    # One copy of each line in run.out, not one per process; the others say only what fails.
+    with log_to(sys.stdout, level=logging.INFO if is_main else logging.ERROR):
+        try:
+            star = read_star(settings["particles"])
+            run_job(star, Path(settings["out_dir"]), config, resume=settings["resume"],
+                    context=RunContext(progress=False), input_checked=True, folder_held=True)
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
     return 0
 
 
