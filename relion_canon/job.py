@@ -37,7 +37,8 @@ from relion_canon.errors import InputError
 from relion_canon.io.atomic import atomic_path
 from relion_canon.io.output_dir import OutputFolder, output_folder, stack_files
 from relion_canon.io.particles import RESULT_GROUPS, is_cryosparc, read_particles, write_results_cs
-from relion_canon.io.star import ParticleStar, write_star
+from relion_canon.io.result_stars import write_result_stars
+from relion_canon.io.star import ParticleStar
 from relion_canon.io.validate import check_job_input
 from relion_canon.options import BOOL, EXTERNAL, INT, PAIRS, PATH, TEXT, option
 from relion_canon.relion.class_model import (
@@ -264,18 +265,21 @@ def _run_job(particles: str | Path | ParticleStar, out_dir: Path, config: JobCon
 
 def _write_particles(star: ParticleStar, estimates: Any, particles: str | Path | ParticleStar,
                      passthrough: str | Path | None, out_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
-    """particles.star, its selected and rejected parts, the class model files (when every class has an
-    average) and, for a cryoSPARC input, the .cs results; the STAR files' paths and the class model's."""
-    out = star.with_columns(estimates.columns)
-    flag = estimates.columns["rlnCanonIsOutlier"].astype(bool)
-    paths = {
-        "particles": write_star(out, out_dir / PARTICLES_STAR),
-        "selected": write_star(out.subset(~flag), out_dir / SELECTED_STAR),
-        "rejected": write_star(out.subset(flag), out_dir / REJECTED_STAR),
-    }
-    class_model = write_class_model(out, out_dir, estimates.report) if has_class_model(out, estimates.report) else {}
+    """particles.star, its selected and rejected parts (a slice of rows at a time: the table is not copied
+    whole), the class model files (when every class has an average) and, for a cryoSPARC input, the .cs
+    results; the STAR files' paths and the class model's."""
+    columns = estimates.columns
+    flag = columns["rlnCanonIsOutlier"].astype(bool)
+    paths = {"particles": out_dir / PARTICLES_STAR, "selected": out_dir / SELECTED_STAR,
+             "rejected": out_dir / REJECTED_STAR}
+    write_result_stars(star, columns, ~flag, paths["particles"], paths["selected"], paths["rejected"])
+    numbers = columns.get("rlnClassNumber")
+    if numbers is None and "rlnClassNumber" in star.particles.columns:
+        numbers = star.particles["rlnClassNumber"].to_numpy()
+    class_model = (write_class_model(numbers, paths["particles"], out_dir, estimates.report)
+                   if has_class_model(numbers, estimates.report) else {})
     if not isinstance(particles, ParticleStar) and is_cryosparc(particles):
-        written = write_results_cs(particles, passthrough, out, out_dir)
+        written = write_results_cs(particles, passthrough, star.with_columns(columns), out_dir)
         log.info(f"Wrote cryoSPARC results: {', '.join(str(p) for p in written)}")
     return paths, class_model
 

@@ -81,13 +81,13 @@ def test_asking_for_more_particles_than_the_chunks_hold_fails(tmp_path):
 
 def test_scale_benchmark_smoke(tmp_path):
     out, work = tmp_path / "results", tmp_path / "work"
-    cmd = [sys.executable, str(SCRIPT), "--smoke", "--threads", "2", "--processes", "1,2", "--workdir", str(work),
+    cmd = [sys.executable, str(SCRIPT), "--smoke", "--threads", "1", "--processes", "1,2", "--workdir", str(work),
            "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     res = json.loads((out / "results.json").read_text())
-    assert res["meta"]["device"] == "cpu" and res["meta"]["threads"] == 2
+    assert res["meta"]["device"] == "cpu" and res["meta"]["threads"] == 1
     assert [(r["n"], r["processes"]) for r in res["rows"]] == [(300, 1), (300, 2), (600, 1), (600, 2)]
     for r in res["rows"]:
         assert r["particles_per_s"] == pytest.approx(r["n"] / r["wall_s"])
@@ -100,3 +100,15 @@ def test_scale_benchmark_smoke(tmp_path):
     assert (out / "scale.png").stat().st_size > 0
     # the generated data are removed at the end
     assert work.is_dir() and not any(work.iterdir())
+
+
+def test_write_results_benchmark_smoke(tmp_path):
+    """benchmarks/scale/write_results.py: both ways of writing the job's particle files, each in its own process,
+    give files of the same size."""
+    star = _chunk(tmp_path / "particles.star", "stack.mrcs", 40)
+    cmd = [sys.executable, str(REPO / "benchmarks" / "scale" / "write_results.py"), "--i", str(star),
+           "--scratch", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "40 particles (the same bytes both ways)" in proc.stdout
+    assert "slices" in proc.stdout and "whole" in proc.stdout

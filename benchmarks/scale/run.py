@@ -151,11 +151,11 @@ def relion_canon() -> str:
 
 
 def job_command(particles: str, out: str, processes: int, args: argparse.Namespace) -> list[str]:
-    """``relion-canon run`` on ``particles``; with several ``processes``, started by torchrun (one process each,
-    sharing every pass; the threads divided between them)."""
+    """``relion-canon run`` on ``particles``; with several ``processes``, started by torchrun (sharing every
+    pass), each with ``--threads`` threads."""
     options = ["run", "--i", particles, "--o", out, "--device", args.device, "--quiet", *args.job_args.split()]
     if args.threads:
-        options += ["--j", str(max(1, args.threads // processes))]
+        options += ["--j", str(args.threads)]
     if processes == 1:
         return [relion_canon(), *options]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
@@ -226,7 +226,7 @@ def table(rows: list[dict], meta: dict) -> str:
     head = (f"{'particles':>10} {'procs':>5} {'wall s':>8} {'part/s':>8} {'read s':>7} {'I/O ratio':>9} {'peak RSS GB':>11} "
             f"{'RSS x prev':>10} {'GPU GB':>7} " + " ".join(f"{s:>11}" for s in (*STAGES, "other", "start"))
             + f" {'classes':>7} {'rounds':>6} {'junk AUC':>8}")
-    lines = [f"The whole job ({meta['job']}) on {meta['device_name']}, {meta['threads']} threads", head]
+    lines = [f"The whole job ({meta['job']}) on {meta['device_name']}, {meta['threads']} threads per process", head]
     previous: dict[int, float] = {}  # the last size's peak RSS, per number of processes
     for r in rows:
         gpu = r["resources"].get("gpu_peak_allocated_mb")
@@ -260,7 +260,7 @@ def figure(rows: list[dict], path: Path, meta: dict) -> None:
     ax1.legend(fontsize=8)
     ax2.set(xscale="log", xlabel="particles", ylabel="GB", title="Peak RSS of the job")
     ax2.set_ylim(bottom=0)
-    fig.suptitle(f"{meta['device_name']}, {meta['threads']} threads", fontsize=9)
+    fig.suptitle(f"{meta['device_name']}, {meta['threads']} threads per process", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -281,7 +281,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--junk", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="the job's --device (cpu, cuda, auto)")
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads in all (divided between processes)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads per process (the job's --j)")
     p.add_argument("--processes", default="1",
                    help="comma-separated process counts to run the job with at each size (several: under torchrun)")
     p.add_argument("--job-args", default="", help="more options for relion-canon run, as one string")

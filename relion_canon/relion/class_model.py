@@ -17,6 +17,7 @@ Every name written into these files is as the job was given ``out_dir`` (project
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,9 +26,10 @@ import numpy as np
 import pandas as pd
 
 from relion_canon.analysis.class_summary import class_summaries
+from relion_canon.io.atomic import atomic_path
 from relion_canon.io.imagename import format_image_name
 from relion_canon.io.mrc import header_pixel_size, open_stack, stack_shape, write_stack
-from relion_canon.io.star import ParticleStar, write_star
+from relion_canon.io.star import write_star
 from relion_canon.relion.nodes import NodeKind
 
 MODEL_STAR = "run_it000_model.star"
@@ -53,30 +55,33 @@ class ClassRow:
     is_junk: bool | None  # None: the job did not judge it
 
 
-def has_class_model(out: ParticleStar, report: Mapping[str, Any]) -> bool:
-    """Whether the job made one class average per class of its particles (per class, with refinement)."""
+def has_class_model(class_numbers: np.ndarray | None, report: Mapping[str, Any]) -> bool:
+    """Whether the job made one class average per class of its particles (``class_numbers``, their
+    rlnClassNumber; None without), as it does per class with refinement."""
     averages = report.get("class_averages") or {}
     numbers = [int(c) for c in averages.get("classes", [])]
-    if "rlnClassNumber" not in out.particles.columns or not numbers or min(numbers) < 1:
+    if class_numbers is None or not numbers or min(numbers) < 1:
         return False
-    present = set(np.unique(out.particles["rlnClassNumber"].to_numpy()).astype(int).tolist())
+    present = set(np.unique(np.asarray(class_numbers)).astype(int).tolist())
     return present <= set(numbers)
 
 
-def write_class_model(out: ParticleStar, out_dir: str | Path, report: Mapping[str, Any]) -> dict[str, str]:
-    """Write the model, data and optimiser STAR files for ``out`` (the job's particles, with rlnClassNumber)
-    and the class averages the ``report`` names; returns their paths by role (``model``, ``data``,
-    ``optimiser``, and ``stack`` for the images the model names)."""
+def write_class_model(class_numbers: np.ndarray, particles_star: str | Path, out_dir: str | Path,
+                      report: Mapping[str, Any]) -> dict[str, str]:
+    """Write the model, data and optimiser STAR files for the job's particles (``particles_star``, its
+    particles.star with rlnClassNumber ``class_numbers``) and the class averages the ``report`` names; returns
+    their paths by role (``model``, ``data``, ``optimiser``, and ``stack`` for the images the model names).
+    The data STAR file is a copy of ``particles_star``: the particles as they are, optics and all."""
     out_dir = Path(out_dir)
     stack, numbers = Path(report["class_averages"]["file"]), [int(c) for c in report["class_averages"]["classes"]]
     stack, position = _contiguous_stack(stack, numbers, out_dir / PADDED_STACK)
     with open_stack(stack) as m:
         box, pixel_size_A = stack_shape(m)[-1], header_pixel_size(m) or 0.0
-    class_numbers = out.particles["rlnClassNumber"].to_numpy().astype(int)
-    rows = class_rows(class_numbers, stack, position, report.get("classes", {}))
+    rows = class_rows(np.asarray(class_numbers).astype(int), stack, position, report.get("classes", {}))
     paths = {"model": out_dir / MODEL_STAR, "data": out_dir / DATA_STAR, "optimiser": out_dir / OPTIMISER_STAR}
     write_star(model_blocks(rows, box, pixel_size_A), paths["model"], STAR_VERSION)
-    write_star(out, paths["data"])
+    with atomic_path(paths["data"]) as tmp:
+        shutil.copyfile(particles_star, tmp)
     write_star(optimiser_blocks(paths["model"], paths["data"]), paths["optimiser"], STAR_VERSION)
     return {**{role: path.as_posix() for role, path in paths.items()}, "stack": stack.as_posix()}
 

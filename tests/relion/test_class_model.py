@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 
 from relion_canon.io.mrc import open_stack, write_stack
-from relion_canon.io.star import ParticleStar, read_star
+from relion_canon.io.star import ParticleStar, read_star, write_star
 from relion_canon.relion.class_model import (
     NOT_MEASURED,
     PADDED_STACK,
@@ -32,6 +33,15 @@ def _particles(classes: list[int]) -> ParticleStar:
     return ParticleStar(None, {"optics": optics, "particles": parts}, "particles", 30001)
 
 
+def _numbers(star: ParticleStar) -> np.ndarray:
+    return star.particles["rlnClassNumber"].to_numpy()
+
+
+def _written(star: ParticleStar, tmp_path) -> Path:
+    """The particles as the job writes them before the class model (its particles.star)."""
+    return write_star(star, tmp_path / "particles.star")
+
+
 def _report(tmp_path, numbers: list[int], classes: dict | None = None) -> dict:
     images = np.stack([np.full((8, 8), float(c), np.float32) for c in numbers])
     stack = write_stack(tmp_path / "class_averages.mrcs", images, 2.0)
@@ -44,8 +54,8 @@ def test_model_names_the_class_averages_in_class_order(tmp_path):
                                                   "accuracy_rot_deg": 3.0},
                                             "2": {"n_particles": 1, "alignment": [{"resolution_A": 20.0}, {"resolution_A": 15.0}],
                                                   "is_junk": True}})
-    assert has_class_model(star, report)
-    files = write_class_model(star, tmp_path, report)
+    assert has_class_model(_numbers(star), report)
+    files = write_class_model(_numbers(star), _written(star, tmp_path), tmp_path, report)
     _, simple, loops = parse_star_text((tmp_path / "run_it000_model.star").read_text())
     assert simple["model_general"]["_rlnNrClasses"] == "3" and simple["model_general"]["_rlnPixelSize"] == "2.0"
     rows = loops["model_classes"]
@@ -56,6 +66,7 @@ def test_model_names_the_class_averages_in_class_order(tmp_path):
     assert [r[-1] for r in rows] == ["0", "1", "0"]  # junk stays a class, marked
     data = read_star(files["data"])
     assert data.particles.equals(star.particles) and data.optics_table.equals(star.optics_table)
+    assert (tmp_path / "run_it000_data.star").read_bytes() == (tmp_path / "particles.star").read_bytes()
     _, simple, _ = parse_star_text((tmp_path / "run_it000_optimiser.star").read_text())
     assert simple["optimiser_general"]["_rlnModelStarFile"] == files["model"]
     assert files["model"].replace("_model.star", "_data.star") == files["data"]
@@ -63,7 +74,7 @@ def test_model_names_the_class_averages_in_class_order(tmp_path):
 
 def test_absent_class_numbers_get_blank_images(tmp_path):
     star = _particles([2, 2, 5])
-    files = write_class_model(star, tmp_path, _report(tmp_path, [2, 5]))
+    files = write_class_model(_numbers(star), _written(star, tmp_path), tmp_path, _report(tmp_path, [2, 5]))
     _, _, loops = parse_star_text((tmp_path / "run_it000_model.star").read_text())
     rows = loops["model_classes"]
     assert len(rows) == 5 and files["stack"].endswith(PADDED_STACK)
@@ -75,9 +86,10 @@ def test_absent_class_numbers_get_blank_images(tmp_path):
 
 def test_no_model_without_per_class_averages(tmp_path):
     star = _particles([1, 2])
-    assert not has_class_model(star, {})
-    assert not has_class_model(star, _report(tmp_path, [0]))  # one average of all particles
-    assert not has_class_model(star, _report(tmp_path, [1]))  # class 2 has no average
+    assert not has_class_model(_numbers(star), {})
+    assert not has_class_model(None, _report(tmp_path, [1, 2]))  # no classes
+    assert not has_class_model(_numbers(star), _report(tmp_path, [0]))  # one average of all particles
+    assert not has_class_model(_numbers(star), _report(tmp_path, [1]))  # class 2 has no average
 
 
 def test_selection_node_per_version():
