@@ -65,25 +65,13 @@ def test_two_gloo_processes_share_sum_merge_and_gather(tmp_path):
 def _classify(root: Path) -> dict:
     """classify_particles as the job calls it, on a subset for the rounds, nothing cached, with the junk rule."""
     from relion_canon.analysis.alignment import AlignmentConfig
-    from relion_canon.analysis.classification import ClassificationConfig, classify_particles
+    from relion_canon.analysis.classification import ClassificationConfig
     from relion_canon.analysis.estimate.junk import junk_class_mask
-    from relion_canon.io.star import read_star
-    from relion_canon.preprocess import PreprocessConfig
-    from relion_canon.train.data import ParticleBatches
-
-    star = read_star(root / "particles.star")
-    images = ParticleBatches(star, PreprocessConfig())
-
-    def batches(which=None):
-        rows = np.arange(len(star)) if which is None else which
-        for start in range(0, len(rows), 64):
-            pos = rows[start:start + 64]
-            yield pos, images[pos]["image"][:, 0].numpy()
+    from tests.analysis.test_classification import _classify_with
 
     config = ClassificationConfig(n_classes=4, particles_per_class=50, alignment=AlignmentConfig(
         max_shift=4.0, reference_particles=200, cache_bytes=0))
-    found = classify_particles(batches, len(star), star.ctf_params(), images.pixel_size, images.box, config=config,
-                               junk_rule=junk_class_mask)
+    found = _classify_with(root, config, junk_class_mask)
     return {"classes": found.class_index, "psi": found.psi_deg, "shift": found.shift_px, "noise": found.noise}
 
 
