@@ -156,8 +156,8 @@ def run_job(
     ``config.threads`` bounds every CPU thread pool of the job (torch's and the BLAS behind numpy/scikit-learn).
 
     ``input_checked``: the caller has already passed these particles and this config through
-    :func:`~relion_canon.io.validate.check_job_input` (the External job does, before its distributed training
-    starts), so the stacks are not read a second time nor the warnings repeated.
+    :func:`~relion_canon.io.validate.check_job_input` (the External job does, before it starts its torchrun
+    processes), so the stacks are not read a second time nor the warnings repeated.
 
     Under torchrun (``relion-canon run --gpu 0,1``, or ``torchrun --nproc_per_node K -m relion_canon.cli.main
     run ...``) every process runs this: they train together (DistributedDataParallel), and each predicts,
@@ -177,7 +177,7 @@ def run_job(
         inputs.append(particles)
     if not writer or folder_held:
         with cpu_threads(config.threads):
-            return _run_job(particles, Path(out_dir), config, resume, context, passthrough, None, writes=writer)
+            return _run_job(particles, Path(out_dir), config, resume, context, passthrough, None)
     with cpu_threads(config.threads), output_folder(out_dir, inputs=inputs, outputs=outputs) as folder:
         return _run_job(particles, Path(out_dir), config, resume, context, passthrough, folder)
 
@@ -209,10 +209,9 @@ def _model_file(model_path: str | Path) -> Path:
 
 
 def _run_job(particles: str | Path | ParticleStar, out_dir: Path, config: JobConfig, resume: bool,
-             context: RunContext, passthrough: str | Path | None, folder: OutputFolder | None,
-             writes: bool = True) -> JobResult | None:
+             context: RunContext, passthrough: str | Path | None, folder: OutputFolder | None) -> JobResult | None:
     """The job; ``folder`` None where this process does not hold it (under torchrun). A process that does not
-    ``writes`` returns None once its share of the passes is done."""
+    write the results returns None once its share of the passes is done."""
     from relion_canon.analysis.estimate import estimate
     from relion_canon.analysis.report import write_figures  # matplotlib: only when a job runs
 
@@ -231,7 +230,7 @@ def _run_job(particles: str | Path | ParticleStar, out_dir: Path, config: JobCon
     t0 = time.perf_counter()
     estimates = estimate(star, model_path, out_dir, config, context=context)
     timings["estimate"] = time.perf_counter() - t0
-    if estimates is None or not writes:
+    if estimates is None:
         return None  # a process under torchrun that does not write: its share of the passes is done
 
     flag = estimates.columns["rlnCanonIsOutlier"].astype(bool)

@@ -13,6 +13,8 @@ Reductions run through ``torch.distributed`` on the CPU tensors the passes keep 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -26,8 +28,11 @@ def world() -> tuple[int, int]:
 
 
 def is_writer() -> bool:
-    """Whether this process writes the job's results and log lines: rank 0 (the only process outside torchrun)."""
-    return world()[0] == 0
+    """Whether this process writes the job's results and log lines: rank 0 (the only process outside torchrun).
+    Before the process group starts, torchrun's ``RANK`` says it."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def share(n: int) -> np.ndarray:
@@ -51,15 +56,23 @@ def summed(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def merged(new: torch.Tensor, old: torch.Tensor, touched: torch.Tensor) -> torch.Tensor:
+def anywhere(touched: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: the rows some process's pass ``touched`` ((N,) bool on this process)."""
+    return summed(touched.to(torch.int32)) > 0 if world()[1] > 1 else touched
+
+
+def merged(new: torch.Tensor, old: torch.Tensor, touched: torch.Tensor,
+           touched_anywhere: torch.Tensor | None = None) -> torch.Tensor:
     """Per row, ``new`` of the process whose pass ``touched`` it ((N,) bool), else ``old``: rows are never read by
-    two processes, so each is the one process's value plus zeros, exactly."""
+    two processes, so each is the one process's value plus zeros, exactly. ``touched_anywhere``:
+    :func:`anywhere` of ``touched``, when several arrays of one pass are merged."""
     if world()[1] == 1:
         return new
-    picked = touched.reshape(-1, *([1] * (new.dim() - 1)))
-    values = summed(torch.where(picked, new, torch.zeros((), dtype=new.dtype)))
-    counts = summed(touched.to(torch.int32))
-    return torch.where((counts > 0).reshape(picked.shape), values, old)
+    if touched_anywhere is None:
+        touched_anywhere = anywhere(touched)
+    shape = (-1, *([1] * (new.dim() - 1)))
+    values = summed(torch.where(touched.reshape(shape), new, torch.zeros((), dtype=new.dtype)))
+    return torch.where(touched_anywhere.reshape(shape), values, old)
 
 
 def merged_rows(values: np.ndarray, touched: np.ndarray, fill: float = np.nan) -> np.ndarray:

@@ -162,8 +162,12 @@ def job_command(particles: str, out: str, processes: int, args: argparse.Namespa
             "-m", "relion_canon.cli.main", *options]
 
 
+def job_name(n: int, processes: int) -> str:
+    return f"job_{n}" if processes == 1 else f"job_{n}_p{processes}"
+
+
 def run_job(work: Path, folder: Path, n: int, args: argparse.Namespace, processes: int = 1) -> dict:
-    name = f"job_{n}" if processes == 1 else f"job_{n}_p{processes}"
+    name = job_name(n, processes)
     job = work / name
     shutil.rmtree(job, ignore_errors=True)
     cmd = job_command(str((folder / "particles.star").relative_to(work)), job.name, processes, args)
@@ -186,7 +190,7 @@ def measure(work: Path, n: int, args: argparse.Namespace, processes: int = 1) ->
     load = os.getloadavg()[0]
     job = run_job(work, folder, n, args, processes)
     if not args.keep:
-        shutil.rmtree(work / (f"job_{n}" if processes == 1 else f"job_{n}_p{processes}"), ignore_errors=True)
+        shutil.rmtree(work / job_name(n, processes), ignore_errors=True)
     return {"n": n, "read_seconds": read_s, "read_mb_per_s": read_bytes / 2**20 / read_s,
             "particles_per_s": n / job["wall_s"], "io_ratio": read_s / job["wall_s"],
             "loadavg_1min_at_start": load, **job}

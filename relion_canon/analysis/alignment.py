@@ -37,7 +37,7 @@ import torch
 from relion_canon.analysis.alignment_reference import HalfSetSums
 from relion_canon.analysis.prepared_particles import ImageBatches, Prepared, PreparedParticles
 from relion_canon.context import QUIET, RunContext
-from relion_canon.parallel import merged
+from relion_canon.parallel import anywhere, merged
 from relion_canon.ctf import CtfParams
 from relion_canon.geometry import (
     correlation_window,
@@ -108,8 +108,9 @@ class Poses:
     def merged(self, before: "Poses", touched: torch.Tensor) -> "Poses":
         """These poses where some process's search ``touched`` the particle ((N,) bool on this process), else
         ``before``: every process then holds every pose (:func:`relion_canon.parallel.merged`)."""
-        return Poses(merged(self.psi_rad, before.psi_rad, touched), merged(self.shift_px, before.shift_px, touched),
-                     merged(self.score, before.score, touched))
+        somewhere = anywhere(touched)
+        return Poses(*(merged(new, old, touched, somewhere) for new, old in
+                       ((self.psi_rad, before.psi_rad), (self.shift_px, before.shift_px), (self.score, before.score))))
 
 
 @dataclass(frozen=True)

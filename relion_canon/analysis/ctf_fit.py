@@ -24,7 +24,7 @@ import torch
 from relion_canon.analysis.alignment import Alignment
 from relion_canon.ctf import CtfParams, ctf_2d, electron_wavelength
 from relion_canon.geometry import parabolic_height, parabolic_offset, ring_index, rotate
-from relion_canon.parallel import merged_rows, share
+from relion_canon.parallel import merged_rows, owned, share
 
 N_BINS = 1024  # bins of k²: πλ·d·Δs stays below 0.1 rad for d up to 5 µm at Nyquist
 
@@ -70,9 +70,7 @@ def fit_defocus(
             scores = _scores(cross[sel], power[sel], ctf.take(rows), float(value), box, tables)
             best = scores.argmax(axis=1)
             estimate[rows], peak[rows] = _refine(candidates, scores, best)
-    fitted = np.zeros(n, dtype=bool)
-    fitted[mine] = True
-    return merged_rows(estimate, fitted), merged_rows(peak, fitted)
+    return merged_rows(estimate, owned(n)), merged_rows(peak, owned(n))
 
 
 class _Tables:

@@ -83,8 +83,11 @@ class PreparedParticles:
         """The images of this process's particles, or of those among them that ``which`` ((N,) bool) picks."""
         if which is None and self._mine is None:
             return self._batches()
-        picked = self._mine if which is None else which if self._mine is None else which & self._mine
-        return self._batches(np.flatnonzero(picked))
+        if which is None:
+            which = self._mine
+        elif self._mine is not None:
+            which = which & self._mine
+        return self._batches(np.flatnonzero(which))
 
     def _prepare(self, idx: np.ndarray, images: np.ndarray) -> Prepared:
         grid = self._grid

@@ -36,11 +36,11 @@ def run_command(particles: Path, out_dir: Path, passthrough: Path | None, projec
                 no_resume: bool, quiet: bool, **options: Any) -> None:
     """Learn each particle's in-plane angle, defocus, weight and junk status, and write them back."""
     import logging
-    import os
 
     from relion_canon.context import RunContext
     from relion_canon.logs import log_to
     from relion_canon.job import run_job
+    from relion_canon.parallel import is_writer
     from relion_canon.train.devices import device_from_gpu_ids
     from relion_canon.train.engine import TrainingDiverged
 
@@ -48,7 +48,7 @@ def run_command(particles: Path, out_dir: Path, passthrough: Path | None, projec
     relaunch_on_gpus(gpu)
     config.device = device_from_gpu_ids(gpu, config.device)
     # Under torchrun the processes share the work and rank 0 reports it; the others say only what fails.
-    writer = os.environ.get("RANK", "0") == "0"
+    writer = is_writer()
     try:  # run_job bounds torch's and the BLAS's threads to config.threads
         with log_to(click.echo, level=logging.INFO if writer else logging.ERROR):
             run_job(particles, out_dir, config, resume=not no_resume,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from relion_canon.io.particles import is_cryosparc, read_particles
 from relion_canon.logs import log_to
 from relion_canon.models import MODEL_CLASSES
 from relion_canon.options import parse_model_options
+from relion_canon.parallel import is_writer
 from relion_canon.preprocess import PreprocessConfig
 from relion_canon.threads import cpu_threads
 from relion_canon.train.checkpoint import save_model_from_checkpoint
@@ -91,7 +91,7 @@ def train_command(particles: Path, passthrough: Path | None, project_dir: Path |
     )
     context = RunContext(project_dir=project_dir, progress=not quiet)
     # Under torchrun only rank 0 writes, so only it holds the folder.
-    writer = os.environ.get("RANK", "0") == "0"
+    writer = is_writer()
     folder = output_folder(out_dir, inputs=[particles, passthrough], outputs=[MODEL_FILE, CHECKPOINT_FILE]) \
         if writer else contextlib.nullcontext()
     try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -45,14 +44,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from relion_canon.io.star import read_star
     from relion_canon.logs import log_to
     from relion_canon.job import run_job
+    from relion_canon.parallel import is_writer
 
     argv = list(sys.argv[1:] if argv is None else argv)
     settings = json.loads(Path(argv[0]).read_text())
     config = job_config_from_dict(settings["config"])
-    is_main = int(os.environ.get("RANK", "0")) == 0
 
     # One copy of each line in run.out, not one per process; the others say only what fails.
-    with log_to(sys.stdout, level=logging.INFO if is_main else logging.ERROR):
+    with log_to(sys.stdout, level=logging.INFO if is_writer() else logging.ERROR):
         try:
             star = read_star(settings["particles"])
             run_job(star, Path(settings["out_dir"]), config, resume=settings["resume"],
