@@ -30,6 +30,10 @@ JunkRule = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray
 """(sizes (K,), resolutions Å (K,), median scores (K,), half-set agreements (K,)) → (K,) bool: which classes
 hold junk."""
 
+ApartRule = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+"""(averages (K, B, B), sizes (K,), judged (K,) bool) → (K,) bool: which of the judged classes are views of
+nothing the other classes show (another molecule), judged on their averages together."""
+
 
 def _class_figures(state: ClassState, averages: list[ClassAverage], pixel_size_A: float, box: int,
                    rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -59,8 +63,10 @@ def junk_classes_now(state: ClassState, averages: list[ClassAverage], junk_rule:
 
 
 def rehome(state: ClassState, particles: PreparedParticles, junk_rule: JunkRule, searcher: ClassSearch,
-           shifts: ShiftSearch, grid: SearchGrid, pixel_size_A: float) -> ClassState:
-    """Give the particles of junk classes (``junk_rule``) a second chance: each is searched against the good
+           shifts: ShiftSearch, grid: SearchGrid, pixel_size_A: float,
+           apart_rule: ApartRule | None = None) -> ClassState:
+    """Give the particles of junk classes (``junk_rule``, then ``apart_rule`` among the classes that pass
+    it) a second chance: each is searched against the good
     classes alone, globally first (a particle far off-centre lands in a junk class because the turn found
     about its centre was wrong; see :meth:`ClassSearch.search_globally`), and joins the best one when it
     matches it at least :data:`REHOME_SCORE_FRACTION` as well as that class's typical particle does (a good
@@ -71,6 +77,12 @@ def rehome(state: ClassState, particles: PreparedParticles, junk_rule: JunkRule,
     classes = state.classes.numpy()
     counts, resolution, median, agreement = _class_figures(state, averages, pixel_size_A, grid.box)
     junk = _judged(junk_rule, counts, resolution, median, agreement)
+    apart = np.zeros_like(junk)
+    if apart_rule is not None:
+        judged = ~junk & (counts > 0)
+        apart = np.asarray(apart_rule(torch.stack([a.reference for a in averages]).numpy(), counts, judged),
+                           dtype=bool) & judged
+        junk |= apart
     if not junk.any() or junk[counts > 0].all():
         return state
     good = torch.from_numpy(np.flatnonzero(~junk & (counts > 0)))
@@ -89,7 +101,8 @@ def rehome(state: ClassState, particles: PreparedParticles, junk_rule: JunkRule,
     poses.psi_rad[move], poses.shift_px[move] = searched.poses.psi_rad[move], searched.poses.shift_px[move]
     poses.score[in_junk] = searched.poses.score[in_junk]
     new_classes[move] = best[move]
-    log.info("classification: %d of the %d particles of %d junk class(es) match a good class and join it",
-             int(move.sum()), int(in_junk.sum()), int(junk.sum()))
+    log.info("classification: %d of the %d particles of %d junk class(es) (%d of them sharing no common line "
+             "with the other classes) match a good class and join it",
+             int(move.sum()), int(in_junk.sum()), int(junk.sum()), int(apart.sum()))
     return ClassState(poses, new_classes, sums_of(particles.everyone(), poses, new_classes, len(averages), grid))
 

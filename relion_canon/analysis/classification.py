@@ -48,7 +48,7 @@ from relion_canon.analysis.alignment import Alignment, AlignmentConfig, Poses, S
 from relion_canon.analysis.alignment_reference import ClassAverage, HalfSetSums
 from relion_canon.analysis.class_comparison import half_agreement, merge_candidates
 from relion_canon.analysis.class_features import initial_classes, invariant_features
-from relion_canon.analysis.class_rehome import JunkRule, junk_classes_now, rehome
+from relion_canon.analysis.class_rehome import ApartRule, JunkRule, junk_classes_now, rehome
 from relion_canon.analysis.class_split import Splitter
 from relion_canon.analysis.class_search import ClassSearch, ClassState, averages_of, sums_of, supported_band
 from relion_canon.analysis.prepared_particles import ImageBatches, Prepared, PreparedParticles
@@ -135,6 +135,7 @@ def classify_particles(
     config: ClassificationConfig = ClassificationConfig(),
     *,
     junk_rule: JunkRule | None = None,
+    apart_rule: ApartRule | None = None,
     context: RunContext = QUIET,
 ) -> Classification:
     """Classify and align the particles ``batches`` yields (as :func:`~relion_canon.analysis.alignment.align_particles`
@@ -167,7 +168,8 @@ def classify_particles(
             state = rounds.one(state, particles.everyone(), np.arange(n_particles), reassign=True,
                                title=f"pass over all particles {pass_ + 1}/2", tidy=False)[0]
     if junk_rule is not None:
-        state = rehome(state, particles, junk_rule, rounds.searcher, rounds.shifts, grid, rounds.pixel_size_A)
+        state = rehome(state, particles, junk_rule, rounds.searcher, rounds.shifts, grid, rounds.pixel_size_A,
+                       apart_rule)
     return rounds.result(state, particles.noise, converged)
 
 

@@ -43,3 +43,18 @@ def test_good_particles_leave_junk_classes_and_junk_stays(tmp_path):
     config = replace(config, alignment=replace(config.alignment, cache_bytes=0))
     streamed = _classify_with(tmp_path / "sim", config, every_class_but_the_best_is_junk)
     assert np.mean(streamed.class_index == found.class_index) >= 0.99
+    # Classes that pass the junk rule but share no common line with the others (another molecule) are re-homed
+    # alike: the apart rule sees only the classes the junk rule passed, with their averages.
+    seen = []
+
+    def no_junk(sizes, resolution_A, median_score, half_agreement):
+        return np.zeros(len(sizes), dtype=bool)
+
+    def every_judged_class_but_the_best_is_apart(averages, sizes, judged):
+        seen.append((averages.shape, judged.copy()))
+        return marked[-1] & judged
+
+    apart = _classify_with(tmp_path / "sim", ClassificationConfig(n_classes=4, split_passes=0), no_junk,
+                           every_judged_class_but_the_best_is_apart)
+    assert seen and seen[0][0][0] == len(seen[0][1]) and seen[0][0][1] == seen[0][0][2]
+    assert np.mean(apart.class_index == found.class_index) >= 0.99

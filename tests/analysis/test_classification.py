@@ -21,7 +21,7 @@ def _classify(root, config=ClassificationConfig()):
     return _classify_with(root, config, None)
 
 
-def _classify_with(root, config, junk_rule):
+def _classify_with(root, config, junk_rule, apart_rule=None):
     star = read_star(root / "particles.star")
     images = ParticleBatches(star, PreprocessConfig())
 
@@ -32,7 +32,7 @@ def _classify_with(root, config, junk_rule):
             yield pos, images[pos]["image"][:, 0].numpy()
 
     return classify_particles(batches, len(star), star.ctf_params(), images.pixel_size, images.box, config=config,
-                              junk_rule=junk_rule)
+                              junk_rule=junk_rule, apart_rule=apart_rule)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import numpy as np
 from relion_canon.analysis.alignment import AlignmentConfig
 from relion_canon.analysis.classification import Classification, ClassificationConfig, classify_particles
 from relion_canon.analysis.estimate.refine import Refinement, batches_of, finish_class, origin_A
-from relion_canon.analysis.estimate.junk import junk_class_mask
+from relion_canon.analysis.estimate.junk import classes_apart, junk_class_mask
 from relion_canon.analysis.estimate.timing import Clock
 from relion_canon.analysis.estimate_config import EstimateConfig
 from relion_canon.context import RunContext
@@ -37,7 +37,7 @@ def classify_classes(star: ParticleStar, psi_model_deg: np.ndarray, source: Any,
         batches_of(images, np.arange(n)), n, ctf, images.pixel_size, images.box, psi_model_deg,
         ClassificationConfig(n_classes=config.classes, seed=config.seed,
                              alignment=AlignmentConfig(max_shift=config.max_shift_px, seed=config.seed)),
-        junk_rule=junk_class_mask, context=context,
+        junk_rule=junk_class_mask, apart_rule=classes_apart, context=context,
     )
     clock.lap("refine")
     result = Refinement(psi_deg=found.psi_deg.copy(), score=found.score.copy(), defocus_fit_A=np.full(n, np.nan),

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from relion_canon.analysis.common_lines import common_line_scores, line_consistency
 from relion_canon.analysis.estimate.timing import Clock
 from relion_canon.analysis.latent_angle import polar_readout
 from relion_canon.analysis.outliers import flag_outliers, outlier_scores
@@ -99,6 +100,16 @@ JUNK_CLASS_SCORE_FRACTION = 0.5
 # disagree tens of times more than its size allows, while classes of one view stay within about 2.5 times
 # (benchmarks/classify/README.md, "Junk classes also by their half-sets' agreement").
 JUNK_CLASS_AGREEMENT_FACTOR = 5.0
+# ... or, judged after those tests among the classes they pass, whose average shares no central line with the
+# others' (:mod:`relion_canon.analysis.common_lines`): its median common-line score falls short of 1 by this
+# many times the typical class's shortfall (and by a little in all, so that near-perfect scores' rounding
+# marks nothing). Such a class holds a consistent view of another molecule (or junk that averages to a
+# particle-like blob), which none of the tests above can see. The figures measured for classes of one view
+# and of another molecule are in benchmarks/classify/README.md ("Classes of another molecule").
+JUNK_CLASS_LINE_FACTOR = 2.5
+JUNK_CLASS_LINE_GAP = 0.02
+# The common-line test needs this many classes that pass the other tests, to know what typical is.
+JUNK_CLASS_LINE_MIN_CLASSES = 4
 
 
 def junk_by_alignment_score(score: np.ndarray, threshold: float) -> Junk:
@@ -118,24 +129,67 @@ def junk_by_alignment_score(score: np.ndarray, threshold: float) -> Junk:
 
 
 def junk_classes(classes: dict[int, np.ndarray], resolution_A: dict[int, float], score: np.ndarray,
-                 half_agreement: dict[int, float]) -> dict[int, bool]:
+                 half_agreement: dict[int, float],
+                 averages: dict[int, np.ndarray] | None = None) -> tuple[dict[int, bool], dict[int, dict[str, float]]]:
     """Class number → whether it is a junk class: its average's resolution is more than
     :data:`JUNK_CLASS_RESOLUTION_FACTOR` times the typical class's, or its particles' median correlation with
     it is below :data:`JUNK_CLASS_SCORE_FRACTION` of the typical class's (both typical values the
     population-weighted medians over classes), or its half-sets agree :data:`JUNK_CLASS_AGREEMENT_FACTOR` times
-    less than its size predicts. Its particles go with it, as a RELION user drops a junk class after Class2D."""
+    less than its size predicts; then, given the ``averages``, or its average shares no central line with the
+    other classes' (:func:`line_inconsistency`). Its particles go with it, as a RELION user drops a junk class
+    after Class2D. Also class number → its common-line figures, for the report (empty without averages)."""
     numbers = sorted(classes)
     sizes = np.array([len(classes[n]) for n in numbers], dtype=float)
     resolution = np.array([resolution_A[n] for n in numbers])
     median_score = np.array([np.median(score[classes[n]]) if len(classes[n]) else 0.0 for n in numbers])
     agreement = np.array([half_agreement[n] for n in numbers])
-    marked = dict(zip(numbers, (bool(j) for j in junk_class_mask(sizes, resolution, median_score, agreement))))
+    mask = junk_class_mask(sizes, resolution, median_score, agreement)
+    figures: dict[int, dict[str, float]] = {}
+    if averages is not None and all(n in averages for n in numbers):
+        consistency, inconsistency, apart = line_inconsistency(
+            common_line_scores(np.stack([averages[n] for n in numbers])), sizes, ~mask & (sizes > 0))
+        figures = {n: {"common_line_score": round(float(c), 4), "common_line_shortfall": round(float(f), 3)}
+                   for n, c, f in zip(numbers, consistency, inconsistency) if np.isfinite(c) and np.isfinite(f)}
+        if apart.any():
+            log.info("Junk classes sharing no central line with the other classes (another molecule?): %s",
+                     ", ".join(str(n) for n, a in zip(numbers, apart) if a))
+        mask = mask | apart
+    marked = dict(zip(numbers, (bool(j) for j in mask)))
     if any(marked.values()):
         log.info("Junk classes (averages coarser than %.1f x the typical, matched less than %.1f x as well as "
-                 "the typical class, or half-sets agreeing %.0f x less than their size predicts): %s",
-                 JUNK_CLASS_RESOLUTION_FACTOR, JUNK_CLASS_SCORE_FRACTION, JUNK_CLASS_AGREEMENT_FACTOR,
-                 ", ".join(str(n) for n, junk in marked.items() if junk))
-    return marked
+                 "the typical class, half-sets agreeing %.0f x less than their size predicts, or no common "
+                 "lines with the others): %s", JUNK_CLASS_RESOLUTION_FACTOR, JUNK_CLASS_SCORE_FRACTION,
+                 JUNK_CLASS_AGREEMENT_FACTOR, ", ".join(str(n) for n, junk in marked.items() if junk))
+    return marked, figures
+
+
+def classes_apart(averages: np.ndarray, sizes: np.ndarray, judged: np.ndarray) -> np.ndarray:
+    """(K,) bool: which ``judged`` classes of (K, B, B) ``averages`` share no central line with the others
+    (:func:`line_inconsistency`); empty classes take no part."""
+    sizes, judged = np.asarray(sizes, dtype=float), np.asarray(judged, dtype=bool)
+    present = np.flatnonzero(sizes > 0)
+    apart = np.zeros(len(sizes), dtype=bool)
+    if judged[present].sum() >= JUNK_CLASS_LINE_MIN_CLASSES:
+        scores = common_line_scores(np.asarray(averages)[present])
+        apart[present] = line_inconsistency(scores, sizes[present], judged[present])[2]
+    return apart
+
+
+def line_inconsistency(scores: np.ndarray, sizes: np.ndarray,
+                       judged: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """From the (K, K) common-line scores of K classes, of (K,) ``sizes``, each class's median score with the
+    ``judged`` classes (:func:`~relion_canon.analysis.common_lines.line_consistency`), its shortfall (1 −
+    score) over the typical judged class's (population-weighted median), and (K,) bool: which judged classes
+    fall short :data:`JUNK_CLASS_LINE_FACTOR` times as much and by :data:`JUNK_CLASS_LINE_GAP` in all. With
+    fewer than :data:`JUNK_CLASS_LINE_MIN_CLASSES` judged classes nothing is marked."""
+    judged = np.asarray(judged, dtype=bool)
+    consistency = line_consistency(scores, judged)
+    if judged.sum() < JUNK_CLASS_LINE_MIN_CLASSES:
+        return consistency, np.full(len(judged), np.nan), np.zeros(len(judged), dtype=bool)
+    typical = _weighted_median(consistency[judged], np.asarray(sizes, dtype=float)[judged])
+    shortfall = (1.0 - consistency) / max(1.0 - typical, 1e-6)
+    apart = judged & (shortfall >= JUNK_CLASS_LINE_FACTOR) & (typical - consistency >= JUNK_CLASS_LINE_GAP)
+    return consistency, shortfall, apart
 
 
 def junk_class_mask(sizes: np.ndarray, resolution_A: np.ndarray, median_score: np.ndarray,

@@ -118,10 +118,11 @@ def mark_junk_classes(refinement: Refinement, junk: Junk) -> None:
     """Flag every particle of a junk class (see :func:`~relion_canon.analysis.estimate.junk.junk_classes`),
     and record which classes are junk and how many views the others show."""
     reports = {n: refinement.class_reports[str(n)] for n in refinement.classes}
-    marked = junk_classes(refinement.classes, {n: r["resolution_A"] for n, r in reports.items()}, refinement.score,
-                          {n: r["half_agreement"] for n, r in reports.items()})
+    marked, lines = junk_classes(refinement.classes, {n: r["resolution_A"] for n, r in reports.items()},
+                                 refinement.score, {n: r["half_agreement"] for n, r in reports.items()},
+                                 refinement.class_averages or None)
     for number, is_junk in marked.items():
-        refinement.class_reports[str(number)]["is_junk"] = is_junk
+        refinement.class_reports[str(number)].update(lines.get(number, {}), is_junk=is_junk)
         if is_junk:
             junk.flag_junk_class(refinement.classes[number])
     facts = refinement.classification if refinement.classification is not None else {}

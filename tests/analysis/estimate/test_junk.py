@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from relion_canon.analysis.estimate.junk import find_junk, junk_by_alignment_score, outlier_features
 from relion_canon.analysis.estimate.timing import Clock
@@ -65,3 +66,51 @@ def test_one_class_or_halves_that_anticorrelate():
     assert agreement_shortfall(np.array([500.0]), np.array([0.99])).tolist() == [1.0]
     shortfall = agreement_shortfall(np.array([1000.0, 1000.0, 200.0]), np.array([0.998, 0.998, -0.2]))
     assert shortfall[2] > 50 and np.all(np.isfinite(shortfall))
+
+
+def _views_and_a_decoy(n_views: int) -> np.ndarray:
+    from relion_canon.geometry.projection import FourierProjector
+    from relion_canon.simulate.phantom import DECOY_SEED, PARTICLE_SEED, phantom_volume
+
+    rot, tilt = np.linspace(0, 300, n_views), np.linspace(10, 160, n_views)
+    own = FourierProjector(phantom_volume(64, seed=PARTICLE_SEED)).project(rot, tilt, np.zeros(n_views))
+    decoy = FourierProjector(phantom_volume(64, seed=DECOY_SEED)).project([40.0], [70.0], [0.0])
+    return np.concatenate([own, decoy])
+
+
+def test_a_class_that_shares_no_central_line_with_the_others_is_junk():
+    from relion_canon.analysis.estimate.junk import classes_apart
+
+    averages = _views_and_a_decoy(5)
+    sizes = np.array([900.0, 800, 700, 600, 500, 400])
+    assert classes_apart(averages, sizes, np.ones(6, bool)).tolist() == [False] * 5 + [True]
+    # Classes already found junk take no part, and an empty class is not judged.
+    assert not classes_apart(averages, sizes, np.r_[np.ones(5, bool), False]).any()
+    sizes[5] = 0
+    assert not classes_apart(averages, sizes, np.ones(6, bool)).any()
+    # Too few classes to know what is typical.
+    assert not classes_apart(averages[3:], np.full(3, 500.0), np.ones(3, bool)).any()
+
+
+def test_common_line_shortfalls_need_a_margin_as_well_as_a_ratio():
+    from relion_canon.analysis.estimate.junk import line_inconsistency
+
+    scores = np.full((6, 6), 0.999)
+    scores[5, :5] = scores[:5, 5] = 0.99  # ten times the typical shortfall, but only 0.009 in all
+    _, shortfall, apart = line_inconsistency(scores, np.full(6, 100.0), np.ones(6, bool))
+    assert shortfall[5] == pytest.approx(10.0, rel=0.01) and not apart.any()
+    scores[5, :5] = scores[:5, 5] = 0.9
+    assert line_inconsistency(scores, np.full(6, 100.0), np.ones(6, bool))[2].tolist() == [False] * 5 + [True]
+
+
+def test_junk_classes_report_their_common_line_figures():
+    from relion_canon.analysis.estimate.junk import junk_classes
+
+    averages = dict(enumerate(_views_and_a_decoy(5), start=1))
+    classes = {n: np.arange(100 * (n - 1), 100 * n) for n in averages}
+    score = np.full(600, 0.06)
+    marked, figures = junk_classes(classes, dict.fromkeys(averages, 12.0), score, dict.fromkeys(averages, 0.99),
+                                   averages)
+    assert [n for n, j in marked.items() if j] == [6]
+    assert figures[6]["common_line_shortfall"] >= 2.5 > max(figures[n]["common_line_shortfall"] for n in range(1, 6))
+    assert junk_classes(classes, dict.fromkeys(averages, 12.0), score, dict.fromkeys(averages, 0.99))[1] == {}
