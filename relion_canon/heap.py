@@ -2,9 +2,9 @@
 
 A run (classification) frees and allocates buffers of hundreds of MB on every batch; glibc maps each such
 block on its own and unmaps it when freed, so the kernel zero-fills the pages again on every batch. The
-console scripts therefore restart once with glibc's variables set so freed blocks stay in the heap
-(``restart_with_kept_heap``; ``RELION_CANON_HEAP=off`` or any ``MALLOC_*`` variable of the user's own turns
-it off). A streamed ``predict`` wants the opposite: glibc raises its mmap and trim thresholds after large
+console scripts (and ``python -m relion_canon.cli.main``, which torchrun starts) therefore restart once with
+glibc's variables set so freed blocks stay in the heap (``restart_with_kept_heap``; ``RELION_CANON_HEAP=off``
+or any ``MALLOC_*`` variable of the user's own turns it off). A streamed ``predict`` wants the opposite: glibc raises its mmap and trim thresholds after large
 blocks are freed (up to 32 MB and 64 MB), so each slice's temporary arrays would be kept and the footprint
 would grow with every slice; ``return_freed_memory`` fixes them low. Measured: ``benchmarks/README.md``,
 "Figures behind the defaults". Elsewhere (musl, macOS) both do nothing.
@@ -61,15 +61,22 @@ def kept_heap_env(environ: dict[str, str]) -> dict[str, str] | None:
     return {**environ, **_KEPT_HEAP_ENV, _MARK: "kept"}
 
 
-def restart_with_kept_heap() -> None:
-    """Replace this process by itself with the kept-heap environment (a console script's first call)."""
+def restart_with_kept_heap(module: str | None = None) -> None:
+    """Replace this process by itself with the kept-heap environment: a console script's first call, or, given
+    the ``module`` it was started as (``python -m``, as torchrun starts each process), the same module again."""
     env = kept_heap_env(dict(os.environ))
-    script = shutil.which(sys.argv[0]) if sys.argv and sys.argv[0] else None
-    if env is None or script is None or not os.access(script, os.X_OK):
+    if env is None:
+        return
+    if module is not None:
+        program, argv = sys.executable, [sys.executable, "-m", module, *sys.argv[1:]]
+    else:
+        program = shutil.which(sys.argv[0]) if sys.argv and sys.argv[0] else None
+        argv = [sys.argv[0], *sys.argv[1:]]
+    if not program or not os.access(program, os.X_OK):
         return
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execve(script, [sys.argv[0], *sys.argv[1:]], env)
+        os.execve(program, argv, env)
     except OSError:
         return

@@ -75,4 +75,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # `python -m relion_canon.cli.main`, as torchrun starts it
+    restart_with_kept_heap(module="relion_canon.cli.main")
     cli()
