@@ -15,6 +15,7 @@ from relion_canon.analysis.alignment import SearchGrid, ShiftSearch
 from relion_canon.analysis.alignment_reference import ClassAverage
 from relion_canon.analysis.class_comparison import half_agreement
 from relion_canon.analysis.class_search import ClassSearch, ClassState, averages_of, sums_of, supported_band
+from relion_canon.analysis.defocus_trend import score_at_defocus
 from relion_canon.analysis.prepared_particles import PreparedParticles
 from relion_canon.geometry import resolution_at_threshold_A
 
@@ -64,13 +65,14 @@ def junk_classes_now(state: ClassState, averages: list[ClassAverage], junk_rule:
 
 def rehome(state: ClassState, particles: PreparedParticles, junk_rule: JunkRule, searcher: ClassSearch,
            shifts: ShiftSearch, grid: SearchGrid, pixel_size_A: float,
-           apart_rule: ApartRule | None = None) -> ClassState:
+           apart_rule: ApartRule | None = None, defocus_A: np.ndarray | None = None) -> ClassState:
     """Give the particles of junk classes (``junk_rule``, then ``apart_rule`` among the classes that pass
     it) a second chance: each is searched against the good
     classes alone, globally first (a particle far off-centre lands in a junk class because the turn found
     about its centre was wrong; see :meth:`ClassSearch.search_globally`), and joins the best one when it
-    matches it at least :data:`REHOME_SCORE_FRACTION` as well as that class's typical particle does (a good
-    particle that a blurred class had caught). The others stay, with their correlation with the best good
+    matches it at least :data:`REHOME_SCORE_FRACTION` as well as that class's typical particle does at the
+    particle's own defocus (``defocus_A``, :func:`~relion_canon.analysis.defocus_trend.score_at_defocus`): a
+    good particle that a blurred class had caught. The others stay, with their correlation with the best good
     class as their score, so that a junk particle's outlier score says how unlike every view it is, not how
     well it fits other junk."""
     averages = averages_of(state.sums, grid)
@@ -95,7 +97,8 @@ def rehome(state: ClassState, particles: PreparedParticles, junk_rule: JunkRule,
     # Only the junk classes' particles are searched: the others keep their class and pose.
     searched = searcher.search(particles.some(in_junk), replace(state, poses=start), references, True, shifts, band)
     best = torch.where(in_junk, good[torch.where(in_junk, searched.classes, 0)], state.classes)
-    fits = searched.poses.score >= REHOME_SCORE_FRACTION * torch.from_numpy(median).float()[best]
+    at_defocus = torch.from_numpy(score_at_defocus(state.poses.score.numpy(), defocus_A)).float()
+    fits = searched.poses.score >= REHOME_SCORE_FRACTION * torch.from_numpy(median).float()[best] * at_defocus
     move = in_junk & fits
     poses, new_classes = state.poses.copy(), state.classes.clone()
     poses.psi_rad[move], poses.shift_px[move] = searched.poses.psi_rad[move], searched.poses.shift_px[move]

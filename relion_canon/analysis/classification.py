@@ -168,8 +168,9 @@ def classify_particles(
             state = rounds.one(state, particles.everyone(), np.arange(n_particles), reassign=True,
                                title=f"pass over all particles {pass_ + 1}/2", tidy=False)[0]
     if junk_rule is not None:
+        defocus_A = None if ctf is None else 0.5 * (ctf.defocus_u + ctf.defocus_v)
         state = rehome(state, particles, junk_rule, rounds.searcher, rounds.shifts, grid, rounds.pixel_size_A,
-                       apart_rule)
+                       apart_rule, defocus_A)
     return rounds.result(state, particles.noise, converged)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from relion_canon.analysis.common_lines import common_line_scores, line_consistency
+from relion_canon.analysis.defocus_trend import score_at_defocus
 from relion_canon.analysis.estimate.timing import Clock
 from relion_canon.analysis.latent_angle import polar_readout
 from relion_canon.analysis.outliers import flag_outliers, outlier_scores
@@ -112,19 +113,22 @@ JUNK_CLASS_LINE_GAP = 0.02
 JUNK_CLASS_LINE_MIN_CLASSES = 4
 
 
-def junk_by_alignment_score(score: np.ndarray, threshold: float) -> Junk:
+def junk_by_alignment_score(score: np.ndarray, threshold: float, defocus_A: np.ndarray | None = None) -> Junk:
     """With classes, each particle's junk score is how far its correlation with its own class's average falls
-    below the typical particle's, in robust standard deviations (median and MAD): one-sided, since a particle
-    that matches its class unusually well is no junk. The detectors of :func:`find_junk` score both tails
-    of every feature, and with classes of different contrast the latent adds nothing to separate them."""
+    below the typical particle's at its defocus (:func:`~relion_canon.analysis.defocus_trend.score_at_defocus`),
+    in robust standard deviations (median and MAD of the shortfalls): one-sided, since a particle that matches
+    its class unusually well is no junk. The detectors of :func:`find_junk` score both tails of every feature,
+    and with classes of different contrast the latent adds nothing to separate them."""
     median = float(np.median(score))
-    spread = 1.4826 * float(np.median(np.abs(score - median)))
-    z = (median - score) / max(spread, 1e-12)
+    typical = median * score_at_defocus(score, defocus_A)
+    below = typical - score
+    spread = 1.4826 * float(np.median(np.abs(below - np.median(below))))
+    z = below / max(spread, 1e-12)
     flag = z > threshold
     log.info(f"Outliers (alignment score): {int(flag.sum())} of {len(flag)} particles above Z = {threshold:g}")
     report = {"method": "alignment_score", "threshold": threshold, "threshold_from": "outlier_threshold",
               **flag_counts(z, flag, threshold),
-              "median_score": median, "score_spread": spread}
+              "median_score": median, "score_spread": spread, "by_defocus": defocus_A is not None}
     return Junk(z=z, flag=flag, per_detector={"alignment_score": z}, report=report)
 
 

@@ -49,7 +49,7 @@ def estimate(star: ParticleStar, model_path: str | Path, out_dir: str | Path, co
     if refinement.classification is None:
         junk = find_junk(features, config.outlier_method, config.outlier_threshold, config.seed, clock)
     else:
-        junk = junk_by_alignment_score(refinement.score, config.outlier_threshold)
+        junk = junk_by_alignment_score(refinement.score, config.outlier_threshold, defocus_input_A)
         mark_junk_classes(refinement, junk)
     orientations = None
     if config.ref:

@@ -114,3 +114,18 @@ def test_junk_classes_report_their_common_line_figures():
     assert [n for n, j in marked.items() if j] == [6]
     assert figures[6]["common_line_shortfall"] >= 2.5 > max(figures[n]["common_line_shortfall"] for n in range(1, 6))
     assert junk_classes(classes, dict.fromkeys(averages, 12.0), score, dict.fromkeys(averages, 0.99))[1] == {}
+
+
+def test_the_alignment_score_is_judged_at_each_particles_defocus():
+    rng = np.random.default_rng(4)
+    defocus = rng.uniform(5000, 25000, 2000)
+    score = 0.01 + 0.05 * (defocus - 5000) / 20000 + rng.normal(0, 0.004, 2000)
+    junk = np.zeros(2000, bool)
+    junk[:100] = True
+    score[:100] = rng.normal(0.0, 0.004, 100)  # junk matches nothing, whatever its defocus
+    by_defocus = junk_by_alignment_score(score, 2.5, defocus)
+    plain = junk_by_alignment_score(score, 2.5)
+    # Close to focus a good particle scores as low as junk does: only the trend tells them apart.
+    assert by_defocus.flag[junk].mean() > plain.flag[junk].mean() + 0.3
+    assert by_defocus.flag[~junk].mean() < 0.02
+    assert by_defocus.report["by_defocus"] and not plain.report["by_defocus"]
