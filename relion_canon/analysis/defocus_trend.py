@@ -38,3 +38,10 @@ def score_at_defocus(score: np.ndarray, defocus_A: np.ndarray | None) -> np.ndar
     medians = np.array([np.median(score[bins == b]) if np.any(bins == b) else overall
                         for b in range(int(bins.max()) + 1)])
     return np.clip(medians / overall, 1e-3, None)[bins]
+
+
+def below_typical(score: np.ndarray, defocus_A: np.ndarray | None) -> np.ndarray:
+    """(N,) how far each score falls below the typical score at its defocus (the median of all times
+    :func:`score_at_defocus`): the trend moves the mean, while the noise of a correlation stays the same."""
+    score = np.asarray(score, dtype=np.float64)
+    return float(np.median(score)) * score_at_defocus(score, defocus_A) - score

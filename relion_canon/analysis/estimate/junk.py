@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from relion_canon.analysis.common_lines import common_line_scores, line_consistency
-from relion_canon.analysis.defocus_trend import score_at_defocus
+from relion_canon.analysis.defocus_trend import below_typical
 from relion_canon.analysis.estimate.timing import Clock
 from relion_canon.analysis.latent_angle import polar_readout
 from relion_canon.analysis.outliers import flag_outliers, outlier_scores
@@ -71,9 +71,11 @@ def outlier_features(latent: np.ndarray, score: np.ndarray, fit_peak: np.ndarray
         _, _, vt = np.linalg.svd(centred, full_matrices=False)
         return centred @ vt[:keep].T
     angle, radius = polar_readout(latent)
-    columns = [score, radius * np.cos(angle), radius * np.sin(angle)]
+    # The score and the fit's peak each less their typical value at the particle's defocus (defocus_trend):
+    # close to focus a good particle matches less well, and the detectors would take it for junk.
+    columns = [-below_typical(score, defocus_input_A), radius * np.cos(angle), radius * np.sin(angle)]
     if np.all(np.isfinite(fit_peak)) and defocus_input_A is not None:
-        columns += [fit_peak, np.abs(defocus_fit_A - defocus_input_A)]
+        columns += [-below_typical(fit_peak, defocus_input_A), np.abs(defocus_fit_A - defocus_input_A)]
     return np.column_stack(columns)
 
 
@@ -120,8 +122,7 @@ def junk_by_alignment_score(score: np.ndarray, threshold: float, defocus_A: np.n
     its class unusually well is no junk. The detectors of :func:`find_junk` score both tails of every feature,
     and with classes of different contrast the latent adds nothing to separate them."""
     median = float(np.median(score))
-    typical = median * score_at_defocus(score, defocus_A)
-    below = typical - score
+    below = below_typical(score, defocus_A)
     spread = 1.4826 * float(np.median(np.abs(below - np.median(below))))
     z = below / max(spread, 1e-12)
     flag = z > threshold

@@ -129,3 +129,17 @@ def test_the_alignment_score_is_judged_at_each_particles_defocus():
     assert by_defocus.flag[junk].mean() > plain.flag[junk].mean() + 0.3
     assert by_defocus.flag[~junk].mean() < 0.02
     assert by_defocus.report["by_defocus"] and not plain.report["by_defocus"]
+
+
+def test_the_detectors_see_the_score_and_peak_less_their_trend_with_defocus():
+    rng = np.random.default_rng(5)
+    defocus = rng.uniform(5000, 25000, 2000)
+    trend = 0.01 + 0.05 * (defocus - 5000) / 20000
+    score, peak = trend + rng.normal(0, 0.004, 2000), 3 * trend + rng.normal(0, 0.01, 2000)
+    features = outlier_features(rng.normal(size=(2000, 4)), score, peak, defocus, defocus)
+    for column, raw in ((0, score), (3, peak)):
+        assert abs(np.corrcoef(raw, defocus)[0, 1]) > 0.9
+        assert abs(np.corrcoef(features[:, column], defocus)[0, 1]) < 0.15
+    # Without a defocus the columns are the score and peak themselves, shifted.
+    plain = outlier_features(rng.normal(size=(2000, 4)), score, peak, defocus, None)
+    np.testing.assert_allclose(plain[:, 0] - plain[0, 0], score - score[0])
