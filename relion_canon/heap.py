@@ -4,9 +4,10 @@ A run (classification) frees and allocates buffers of hundreds of MB on every ba
 block on its own and unmaps it when freed, so the kernel zero-fills the pages again on every batch. The
 console scripts (and ``python -m relion_canon.cli.main``, which torchrun starts) therefore restart once with
 glibc's variables set so freed blocks stay in the heap (``restart_with_kept_heap``; ``RELION_CANON_HEAP=off``
-or any ``MALLOC_*`` variable of the user's own turns it off). A streamed ``predict`` wants the opposite: glibc raises its mmap and trim thresholds after large
-blocks are freed (up to 32 MB and 64 MB), so each slice's temporary arrays would be kept and the footprint
-would grow with every slice; ``return_freed_memory`` fixes them low. Measured: ``benchmarks/README.md``,
+or any ``MALLOC_*`` variable of the user's own turns it off). A streamed ``predict`` wants the opposite:
+glibc raises its mmap and trim thresholds after large blocks are freed (up to 32 MB and 64 MB), so each
+slice's temporary arrays would be kept and the footprint would grow with every slice;
+``return_freed_memory`` fixes them low. Measured: ``benchmarks/README.md``,
 "Figures behind the defaults". Elsewhere (musl, macOS) both do nothing.
 """
 from __future__ import annotations
