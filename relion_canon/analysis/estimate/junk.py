@@ -141,7 +141,7 @@ def junk_classes(classes: dict[int, np.ndarray], resolution_A: dict[int, float],
     it is below :data:`JUNK_CLASS_SCORE_FRACTION` of the typical class's (both typical values the
     population-weighted medians over classes), or its half-sets agree :data:`JUNK_CLASS_AGREEMENT_FACTOR` times
     less than its size predicts; then, given the ``averages``, or its average shares no central line with the
-    other classes' (:func:`line_inconsistency`). Its particles go with it, as a RELION user drops a junk class
+    other classes' (:func:`line_figures`). Its particles go with it, as a RELION user drops a junk class
     after Class2D. Also class number → its common-line figures, for the report (empty without averages)."""
     numbers = sorted(classes)
     sizes = np.array([len(classes[n]) for n in numbers], dtype=float)
@@ -151,8 +151,8 @@ def junk_classes(classes: dict[int, np.ndarray], resolution_A: dict[int, float],
     mask = junk_class_mask(sizes, resolution, median_score, agreement)
     figures: dict[int, dict[str, float]] = {}
     if averages is not None and all(n in averages for n in numbers):
-        consistency, inconsistency, apart = line_inconsistency(
-            common_line_scores(np.stack([averages[n] for n in numbers])), sizes, ~mask & (sizes > 0))
+        consistency, inconsistency, apart = line_figures(np.stack([averages[n] for n in numbers]), sizes,
+                                                         ~mask & (sizes > 0))
         figures = {n: {"common_line_score": round(float(c), 4), "common_line_shortfall": round(float(f), 3)}
                    for n, c, f in zip(numbers, consistency, inconsistency) if np.isfinite(c) and np.isfinite(f)}
         if apart.any():
@@ -170,14 +170,24 @@ def junk_classes(classes: dict[int, np.ndarray], resolution_A: dict[int, float],
 
 def classes_apart(averages: np.ndarray, sizes: np.ndarray, judged: np.ndarray) -> np.ndarray:
     """(K,) bool: which ``judged`` classes of (K, B, B) ``averages`` share no central line with the others
-    (:func:`line_inconsistency`); empty classes take no part."""
+    (:func:`line_figures`)."""
+    return line_figures(averages, sizes, judged)[2]
+
+
+def line_figures(averages: np.ndarray, sizes: np.ndarray,
+                 judged: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`line_inconsistency` of the non-empty classes of (K, B, B) ``averages`` (empty classes take no
+    part: NaN figures, never apart); nothing is scored with fewer than :data:`JUNK_CLASS_LINE_MIN_CLASSES`
+    judged classes."""
     sizes, judged = np.asarray(sizes, dtype=float), np.asarray(judged, dtype=bool)
+    k = len(sizes)
+    consistency, shortfall, apart = np.full(k, np.nan), np.full(k, np.nan), np.zeros(k, dtype=bool)
     present = np.flatnonzero(sizes > 0)
-    apart = np.zeros(len(sizes), dtype=bool)
     if judged[present].sum() >= JUNK_CLASS_LINE_MIN_CLASSES:
         scores = common_line_scores(np.asarray(averages)[present])
-        apart[present] = line_inconsistency(scores, sizes[present], judged[present])[2]
-    return apart
+        consistency[present], shortfall[present], apart[present] = line_inconsistency(
+            scores, sizes[present], judged[present])
+    return consistency, shortfall, apart
 
 
 def line_inconsistency(scores: np.ndarray, sizes: np.ndarray,
