@@ -38,6 +38,36 @@ def euler_matrix(rot: np.ndarray | float, tilt: np.ndarray | float, psi: np.ndar
     return m
 
 
+# Radians of tilt from 0 or 180° below which rot and psi are one rotation about z.
+_GIMBAL_EPS = 1e-6
+
+
+def euler_angles(matrix: np.ndarray) -> np.ndarray:
+    """(..., 3) RELION (rot, tilt, psi) in degrees of (..., 3, 3) matrices: the inverse of :func:`euler_matrix`.
+    rot and psi in [−180, 180), tilt in [0, 180]. At tilt 0 or 180° only rot ± psi is defined; it all goes into
+    psi (rot = 0), the in-plane angle, as pyem does."""
+    import warnings
+
+    from scipy.spatial.transform import Rotation
+
+    from relion_canon.geometry.angles import wrap_deg
+
+    m = np.asarray(matrix, dtype=np.float64)
+    shape = m.shape[:-2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy's gimbal-lock warning: handled below
+        # RELION's matrix is the transpose of the rotation scipy's intrinsic ZYZ angles describe.
+        euler = Rotation.from_matrix(np.swapaxes(m.reshape(-1, 3, 3), -1, -2)).as_euler("ZYZ")
+    rot, tilt, psi = euler.T.copy()
+    flat = np.abs(tilt) < _GIMBAL_EPS
+    psi[flat], rot[flat] = psi[flat] + rot[flat], 0.0
+    upside = np.abs(tilt - np.pi) < _GIMBAL_EPS
+    psi[upside], rot[upside] = psi[upside] - rot[upside], 0.0
+    out = np.rad2deg(np.stack([rot, tilt, psi], axis=1))
+    out[:, 0], out[:, 2] = wrap_deg(out[:, 0]), wrap_deg(out[:, 2])
+    return out.reshape(*shape, 3)
+
+
 def half_grid(box: int) -> tuple[np.ndarray, np.ndarray]:
     """Integer (kx, ky) of the ``rfft2`` layout of a box² image: rows in FFT order, columns 0..box//2."""
     ky = np.fft.fftfreq(box, d=1.0 / box)
@@ -112,19 +142,26 @@ class FourierProjector:
         self._ky_in = torch.from_numpy(ky.reshape(-1)[inside].astype(np.float32))[None]
         self._max_base = store.numel() - 1 - (sz_ + sy_ + 1)
 
-    def slices(self, matrices: np.ndarray) -> torch.Tensor:
-        """Central slices (n, box, box//2+1) complex64 for rotation matrices (n, 3, 3)."""
+    def slices(self, matrices: np.ndarray, max_ring: float | None = None) -> torch.Tensor:
+        """Central slices (n, box, box//2+1) complex64 for rotation matrices (n, 3, 3); with ``max_ring`` only
+        the frequencies within that radius (cycles per box) are sampled, the rest left 0 (a low-pass search
+        pays only for what it compares)."""
         out = []
         a = torch.from_numpy(np.asarray(matrices, dtype=np.float32).reshape(-1, 3, 3))
+        within = None
+        if max_ring is not None and max_ring < self.box / 2:
+            within = torch.from_numpy(((self._kx_in**2 + self._ky_in**2) <= max_ring**2).numpy()[0])
         for start in range(0, a.shape[0], self.chunk):
-            out.append(self._slices(a[start : start + self.chunk]))
+            out.append(self._slices(a[start : start + self.chunk], within))
         if not out:
             return torch.zeros((0, self.box, self.box // 2 + 1), dtype=torch.complex64)
         return torch.cat(out)
 
-    def _slices(self, a: torch.Tensor) -> torch.Tensor:
+    def _slices(self, a: torch.Tensor, within: torch.Tensor | None = None) -> torch.Tensor:
         n_img = a.shape[0]
-        kx, ky = self._kx_in, self._ky_in
+        kx, ky, inside_idx = self._kx_in, self._ky_in, self._inside_idx
+        if within is not None:
+            kx, ky, inside_idx = kx[:, within], ky[:, within], inside_idx[within]
         # Aᵀ (kx, ky, 0) = kx · A[0, :] + ky · A[1, :], components (fx, fy, fz), in padded-grid units.
         a = a * self.pad
         fx = kx * a[:, 0, 0, None] + ky * a[:, 1, 0, None]
@@ -154,7 +191,7 @@ class FourierProjector:
         res = res.reshape(n_img, -1)
         res = torch.where(flip, res.conj(), res)
         out = torch.zeros((n_img, self.box * (self.box // 2 + 1)), dtype=torch.complex64)
-        out[:, self._inside_idx] = res
+        out[:, inside_idx] = res
         return out.reshape(n_img, self.box, self.box // 2 + 1)
 
     def project(

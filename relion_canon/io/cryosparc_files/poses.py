@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 from relion_canon.geometry import wrap_deg
-
-_GIMBAL_EPS = 1e-6  # radians of tilt from 0 or 180° below which rot and psi are one rotation about z
 
 
 def pose3d_to_euler(pose: np.ndarray) -> np.ndarray:
@@ -19,19 +15,10 @@ def pose3d_to_euler(pose: np.ndarray) -> np.ndarray:
     """
     from scipy.spatial.transform import Rotation
 
+    from relion_canon.geometry.projection import euler_angles  # torch: only when poses are converted
+
     pose = np.asarray(pose, dtype=np.float64).reshape(-1, 3)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # scipy's gimbal-lock warning: handled below
-        euler = Rotation.from_rotvec(pose).as_euler("ZYZ")
-    rot, tilt, psi = euler.T.copy()
-    flat = np.abs(tilt) < _GIMBAL_EPS
-    psi[flat], rot[flat] = psi[flat] + rot[flat], 0.0
-    upside = np.abs(tilt - np.pi) < _GIMBAL_EPS
-    psi[upside], rot[upside] = psi[upside] - rot[upside], 0.0
-    out = np.rad2deg(np.stack([rot, tilt, psi], axis=1))
-    out[:, 0] = wrap_deg(out[:, 0])
-    out[:, 2] = wrap_deg(out[:, 2])
-    return out
+    return euler_angles(Rotation.from_rotvec(pose).as_matrix().transpose(0, 2, 1))
 
 
 def euler_to_pose3d(euler: np.ndarray) -> np.ndarray:
