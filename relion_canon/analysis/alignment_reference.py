@@ -90,13 +90,16 @@ class ClassAverage:
     halves: torch.Tensor  # (2, B, B) the half-set averages, filtered and masked alike
 
 
-def noise_spectrum(images: Iterable[np.ndarray], n_particles: int, rings: torch.Tensor, n_rings: int) -> torch.Tensor:
+def noise_spectrum(images: Iterable[np.ndarray], n_particles: int, rings: torch.Tensor, n_rings: int,
+                   over_processes: bool = True) -> torch.Tensor:
     """(B//2 + 1,) noise power per Fourier ring (rfft2 units) from the particles' mean power: at low SNR
-    the power is mostly noise. ``images``: every particle once, in (b, B, B) batches."""
+    the power is mostly noise. ``images``: every particle once, in (b, B, B) batches; each process's own
+    share, summed over the processes, unless ``over_processes`` is off (one process reads them all)."""
     power = torch.zeros(n_rings, dtype=torch.float64)
     for batch in images:
         power += ring_mean(torch.fft.rfft2(torch.from_numpy(batch)).abs() ** 2, rings, n_rings).sum(0).double()
-    summed(power)  # each process read its own particles
+    if over_processes:
+        summed(power)  # each process read its own particles
     # A floor: where the particles hold no power at all (noise-free images of a map coarser than the pixels,
     # or Fourier-padded ones) whitening would otherwise blow rounding errors up into the whole signal.
     noise = (power / n_particles).float()

@@ -90,17 +90,7 @@ class PreparedParticles:
         return self._batches(np.flatnonzero(which))
 
     def _prepare(self, idx: np.ndarray, images: np.ndarray) -> Prepared:
-        grid = self._grid
-        spectra = torch.fft.rfft2(torch.from_numpy(images))
-        if self._ctf is not None:
-            c = torch.from_numpy(self._ctf.take(idx).ctf(grid.box, self._pixel_size_A[idx], rfft=True)
-                                 .astype(np.float32))
-        else:
-            c = torch.ones(len(idx), grid.box, grid.box // 2 + 1)
-        weighted = spectra * c
-        return (idx, torch.fft.irfft2(weighted, s=(grid.box, grid.box)),
-                torch.fft.irfft2(weighted / self.noise[grid.rings], s=(grid.box, grid.box)),
-                ring_mean(c**2, grid.rings, grid.n_rings))
+        return prepare(idx, images, self._ctf, self._pixel_size_A, self._grid, self.noise)
 
     def everyone(self) -> Iterator[Prepared]:
         """Every particle, prepared: from the cache once it is full."""
@@ -155,3 +145,18 @@ def _drain(items: list) -> Iterator:
     items.reverse()
     while items:
         yield items.pop()
+
+
+def prepare(idx: np.ndarray, images: np.ndarray, ctf: CtfParams | None, pixel_size_A: np.ndarray, grid: RingGrid,
+            noise: torch.Tensor) -> Prepared:
+    """One batch of particles ``idx`` (rows of ``ctf`` and ``pixel_size_A``) as the searches read them: CTF-weighted,
+    CTF-weighted and whitened by ``noise`` (n_rings,), and the ring means of their CTF²."""
+    spectra = torch.fft.rfft2(torch.from_numpy(images))
+    if ctf is not None:
+        c = torch.from_numpy(ctf.take(idx).ctf(grid.box, pixel_size_A[idx], rfft=True).astype(np.float32))
+    else:
+        c = torch.ones(len(idx), grid.box, grid.box // 2 + 1)
+    weighted = spectra * c
+    return (idx, torch.fft.irfft2(weighted, s=(grid.box, grid.box)),
+            torch.fft.irfft2(weighted / noise[grid.rings], s=(grid.box, grid.box)),
+            ring_mean(c**2, grid.rings, grid.n_rings))
