@@ -14,13 +14,15 @@ from relion_canon.analysis.estimate.canonical import CanonicalImages, canonical_
 from relion_canon.analysis.estimate.defocus_columns import DefocusColumns, estimate_defocus
 from relion_canon.analysis.estimate.junk import Junk, find_junk, junk_by_alignment_score, junk_classes, outlier_features
 from relion_canon.analysis.estimate.predict import predict
-from relion_canon.analysis.estimate.refine import Refinement, ctf_or_none, refine_classes
+from relion_canon.analysis.estimate.refine import Refinement, batches_of, ctf_or_none, refine_classes
 from relion_canon.analysis.estimate.results import COLUMNS, Estimates
 from relion_canon.analysis.estimate.timing import Clock
 from relion_canon.analysis.estimate_config import EstimateConfig
 from relion_canon.context import RunContext
 from relion_canon.io.star import ParticleStar
 from relion_canon.parallel import is_writer
+from relion_canon.preprocess import PreprocessConfig
+from relion_canon.train.data import ParticleBatches
 
 if TYPE_CHECKING:
     from relion_canon.analysis.orientation import Orientations
@@ -53,13 +55,16 @@ def estimate(star: ParticleStar, model_path: str | Path, out_dir: str | Path, co
         mark_junk_classes(refinement, junk)
     orientations = None
     if config.ref:
-        from relion_canon.analysis.orientation import orient_classes  # the projector: only when a map is given
+        from relion_canon.analysis.orientation import ParticleImages, orient_classes  # only when a map is given
 
         clock.lap()
+        particle_images = ParticleBatches(star, PreprocessConfig(box=config.box), source=prediction.dataset.source)
         orientations = orient_classes(config.ref, config.ref_pixel_size, config.sym, refinement.class_averages,
                                       refinement.class_reports, refinement.classes, refinement.psi_deg,
                                       refinement.origin_A, refinement.box, refinement.pixel_size_A,
-                                      particle_junk=junk.flag, context=context)
+                                      particle_junk=junk.flag, context=context,
+                                      images=ParticleImages(batches_of(particle_images, np.arange(len(star))), ctf,
+                                                            particle_images.pixel_size))
         clock.lap("orientation")
         refinement.origin_A = orientations.particles.origin_A
     canonical = canonical_images(prediction, refinement.class_averages, refinement.classes, Path(out_dir),

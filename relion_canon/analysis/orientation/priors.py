@@ -5,7 +5,9 @@ and moved by t; the class average is the projection at (rot, tilt, α) moved by 
 about one centre add, and a turn carries a shift with it, so the particle is the projection at
 (rot, tilt, α + ψ) moved by t + M(−ψ)·s, M the matrix of :func:`relion_canon.geometry.turn_vectors` (``rotate``
 reads its input at M(ψ)(p − c), so content moves by M(ψ)ᵀ = M(−ψ); pinned by the test that remakes particles
-from the written angles and origins). RELION's origin is minus that, in Å.
+from the written angles and origins). RELION's origin is minus that, in Å. Where the particle's own direction
+was searched (:mod:`.particle_directions`), its angles are those of Rz(ψ + δ)·A_c·Q_dᵀ, and its centre is
+carried by ψ + δ instead of ψ.
 
 Particles of junk classes, of ambiguous classes and of classes without a match get no 3-D prior: rot and tilt
 0, their in-class ψ kept, and the three prior columns :data:`NO_PRIOR` (999), which is RELION's own value for
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from relion_canon.analysis.orientation.matching import ClassMatch
+from relion_canon.analysis.orientation.particle_directions import ParticleDirections
 from relion_canon.geometry import turn_vectors, wrap_deg
 from relion_canon.io.star import NO_PRIOR
 
@@ -56,10 +59,12 @@ class ParticleOrientations:
 
 def particle_orientations(psi_deg: np.ndarray, origin_A: np.ndarray | None, pixel_size_A: float,
                           classes: dict[int, np.ndarray], matches: dict[int, ClassMatch],
-                          particle_junk: np.ndarray | None = None) -> ParticleOrientations:
+                          particle_junk: np.ndarray | None = None,
+                          directions: ParticleDirections | None = None) -> ParticleOrientations:
     """Every particle's 3-D orientation from its in-class ``psi_deg`` (N,) and RELION ``origin_A`` (N, 2) (None:
     centred), and its class's match (``matches``: only the classes that get a prior). ``particle_junk`` (N,)
-    bool: particles flagged as junk on their own get no prior either."""
+    bool: particles flagged as junk on their own get no prior either. ``directions``: the particles' own
+    orientations about their class's (:mod:`.particle_directions`), which replace the class's where searched."""
     n = len(psi_deg)
     rot, tilt = np.zeros(n), np.zeros(n)
     psi = np.asarray(psi_deg, dtype=np.float64).copy()
@@ -69,12 +74,17 @@ def particle_orientations(psi_deg: np.ndarray, origin_A: np.ndarray | None, pixe
         rows = classes[number]
         if particle_junk is not None:
             rows = rows[~particle_junk[rows]]
+        turn_deg = np.asarray(psi_deg, dtype=np.float64)[rows]
         rot[rows], tilt[rows] = match.rot_deg, match.tilt_deg
         psi[rows] = wrap_deg(psi[rows] + match.psi_deg)
+        if directions is not None:
+            own = rows[directions.searched[rows]]
+            rot[own], tilt[own], psi[own] = directions.rot_deg[own], directions.tilt_deg[own], directions.psi_deg[own]
+            turn_deg = turn_deg + np.nan_to_num(directions.inplane_deg[rows])
         has_prior[rows] = True
         if any(match.shift_px):
             carried = turn_vectors(torch.from_numpy(np.tile(np.asarray(match.shift_px, dtype=np.float64), (len(rows), 1))),
-                                   torch.from_numpy(-np.deg2rad(np.asarray(psi_deg, dtype=np.float64)[rows]))).numpy()
+                                   torch.from_numpy(-np.deg2rad(turn_deg))).numpy()
             if origin is None:
                 origin = np.zeros((n, 2))
             origin[rows] -= carried * pixel_size_A
