@@ -307,17 +307,25 @@ def text_page(text: str) -> Figure:
 
 def direction_distribution(rot_deg: np.ndarray, tilt_deg: np.ndarray, weights: np.ndarray,
                            labels: Sequence[str], *, ambiguous: np.ndarray | None = None,
-                           symmetry: str = "C1") -> Figure:
+                           symmetry: str = "C1", particles_deg: tuple[np.ndarray, np.ndarray] | None = None) -> Figure:
     """Where the assigned projection directions lie on the sphere, on an equal-area (Mollweide) map: longitude
     rot, latitude 90° − tilt (the top is tilt 0, the reference's +z), one disc per class with an area
     proportional to ``weights`` (its particles with a prior), labelled; ``ambiguous`` classes, which got no
-    prior, as red crosses at their best direction. A one-sided map shows the views the data lack."""
-    rot = np.deg2rad((np.asarray(rot_deg, dtype=np.float64) + 180.0) % 360.0 - 180.0)
-    lat = np.deg2rad(90.0 - np.asarray(tilt_deg, dtype=np.float64))
+    prior, as red crosses at their best direction; ``particles_deg`` (rot, tilt), each particle's own direction,
+    as small dots beneath. A one-sided map shows the views the data lack."""
+
+    def on_map(rot_: np.ndarray, tilt_: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (np.deg2rad((np.asarray(rot_, dtype=np.float64) + 180.0) % 360.0 - 180.0),
+                np.deg2rad(90.0 - np.asarray(tilt_, dtype=np.float64)))
+
+    rot, lat = on_map(rot_deg, tilt_deg)
     w = np.asarray(weights, dtype=np.float64)
     bad = np.zeros(len(w), bool) if ambiguous is None else np.asarray(ambiguous, dtype=bool)
     fig = new_figure(8.5, 5.0)
     ax = fig.add_subplot(projection="mollweide")
+    if particles_deg is not None and len(particles_deg[0]):
+        ax.scatter(*on_map(*particles_deg), s=2, color="0.45", alpha=0.5, linewidths=0, zorder=2,
+                   label="particles' own directions")
     good = ~bad
     if good.any():
         sizes = 40.0 + 600.0 * w[good] / max(float(w[good].max()), 1.0)
@@ -327,7 +335,8 @@ def direction_distribution(rot_deg: np.ndarray, tilt_deg: np.ndarray, weights: n
     if bad.any():
         ax.scatter(rot[bad], lat[bad], marker="x", s=80, color="red", linewidths=2, zorder=3,
                    label="ambiguous (no prior)")
-        ax.legend(loc="lower right", fontsize="small", bbox_to_anchor=(1.0, -0.12))
+    if bad.any() or particles_deg is not None:
+        ax.legend(loc="lower right", fontsize="small", bbox_to_anchor=(1.0, -0.12), markerscale=3)
     for x, y, text in zip(rot, lat, labels):
         ax.annotate(text, (x, y), xytext=(6, 6), textcoords="offset points", fontsize="small", zorder=4)
     ax.grid(True, alpha=0.4)

@@ -100,7 +100,8 @@ def job_figures(estimates: Estimates, history: Sequence[dict[str, Any]]) -> Name
 
 
 def orientation_figures(estimates: Estimates) -> NamedFigures:
-    """With a reference map: each matched class beside its projection, and where the directions lie."""
+    """With a reference map: each matched class beside its projection, and where the directions lie (the
+    classes', and the particles' own where they were searched)."""
     orientation = estimates.report.get("orientation") or {}
     matched = estimates.matched_projections
     if not matched or not orientation:
@@ -109,10 +110,14 @@ def orientation_figures(estimates: Estimates) -> NamedFigures:
     reports = orientation.get("classes", {})
     # Weight a class by its particles that got a prior (a class's junk particles get none).
     counts: dict[int, int] = {}
+    own = None
     if "rlnClassNumber" in cols and "rlnAngleTiltPrior" in cols:
         number = np.asarray(cols["rlnClassNumber"])
         posed = np.asarray(cols["rlnAngleTiltPrior"], dtype=np.float64) < NO_PRIOR - 0.01
         counts = {int(c): int((posed & (number == c)).sum()) for c in matched}
+        if orientation.get("particle_directions") and "rlnAngleRotPrior" in cols:
+            own = (np.asarray(cols["rlnAngleRotPrior"], dtype=np.float64)[posed],
+                   np.asarray(cols["rlnAngleTiltPrior"], dtype=np.float64)[posed])
     sizes = {int(c): int(f.get("n_particles", 0)) for c, f in (estimates.report.get("classes") or {}).items()}
     shown = [c for c in sorted(matched) if "rot_deg" in reports.get(str(c), {})]
     out: NamedFigures = [("orientation_matches", image_figures.orientation_matches(
@@ -123,7 +128,7 @@ def orientation_figures(estimates: Estimates) -> NamedFigures:
             np.array([f["rot_deg"] for f in facts]), np.array([f["tilt_deg"] for f in facts]),
             np.array([counts.get(c, sizes.get(c, 0)) for c in shown]), [str(c) for c in shown],
             ambiguous=np.array([bool(f.get("ambiguous")) for f in facts]),
-            symmetry=str(orientation.get("symmetry", "C1")))))
+            symmetry=str(orientation.get("symmetry", "C1")), particles_deg=own)))
     return out
 
 

@@ -194,3 +194,14 @@ def test_direction_distribution_on_an_equal_area_map():
     assert dots.get_sizes()[1] > dots.get_sizes()[0]
     assert ax.yaxis.get_major_formatter()(np.deg2rad(-30.0), 0) == "120°"  # the axis reads as tilt
     FigureCanvasAgg(fig).draw()
+
+
+def test_direction_distribution_shows_the_particles_own_directions_beneath_the_classes():
+    fig = figures.direction_distribution(np.array([10.0]), np.array([90.0]), np.array([5]), ["1"],
+                                         particles_deg=(np.array([12.0, 8.0, 190.0]), np.array([85.0, 95.0, 90.0])))
+    ax = fig.axes[0]
+    particles, classes = ax.collections[0], ax.collections[1]
+    np.testing.assert_allclose(particles.get_offsets(), np.deg2rad([[12.0, 5.0], [8.0, -5.0], [-170.0, 0.0]]))
+    assert particles.get_zorder() < classes.get_zorder()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["particles' own directions"]
+    FigureCanvasAgg(fig).draw()
