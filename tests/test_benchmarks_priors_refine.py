@@ -47,6 +47,9 @@ def test_priors_at_the_truth_score_zero_and_no_prior_rows_are_not_scored():
     assert scores["error"]["under_5deg"] == pytest.approx(12 / 14)
     assert scores["error_over_all_good"]["under_5deg"] == pytest.approx(12 / 18)
     assert scores["angles_equal_priors"]
+    # An error in psi alone leaves the directions exact, overall and in the class's figures.
+    assert scores["direction_error"]["under_5deg"] == 1.0
+    assert scores["per_class"]["1"]["direction_error_p90_deg"] == pytest.approx(0.0, abs=1e-5)
     # The convention check: the truth read as the inverse rotation or with psi negated is far off.
     assert scores["convention_check"]["transposed"]["median_deg"] > 20
     assert scores["convention_check"]["psi_negated"]["median_deg"] > 20
