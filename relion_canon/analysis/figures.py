@@ -324,7 +324,7 @@ def direction_distribution(rot_deg: np.ndarray, tilt_deg: np.ndarray, weights: n
     fig = new_figure(8.5, 5.0)
     ax = fig.add_subplot(projection="mollweide")
     if particles_deg is not None and len(particles_deg[0]):
-        ax.scatter(*on_map(*particles_deg), s=2, color="0.45", alpha=0.5, linewidths=0, zorder=2,
+        ax.scatter(*on_map(*particles_deg), s=4, color="0.35", alpha=0.6, linewidths=0, zorder=2,
                    label="particles' own directions")
     good = ~bad
     if good.any():
@@ -336,7 +336,10 @@ def direction_distribution(rot_deg: np.ndarray, tilt_deg: np.ndarray, weights: n
         ax.scatter(rot[bad], lat[bad], marker="x", s=80, color="red", linewidths=2, zorder=3,
                    label="ambiguous (no prior)")
     if bad.any() or particles_deg is not None:
-        ax.legend(loc="lower right", fontsize="small", bbox_to_anchor=(1.0, -0.12), markerscale=3)
+        legend = ax.legend(loc="lower right", fontsize="small", bbox_to_anchor=(1.0, -0.12))
+        for handle in legend.legend_handles:
+            if handle.get_label() == "particles' own directions":
+                handle.set_sizes([20.0])  # the map's dots are too small to read in a legend
     for x, y, text in zip(rot, lat, labels):
         ax.annotate(text, (x, y), xytext=(6, 6), textcoords="offset points", fontsize="small", zorder=4)
     ax.grid(True, alpha=0.4)
