@@ -115,3 +115,35 @@ def test_an_unfinished_refinement_reports_its_last_iteration(tmp_path):
         (tmp_path / f"Refine3D/global/run_it{it:03d}_half1_model.star").write_text(MODEL_STAR)
     assert refine.progress(tmp_path, "Refine3D/global/run") == {"iterations": 12, "current_resolution_A": 12.5}
     assert refine.progress(tmp_path, "Refine3D/local/run") == {"iterations": 0, "current_resolution_A": None}
+
+
+def _class3d():
+    spec = importlib.util.spec_from_file_location("priors_refine_class3d", REPO / "benchmarks" / "priors_refine" /
+                                                  "class3d.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_class3d_scores_the_ribosome_class_and_counts_particles_left_out_as_set_apart():
+    c3 = _class3d()
+    molecule_of = {f"{i:06d}@r.mrcs": "ribosome" for i in range(6)} | {f"{i:06d}@o.mrcs": "other" for i in range(4)}
+    # Ribosomes: 5 in class 2, 1 in class 1; the other molecule: 1 in class 2, 1 in class 1, 2 left out.
+    classes = {f"{i:06d}@r.mrcs": 2 for i in range(5)} | {"000005@r.mrcs": 1, "000000@o.mrcs": 2,
+                                                          "000001@o.mrcs": 1}
+    scores = c3.score_classes(classes, molecule_of)
+    assert scores["ribosome_class"] == 2 and scores["n"] == 10 and scores["n_classified"] == 8
+    assert scores["accuracy"] == pytest.approx(8 / 10)  # 5 ribosomes in their class, 3 others outside it
+    assert scores["ribosome_recall"] == pytest.approx(5 / 6)
+    assert scores["other_in_ribosome_class"] == pytest.approx(1 / 6)
+
+
+def test_the_two_class3d_runs_differ_only_in_input_and_angular_search():
+    c3 = _class3d()
+    args = argparse.Namespace(lowpass=30.0, iterations=25, box=64, pixel_size=4.0, threads=2)
+    scratch, priors = (c3.class3d_command(m, f"Class3D/{m}/run", args) for m in c3.MODES)
+    for cmd in (scratch, priors):
+        assert cmd[0] == "relion_refine" and cmd[cmd.index("--K") + 1] == "2" and "--auto_refine" not in cmd
+    assert scratch[scratch.index("--healpix_order") + 1] == "2" and "--sigma_ang" not in scratch
+    assert priors[priors.index("--healpix_order") + 1] == "3" and priors[priors.index("--sigma_ang") + 1] == "2.5"
+    assert scratch[scratch.index("--i") + 1] == c3.SCRATCH_STAR and priors[priors.index("--i") + 1] == c3.PRIORS_STAR
