@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mrcfile
 import numpy as np
 import pytest
 import starfile
@@ -17,7 +18,7 @@ import torch.multiprocessing as mp
 
 from relion_canon import parallel
 from relion_canon.cli import relaunch
-from relion_canon.simulate import SimulationConfig, simulate_dataset
+from relion_canon.simulate import SimulationConfig, load_source, simulate_dataset
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
@@ -103,8 +104,12 @@ def test_classification_in_two_processes_with_a_subset_and_no_cache(views, tmp_p
 @pytest.fixture(scope="module")
 def views(tmp_path_factory) -> Path:
     sim = tmp_path_factory.mktemp("views")
-    simulate_dataset(SimulationConfig(n_particles=500, box=40, pixel_size=4.0, views=4, snr=0.3, junk_fraction=0.1,
-                                      shift_sigma=4.0, seed=5), sim)
+    config = SimulationConfig(n_particles=500, box=40, pixel_size=4.0, views=4, snr=0.3, junk_fraction=0.1,
+                              shift_sigma=4.0, seed=5)
+    simulate_dataset(config, sim)
+    with mrcfile.new(sim / "reference.mrc") as m:  # the true map, for --ref
+        m.set_data(load_source(config.source, config.box, config.pixel_size).data.astype(np.float32))
+        m.voxel_size = config.pixel_size
     return sim
 
 
@@ -116,9 +121,10 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 def test_the_job_in_two_processes_gives_what_one_gives(views, tmp_path):
     """One process trains and applies the model; two torchrun processes (gloo, CPU) apply the same model, each to
-    its half of every pass. Classes, outlier flags and poses agree up to the order of the reductions."""
+    its half of every pass. Classes, outlier flags and poses agree up to the order of the reductions, and so do
+    the 3-D priors (--ref), which rank 0 finds alone after the passes."""
     job = [sys.executable, "-m", "relion_canon.cli.main", "run", "--i", str(views / "particles.star"), "--quiet",
-           "--j", "1", "--classes", "6"]
+           "--j", "1", "--classes", "6", "--ref", str(views / "reference.mrc")]
     _run([*job, "--o", "one"], tmp_path)
     two = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 *job[1:], "--o", "two", "--model-path", "one/model.pt"], tmp_path)
@@ -134,6 +140,11 @@ def test_the_job_in_two_processes_gives_what_one_gives(views, tmp_path):
     assert np.median(np.abs(dpsi[same])) < 0.01
     assert np.abs(a["rlnOriginXAngst"].to_numpy() - b["rlnOriginXAngst"].to_numpy())[same].max() < 0.5
     assert np.median(np.abs(a["rlnCanonDefocus"].to_numpy() - b["rlnCanonDefocus"].to_numpy())) < 5.0
+    posed = (a["rlnAngleTiltPrior"] < 999).to_numpy()
+    assert posed.mean() > 0.25 and (posed == (b["rlnAngleTiltPrior"] < 999).to_numpy()).mean() >= 0.99
+    for column in ("rlnAngleRotPrior", "rlnAngleTiltPrior", "rlnAnglePsiPrior"):
+        gap = (a[column].to_numpy() - b[column].to_numpy() + 180) % 360 - 180
+        assert np.median(np.abs(gap[posed & same])) < 0.01, column
 
 
 def test_several_gpu_ids_relaunch_the_command_under_torchrun(monkeypatch):
