@@ -125,17 +125,18 @@ def _class3d():
     return module
 
 
-def test_class3d_scores_the_ribosome_class_and_counts_particles_left_out_as_set_apart():
+def test_class3d_scores_classes_by_their_majority_and_counts_particles_left_out_as_set_apart():
     c3 = _class3d()
-    molecule_of = {f"{i:06d}@r.mrcs": "ribosome" for i in range(6)} | {f"{i:06d}@o.mrcs": "other" for i in range(4)}
-    # Ribosomes: 5 in class 2, 1 in class 1; the other molecule: 1 in class 2, 1 in class 1, 2 left out.
-    classes = {f"{i:06d}@r.mrcs": 2 for i in range(5)} | {"000005@r.mrcs": 1, "000000@o.mrcs": 2,
-                                                          "000001@o.mrcs": 1}
+    molecule_of = {f"{i:06d}@r.mrcs": "ribosome" for i in range(8)} | {f"{i:06d}@o.mrcs": "other" for i in range(5)}
+    # Class 2: 5 ribosomes and 1 other; class 1: 2 ribosomes (a second ribosome class); class 3: 1 ribosome and
+    # 2 others (the other molecule's); 2 others left out.
+    classes = ({f"{i:06d}@r.mrcs": 2 for i in range(5)} | {"000005@r.mrcs": 1, "000006@r.mrcs": 1,
+               "000007@r.mrcs": 3} | {"000000@o.mrcs": 2, "000001@o.mrcs": 3, "000002@o.mrcs": 3})
     scores = c3.score_classes(classes, molecule_of)
-    assert scores["ribosome_class"] == 2 and scores["n"] == 10 and scores["n_classified"] == 8
-    assert scores["accuracy"] == pytest.approx(8 / 10)  # 5 ribosomes in their class, 3 others outside it
-    assert scores["ribosome_recall"] == pytest.approx(5 / 6)
-    assert scores["other_in_ribosome_class"] == pytest.approx(1 / 6)
+    assert scores["ribosome_classes"] == [1, 2] and scores["n"] == 13 and scores["n_classified"] == 11
+    assert scores["accuracy"] == pytest.approx(11 / 13)  # 7 ribosomes in ribosome classes, 4 others outside
+    assert scores["ribosome_recall"] == pytest.approx(7 / 8)
+    assert scores["other_in_ribosome_class"] == pytest.approx(1 / 8)
 
 
 def test_the_two_class3d_runs_differ_only_in_input_and_angular_search():
