@@ -87,9 +87,9 @@ class EstimateConfig:
     # RELION passes its "Input 3D reference" as --in_3dref, so that is this option's name in the External job.
     ref: str | None = option(
         None, kind=PATH, external_param="in_3dref",
-        help="A 3-D reference map (.mrc): each class is matched to a projection direction of it, and every "
-             "particle of a confidently matched class gets rlnAngleRot/Tilt/Psi and their priors for local "
-             "searches in Refine3D/Class3D.")
+        help="A 3-D reference map (.mrc): each class is matched to a projection direction of it, each particle "
+             "of a confidently matched class to its own direction near its class's, and those particles get "
+             "rlnAngleRot/Tilt/Psi and their priors for local searches in Refine3D/Class3D.")
     ref_pixel_size: float | None = option(
         None, kind=FLOAT, minimum=1e-3, external_param="ref_angpix", external_aliases=("ref_pixel_size",),
         help="The reference map's voxel size in Å, when its header has none (or to override it).")
