@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import starfile
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks" / "priors_refine"))
@@ -148,3 +149,16 @@ def test_the_two_class3d_runs_differ_only_in_input_and_angular_search():
     assert scratch[scratch.index("--healpix_order") + 1] == "2" and "--sigma_ang" not in scratch
     assert priors[priors.index("--healpix_order") + 1] == "3" and priors[priors.index("--sigma_ang") + 1] == "2.5"
     assert scratch[scratch.index("--i") + 1] == c3.SCRATCH_STAR and priors[priors.index("--i") + 1] == c3.PRIORS_STAR
+
+
+def test_a_stopped_class3d_is_scored_at_its_last_iteration(tmp_path):
+    c3 = _class3d()
+    (tmp_path / "Class3D" / "scratch").mkdir(parents=True)
+    assert c3.last_classes(tmp_path, "Class3D/scratch/run") == (0, {})
+    for it, cls in ((1, 1), (3, 2)):
+        table = pd.DataFrame({"rlnImageName": ["000001@r.mrcs", "000002@r.mrcs"], "rlnClassNumber": [cls, 1]})
+        starfile.write({"particles": table}, tmp_path / f"Class3D/scratch/run_it{it:03d}_data.star")
+    assert c3.last_classes(tmp_path, "Class3D/scratch/run") == (3, {"000001@r.mrcs": 2, "000002@r.mrcs": 1})
+    row = {"runs": {"scratch": {"timed_out": True, "wall_s": 4000.0, "iterations": 3, "n": 2, "n_classified": 2,
+                                "accuracy": 0.5, "ribosome_recall": 0.5, "other_in_ribosome_class": 0.0}}}
+    assert "| scratch | 3 | 2 of 2 | 50.0 % | 50.0 % | 0.0 % | > 4000 (stopped) | — |" in c3.table_text(row)

@@ -103,11 +103,16 @@ def score_classes(classes: dict[str, int], molecule_of: dict[str, str]) -> dict:
                                         else None)}
 
 
-def final_classes(project: Path, out: str, iterations: int) -> dict[str, int]:
+def last_classes(project: Path, out: str) -> tuple[int, dict[str, int]]:
+    """The last iteration written and each particle's class there (image name → class)."""
     from relion_canon.io.star import read_star
 
-    table = read_star(project / f"{out}_it{iterations:03d}_data.star").particles
-    return dict(zip(table["rlnImageName"], table["rlnClassNumber"].astype(int)))
+    written = sorted(project.glob(f"{out}_it*_data.star"))
+    if not written:
+        return 0, {}
+    table = read_star(written[-1]).particles
+    return int(written[-1].name.split("_it")[-1][:3]), dict(zip(table["rlnImageName"],
+                                                                table["rlnClassNumber"].astype(int)))
 
 
 def run_mode(project: Path, mode: str, args: argparse.Namespace, molecule_of: dict[str, str]) -> dict:
@@ -115,15 +120,20 @@ def run_mode(project: Path, mode: str, args: argparse.Namespace, molecule_of: di
     out_dir.mkdir(parents=True)
     out = f"Class3D/{mode}/run"
     cmd = class3d_command(mode, out, args)
+    t0 = time.perf_counter()
     try:
         measured = run_measured(["nice", "-n", str(args.nice), *cmd], project, out_dir / "run.out",
                                 out_dir / "run.err", args.timeout)
     except TimeoutError:
-        return {"command": " ".join(cmd), "timed_out": True}
+        # Stopped at --timeout: scored at the last iteration it wrote, a lower bound on its time.
+        done, classes = last_classes(project, out)
+        return {"command": " ".join(cmd), "timed_out": True, "wall_s": time.perf_counter() - t0,
+                "iterations": done, **(score_classes(classes, molecule_of) if done else {})}
     measured["command"] = " ".join(cmd)
     if measured["returncode"] != 0:
         return {**measured, "failed": tail(out_dir / "run.err") or tail(out_dir / "run.out")}
-    return {**measured, **score_classes(final_classes(project, out, args.iterations), molecule_of)}
+    done, classes = last_classes(project, out)
+    return {**measured, "iterations": done, **score_classes(classes, molecule_of)}
 
 
 def run_all(project: Path, args: argparse.Namespace) -> dict:
@@ -144,18 +154,20 @@ def run_all(project: Path, args: argparse.Namespace) -> dict:
 
 
 def table_text(row: dict) -> str:
-    lines = ["| run | particles classified | accuracy | ribosomes in a ribosome class | other molecule in the "
-             "ribosome classes | wall s | CPU s |", "|---|---|---|---|---|---|---|"]
+    lines = ["| run | iterations | particles classified | accuracy | ribosomes in a ribosome class "
+             "| other molecule in the ribosome classes | wall s | CPU s |", "|---|---|---|---|---|---|---|---|"]
     for mode, m in row["runs"].items():
         if "accuracy" not in m:
-            lines.append(f"| {mode} | {'stopped' if m.get('timed_out') else 'failed'} | | | | | |")
+            lines.append(f"| {mode} | {'stopped' if m.get('timed_out') else 'failed'} | | | | | | |")
             continue
-        wall, cpu = m["wall_s"], m["cpu_s"]
+        wall, cpu = m["wall_s"], m.get("cpu_s")
         if mode == "priors":
-            wall, cpu = wall + row["job"]["wall_s"], cpu + row["job"]["cpu_s"]
-        lines.append(f"| {mode} | {m['n_classified']} of {m['n']} | {pa._fmt(100 * m['accuracy'])} % "
+            wall, cpu = wall + row["job"]["wall_s"], None if cpu is None else cpu + row["job"]["cpu_s"]
+        wall_text = f"> {wall:.0f} (stopped)" if m.get("timed_out") else f"{wall:.0f}"
+        lines.append(f"| {mode} | {m['iterations']} | {m['n_classified']} of {m['n']} "
+                     f"| {pa._fmt(100 * m['accuracy'])} % "
                      f"| {pa._fmt(100 * m['ribosome_recall'])} % | {pa._fmt(100 * m['other_in_ribosome_class'])} % "
-                     f"| {wall:.0f} | {cpu:.0f} |")
+                     f"| {wall_text} | {pa._fmt(cpu, '.0f')} |")
     return "\n".join(lines) + "\n"
 
 
