@@ -97,8 +97,9 @@ def transported(matrix: np.ndarray, directions: np.ndarray) -> np.ndarray:
 
 
 class _ClassPatch:
-    """One class's candidate projections as the score reads them: their band-limited transforms, scaled by
-    1/N, as a real (2F, m) matrix, and their power per ring over N, (rings, m)."""
+    """One class's candidate projections as the score reads them: their band-limited transforms, each
+    coefficient counted as often as the full plane holds it, as a real (2F, m) matrix; and their power over N
+    per ring, (rings, m)."""
 
     def __init__(self, match: ClassMatch, matcher: Matcher, noise: torch.Tensor, band_ring: int,
                  search: DirectionSearch):
