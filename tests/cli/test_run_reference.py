@@ -101,8 +101,8 @@ def test_run_with_a_reference_writes_3d_orientations_and_priors(project):
         if entry.get("junk") or entry["ambiguous"]:
             assert not has[rows].any(), number
             continue
-        assert {"rot_deg", "tilt_deg", "psi_offset_deg", "peak", "margin", "frc_resolution_A"} <= set(entry)
-        np.testing.assert_allclose(out["rlnAngleRot"].to_numpy()[rows & has], entry["rot_deg"])
+        assert {"rot_deg", "tilt_deg", "psi_offset_deg", "peak", "margin", "frc_resolution_A",
+                "particle_direction_spread_deg", "particle_direction_median_deg"} <= set(entry)
         # A trusted class shows the direction of the view most of its particles have (a class may hold a few
         # particles of other views: the classifier's business, not the matching's).
         views, counts = np.unique(view[rows & has], return_counts=True)
@@ -110,6 +110,11 @@ def test_run_with_a_reference_writes_3d_orientations_and_priors(project):
         error = direction_distance_deg(directions(entry["rot_deg"], entry["tilt_deg"]),
                                        directions(truth["rlnAngleRot"][first], truth["rlnAngleTilt"][first]))
         assert error < 5.0, (number, entry)
+    # Each particle's own direction (searched about its class's) against its true one.
+    assert orientation["particle_directions"]["n_particles"] == has.sum()
+    own = direction_distance_deg(directions(out["rlnAngleRot"].to_numpy()[has], out["rlnAngleTilt"].to_numpy()[has]),
+                                 directions(truth["rlnAngleRot"].to_numpy()[has], truth["rlnAngleTilt"].to_numpy()[has]))
+    assert np.median(own) < 3.0 and np.mean(own < 5.0) > 0.85, np.percentile(own, [50, 90])
 
 
 @pytest.mark.parametrize("args, message", [

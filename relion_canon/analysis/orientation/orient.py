@@ -8,9 +8,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
+from tqdm import tqdm
 
 from relion_canon.analysis.alignment_reference import noise_spectrum
 from relion_canon.analysis.orientation.matching import ClassMatch, Matcher, MatchConfig
@@ -22,7 +23,7 @@ from relion_canon.analysis.orientation.particle_directions import (
 from relion_canon.analysis.orientation.point_group import normalise_symmetry
 from relion_canon.analysis.orientation.priors import ParticleOrientations, particle_orientations
 from relion_canon.analysis.orientation.reference import load_reference
-from relion_canon.analysis.prepared_particles import ImageBatches, prepare
+from relion_canon.analysis.prepared_particles import ImageBatches, Prepared, prepare
 from relion_canon.context import RunContext
 from relion_canon.ctf import CtfParams
 
@@ -123,6 +124,20 @@ def own_directions(images: ParticleImages, classes: dict[int, np.ndarray], trust
                            over_processes=False)
     shift_px = (np.zeros((n, 2)) if origin_A is None
                 else -np.asarray(origin_A, dtype=np.float64) / np.asarray(images.pixel_size_A)[:, None])
-    prepared = (prepare(idx, batch, images.ctf, images.pixel_size_A, grid, noise)
-                for idx, batch in images.batches(rows))
-    return particle_directions(prepared, class_of, trusted, psi_deg, shift_px, matcher, noise, search)
+    with tqdm(total=len(rows), desc="particle directions", unit="particle", leave=False,
+              disable=not context.progress or None) as bar:
+
+        def prepared() -> Iterator[Prepared]:
+            for idx, batch in images.batches(rows):
+                context.check_stop("orientation")
+                yield prepare(idx, batch, images.ctf, images.pixel_size_A, grid, noise)
+                bar.update(len(idx))
+
+        found = particle_directions(prepared(), class_of, trusted, psi_deg, shift_px, matcher, noise, search)
+    moved = found.moved_deg[found.searched]
+    if len(moved):
+        spreads = list(found.sigma_deg.values())
+        log.info(f"Each particle's own direction: moved from its class's by {np.median(moved):.1f}° (median), "
+                 f"{np.percentile(moved, 90):.1f}° (90th percentile); the classes' fitted spread "
+                 f"{min(spreads):.1f}-{max(spreads):.1f}°")
+    return found
