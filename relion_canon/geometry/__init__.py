@@ -17,6 +17,7 @@ _WHERE = {
     "correlation_window": "correlation",
     "correlation_windows": "correlation",
     "FRC_THRESHOLD": "fourier_rings",
+    "column_multiplicity": "fourier_rings",
     "fourier_ring_correlation": "fourier_rings",
     "resolution_at_threshold_A": "fourier_rings",
     "ring_index": "fourier_rings",
@@ -44,7 +45,7 @@ _WHERE = {
 if TYPE_CHECKING:
     from relion_canon.geometry.angles import wrap_deg, wrap_rad
     from relion_canon.geometry.correlation import correlation_window, correlation_windows
-    from relion_canon.geometry.fourier_rings import FRC_THRESHOLD, fourier_ring_correlation, resolution_at_threshold_A, ring_index, ring_mean
+    from relion_canon.geometry.fourier_rings import FRC_THRESHOLD, column_multiplicity, fourier_ring_correlation, resolution_at_threshold_A, ring_index, ring_mean
     from relion_canon.geometry.masks import circular_mask, soft_circular_mask
     from relion_canon.geometry.peaks import parabolic_height, parabolic_offset, periodic_peak, shift_peak, shift_peak_and_height, window_half_width, window_peak_and_height
     from relion_canon.geometry.polar import polar_grid, ring_points_px, sample_polar, sample_rings

@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from relion_canon.geometry.fourier_rings import column_multiplicity
+
 
 def correlation_window(cross_spectrum: torch.Tensor, half_width: int) -> torch.Tensor:
     """``torch.fft.irfft2(cross_spectrum, s=(S, S))`` at the shifts −h…h per axis (h = ``half_width``, rows y,
@@ -44,8 +46,7 @@ def _bases(size: int, half_width: int, dtype: torch.dtype, device: torch.device)
     along_y = torch.polar(torch.ones(len(shifts), size, dtype=torch.float64),
                           2 * math.pi * shifts[:, None] * ky[None, :] / size)
     kx = torch.arange(size // 2 + 1, dtype=torch.float64)
-    weight = torch.full_like(kx, 2.0)
-    weight[[0, -1]] = 1.0
+    weight = column_multiplicity(size, torch.float64)
     phase = 2 * math.pi * kx[:, None] * shifts[None, :] / size
     scale = weight[:, None] / size**2
     along_x = torch.stack([scale * torch.cos(phase), -scale * torch.sin(phase)], dim=1).flatten(0, 1)

@@ -1,4 +1,5 @@
-"""Fourier rings of square images on the rfft2 grid: ring index, ring means, FRC and resolution.
+"""Fourier rings of square images on the rfft2 grid: ring index, ring means, FRC and resolution, and how
+often each rfft2 column counts in the full plane.
 
 Ring k holds the coefficients whose spatial frequency, in cycles per box, rounds to k; rings beyond the
 Nyquist ring box//2 (the corners) are folded into it, so there are box//2 + 1 rings.
@@ -18,6 +19,16 @@ def ring_index(box: int) -> torch.Tensor:
     kx = torch.fft.rfftfreq(box) * box
     r = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)
     return torch.round(r).long().clamp(max=box // 2)
+
+
+def column_multiplicity(box: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(box//2 + 1,) how often each rfft2 column stands in the full plane: twice (itself and its conjugate twin),
+    but once for column 0 and, for an even box, column box//2 (their own twins)."""
+    weight = torch.full((box // 2 + 1,), 2.0, dtype=dtype)
+    weight[0] = 1.0
+    if box % 2 == 0:
+        weight[-1] = 1.0
+    return weight
 
 
 def ring_mean(values: torch.Tensor, rings: torch.Tensor, n_rings: int) -> torch.Tensor:

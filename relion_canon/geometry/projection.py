@@ -15,8 +15,12 @@ Like RELION's projector, the map is zero-padded (factor 2), corrected for the tr
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
+
+from relion_canon.geometry.angles import wrap_deg
 
 
 def euler_matrix(rot: np.ndarray | float, tilt: np.ndarray | float, psi: np.ndarray | float) -> np.ndarray:
@@ -46,11 +50,7 @@ def euler_angles(matrix: np.ndarray) -> np.ndarray:
     """(..., 3) RELION (rot, tilt, psi) in degrees of (..., 3, 3) matrices: the inverse of :func:`euler_matrix`.
     rot and psi in [−180, 180), tilt in [0, 180]. At tilt 0 or 180° only rot ± psi is defined; it all goes into
     psi (rot = 0), the in-plane angle, as pyem does."""
-    import warnings
-
-    from scipy.spatial.transform import Rotation
-
-    from relion_canon.geometry.angles import wrap_deg
+    from scipy.spatial.transform import Rotation  # scipy's import costs start-up: only when angles are read back
 
     m = np.asarray(matrix, dtype=np.float64)
     shape = m.shape[:-2]

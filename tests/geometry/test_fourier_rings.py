@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relion_canon.geometry import (
+    column_multiplicity,
     fourier_ring_correlation,
     resolution_at_threshold_A,
     ring_index,
@@ -65,3 +66,11 @@ def test_resolution_at_the_first_ring_below_the_threshold():
     assert resolution_at_threshold_A(np.ones(7), 2.0, 12) == 4.0  # Nyquist: 2 px
     assert math.isclose(resolution_at_threshold_A(frc, 2.0, 12, threshold=0.5), 12 * 2.0 / 3)
     assert resolution_at_threshold_A(np.array([1.0, 0.0]), 1.0, 2) == 2.0
+
+
+def test_column_multiplicity_counts_each_rfft2_coefficient_as_often_as_the_full_plane_holds_it():
+    for box in (8, 9):
+        image = torch.randn(box, box, dtype=torch.float64)
+        half = torch.fft.rfft2(image).abs() ** 2
+        full = torch.fft.fft2(image).abs() ** 2
+        torch.testing.assert_close((half * column_multiplicity(box, torch.float64)).sum(), full.sum())

@@ -35,7 +35,7 @@ from relion_canon.analysis.alignment_reference import turned_back
 from relion_canon.analysis.orientation.directions import patch
 from relion_canon.analysis.orientation.matching import ClassMatch, Matcher
 from relion_canon.analysis.prepared_particles import Prepared
-from relion_canon.geometry import parabolic_offset, wrap_deg
+from relion_canon.geometry import column_multiplicity, parabolic_offset, wrap_deg
 from relion_canon.geometry.projection import euler_angles, euler_matrix, half_from_images, shift_phase
 
 
@@ -104,9 +104,9 @@ class _ClassPatch:
     def __init__(self, match: ClassMatch, matcher: Matcher, noise: torch.Tensor, band_ring: int,
                  search: DirectionSearch):
         a_c = euler_matrix(match.rot_deg, match.tilt_deg, match.psi_deg)
-        self.directions = patch(a_c[2], search.step_deg, search.radius_deg)
-        self.euler = euler_angles(transported(a_c, self.directions))  # (m, 3)
-        self.moved_deg = np.rad2deg(np.arccos(np.clip(self.directions @ a_c[2], -1.0, 1.0)))
+        directions = patch(a_c[2], search.step_deg, search.radius_deg)
+        self.euler = euler_angles(transported(a_c, directions))  # (m, 3)
+        self.moved_deg = np.rad2deg(np.arccos(np.clip(directions @ a_c[2], -1.0, 1.0)))
         grid = matcher.grid
         # The projections' transforms straight from the map's, sampled only within the band and moved by s.
         spectra = matcher.projector.slices(euler_matrix(*self.euler.T), max_ring=float(band_ring) + 1.0)
@@ -114,11 +114,7 @@ class _ClassPatch:
         if phase is not None:
             spectra = spectra * torch.from_numpy(phase)
         band = ((grid.rings >= 1) & (grid.rings <= band_ring)).float()
-        # rfft2 holds half the plane: the other half mirrors every column but the first and last.
-        twice = torch.full_like(band, 2.0)
-        twice[:, 0] = 1.0
-        if grid.box % 2 == 0:
-            twice[:, -1] = 1.0
+        twice = column_multiplicity(grid.box).expand_as(band)  # rfft2 holds half the plane
         self.keep = band.reshape(-1) > 0
         self.twice = twice.reshape(-1)[self.keep]
         # The particles come whitened (C·X/N): the cross term needs no more 1/N, the projection's norm does.
@@ -192,21 +188,21 @@ def particle_directions(particles: Iterable[Prepared], class_of: np.ndarray, mat
     patches: dict[int, _ClassPatch] = {}
     found: dict[int, list[tuple[np.ndarray, torch.Tensor, torch.Tensor]]] = {}
     for idx, _, whitened, ctf2 in particles:
-        for number in np.unique(class_of[idx]):
-            if int(number) not in matches:
+        for number in map(int, np.unique(class_of[idx])):
+            if number not in matches:
                 continue
             take = np.flatnonzero(class_of[idx] == number)
             rows = idx[take]
-            if int(number) not in patches:
-                patches[int(number)] = _ClassPatch(matches[int(number)], matcher, noise, band_ring, search)
+            if number not in patches:
+                patches[number] = _ClassPatch(matches[number], matcher, noise, band_ring, search)
             psi = np.add.outer(offsets, psi_deg[rows]).reshape(-1)  # offset-major
             shift = torch.from_numpy(np.tile(shift_px[rows], (len(offsets), 1))).float()
             turned = turned_back(whitened[take].repeat(len(offsets), 1, 1), torch.from_numpy(np.deg2rad(psi)).float(),
                                  shift)
             # The slices' origin is pixel 0: the particles' transforms are taken about the same.
-            loglik, steps = patches[int(number)].log_likelihoods(half_from_images(turned * matcher.grid.mask),
+            loglik, steps = patches[number].log_likelihoods(half_from_images(turned * matcher.grid.mask),
                                                                  ctf2[take], len(offsets))
-            found.setdefault(int(number), []).append((rows, loglik, steps))
+            found.setdefault(number, []).append((rows, loglik, steps))
     for number, parts in found.items():
         cp = patches[number]
         rows = np.concatenate([r for r, _, _ in parts])
