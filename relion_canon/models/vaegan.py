@@ -13,11 +13,12 @@ returns the latent and no ``"psi"``.
 
 Differences from the paper, on purpose:
 
-* Reconstruction is a Gaussian log-likelihood, i.e. the mean squared error, not the paper's binary
+* Reconstruction is by default a Gaussian log-likelihood, i.e. the mean squared error, not the paper's binary
   cross-entropy: our particles are RELION-normalised (background mean 0, standard deviation 1, unbounded),
-  not intensities in [0, 1], so BCE does not apply. It is averaged over pixels (and the batch) as the
-  authors' code averages its BCE (``F.binary_cross_entropy`` with its default mean, ninamiolane/vaetree),
-  which is the scale against which λ_cone = 1 was fixed; the KL is summed over latent dimensions and
+  not intensities in [0, 1]. ``reconstruction="bce"`` gives the paper's choice on images mapped into [0, 1]
+  (``unit_scaling``); the comparison is in ``benchmarks/papers/README.md``. Either is averaged over pixels
+  (and the batch) as the authors' code averages its BCE (``F.binary_cross_entropy`` with its default mean,
+  ninamiolane/vaetree), which is the scale against which λ_cone = 1 was fixed; the KL is summed over latent dimensions and
   averaged over the batch, the GAN and cone terms averaged over the batch.
 * The discriminator sees the CTF-modulated reconstruction when ``apply_ctf`` is on, so that it compares
   like with like.
@@ -49,6 +50,8 @@ from relion_canon.models.ctf_modulation import apply_ctf
 from relion_canon.models.layers import ConvDecoder, ConvEncoder
 
 GAN_LOSSES = ("nonsaturating", "standard")
+RECONSTRUCTIONS = ("mse", "bce")
+UNIT_SCALINGS = ("minmax", "global")
 
 
 @dataclasses.dataclass
@@ -70,6 +73,12 @@ class VAEGANConfig(ModelConfig):
     beta1: float = 0.9  # Adam, paper B
     beta2: float = 0.999
     batch_size: int = 16  # paper B's mini-batch (a recommendation to the engine; the model works with any)
+    # "bce": paper B's binary cross-entropy. The images (encoder input, target and what the discriminator sees)
+    # are mapped to [0, 1] by unit_scaling and the decoder outputs logits: "minmax" per image, or "global", one
+    # affine map fixed from the first training batch's minimum and maximum (kept with the weights) so that
+    # contrast differences between particles survive.
+    reconstruction: str = "mse"
+    unit_scaling: str = "minmax"
     logvar_min: float = -12.0  # clamp of the encoder's log-variance, for numerical safety only
     logvar_max: float = 8.0
 
@@ -82,6 +91,12 @@ class VAEGANConfig(ModelConfig):
             raise ValueError(f"vaegan: disc_norm must be 'batch', 'group' or 'none', got {self.disc_norm!r}")
         if self.gan_loss not in GAN_LOSSES:
             raise ValueError(f"vaegan: gan_loss must be one of {GAN_LOSSES}, got {self.gan_loss!r}")
+        if self.reconstruction not in RECONSTRUCTIONS:
+            raise ValueError(f"vaegan: reconstruction must be one of {RECONSTRUCTIONS}, got {self.reconstruction!r}")
+        if self.unit_scaling not in UNIT_SCALINGS:
+            raise ValueError(f"vaegan: unit_scaling must be one of {UNIT_SCALINGS}, got {self.unit_scaling!r}")
+        if self.reconstruction == "bce" and self.apply_ctf:
+            raise ValueError("vaegan: reconstruction='bce' works on images in [0, 1]; a CTF in the decoder does not")
         for name in ("lambda_reg", "lambda_gan", "lambda_cone"):
             if getattr(self, name) < 0:
                 raise ValueError(f"vaegan: {name} must be >= 0, got {getattr(self, name)}")
@@ -100,10 +115,21 @@ def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return (0.5 * (mu**2 + logvar.exp() - 1.0 - logvar)).sum(dim=1).mean()
 
 
-def reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over pixels and batch: a Gaussian log-likelihood, up to scale and constant."""
+def reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """Mean over pixels and batch of the squared error (a Gaussian log-likelihood, up to scale and constant) or,
+    with ``kind="bce"``, of the binary cross-entropy between logits ``prediction`` and a target in [0, 1]."""
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(prediction.float(), target.float())
     diff = prediction.float() - target.float()
     return diff.pow(2).mean()
+
+
+def minmax_unit(images: torch.Tensor) -> torch.Tensor:
+    """Each image mapped affinely onto [0, 1] by its own minimum and maximum (a flat image gives 0)."""
+    flat = images.flatten(1)
+    lo = flat.min(dim=1).values.view(-1, *[1] * (images.dim() - 1))
+    hi = flat.max(dim=1).values.view(-1, *[1] * (images.dim() - 1))
+    return (images - lo) / (hi - lo).clamp_min(1e-12)
 
 
 @contextlib.contextmanager
@@ -136,6 +162,13 @@ class VAEGAN(CanonModel):
         self.encoder = ConvEncoder(c.box, 2 * c.latent_dim, width=c.width, max_width=c.max_width)
         self.decoder = ConvDecoder(c.box, c.latent_dim, width=c.width, max_width=c.max_width)
         self.discriminator = ConvEncoder(c.box, 1, width=c.disc_width, max_width=c.max_width, norm=c.disc_norm)
+        # (low, high) of the "global" unit scaling; NaN until the first batch fixes it, saved with the weights.
+        self.register_buffer("unit_range", torch.full((2,), float("nan")))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # Model files written before unit_range existed stay loadable; they were all "mse", which never reads it.
+        state_dict.setdefault(prefix + "unit_range", torch.full((2,), float("nan")))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # --- the engine's contract -------------------------------------------------------------------------
 
@@ -155,7 +188,7 @@ class VAEGAN(CanonModel):
         return optimizers
 
     def forward(self, batch: Batch, phase: str) -> dict[str, torch.Tensor]:
-        x = batch["image"]
+        x = self.to_model_space(batch["image"])
         ctf = self._ctf(batch)
         if phase == "discriminator":
             return self._discriminator_step(x, ctf)
@@ -173,15 +206,31 @@ class VAEGAN(CanonModel):
         was_training = self.training
         self.eval()
         try:
-            mu, _ = self.encode(images)
+            mu, _ = self.encode(self.to_model_space(images))
             out = {"latent": mu.float()}
             if canonical:
-                out["canonical"] = self.decoder(mu)[:, 0].float()
+                out["canonical"] = self._decode(mu)[:, 0].float()
             return out
         finally:
             self.train(was_training)
 
     # --- pieces ------------------------------------------------------------------------------------------
+
+    def to_model_space(self, images: torch.Tensor) -> torch.Tensor:
+        """The images the networks see: unchanged for "mse", mapped into [0, 1] for "bce"."""
+        if self.config.reconstruction != "bce":
+            return images
+        if self.config.unit_scaling == "minmax":
+            return minmax_unit(images)
+        if torch.isnan(self.unit_range).any():
+            self.unit_range.copy_(torch.stack([images.min(), images.max()]).detach().float())
+        lo, hi = self.unit_range[0], self.unit_range[1]
+        return ((images - lo) / (hi - lo).clamp_min(1e-12)).clamp(0.0, 1.0)
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoder output as an image: logits through a sigmoid for "bce" (the discriminator sees [0, 1])."""
+        out = self.decoder(z)
+        return torch.sigmoid(out) if self.config.reconstruction == "bce" else out
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 1, H, W) → posterior mean and log-variance, each (B, L)."""
@@ -197,12 +246,16 @@ class VAEGAN(CanonModel):
         return batch["ctf"]
 
     def _reconstruct(self, x: torch.Tensor, ctf: torch.Tensor | None):
+        """(decoder output, mu, logvar): the output is logits for "bce" (the loss takes them; images elsewhere)."""
         mu, logvar = self.encode(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         x_hat = self.decoder(z)
         if ctf is not None:
             x_hat = apply_ctf(x_hat, ctf)
         return x_hat, mu, logvar
+
+    def _as_image(self, x_hat: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(x_hat) if self.config.reconstruction == "bce" else x_hat
 
     def _generator_gan_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
         fake_logits = fake_logits.float()
@@ -213,6 +266,7 @@ class VAEGAN(CanonModel):
     def _discriminator_step(self, x: torch.Tensor, ctf: torch.Tensor | None) -> dict[str, torch.Tensor]:
         with torch.no_grad(), frozen_running_stats(self.encoder, self.decoder):
             fake, _, _ = self._reconstruct(x, ctf)
+            fake = self._as_image(fake)
         real_logits = self.discriminator(x).float()
         fake_logits = self.discriminator(fake.detach()).float()
         loss = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits)) + \
@@ -226,14 +280,14 @@ class VAEGAN(CanonModel):
     def _model_step(self, x: torch.Tensor, ctf: torch.Tensor | None) -> dict[str, torch.Tensor]:
         c = self.config
         x_hat, mu, logvar = self._reconstruct(x, ctf)
-        rec = reconstruction_loss(x_hat, x)
+        rec = reconstruction_loss(x_hat, x, c.reconstruction)
         kl = kl_standard_normal(mu, logvar)
         cone = cone_loss(mu)
         loss = rec + c.lambda_reg * kl + c.lambda_cone * cone
         out = {"rec": rec.detach(), "kl": kl.detach(), "cone": cone.detach()}
         if c.lambda_gan > 0:
             with frozen_running_stats(self.discriminator):
-                gan = self._generator_gan_loss(self.discriminator(x_hat))
+                gan = self._generator_gan_loss(self.discriminator(self._as_image(x_hat)))
             loss = loss + c.lambda_gan * gan
             out["gan"] = gan.detach()
         out["loss"] = loss

@@ -185,3 +185,42 @@ def test_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         pred = model.predict(batch["image"], canonical=True)
     assert pred["latent"].dtype == torch.float32 and pred["canonical"].dtype == torch.float32
+
+
+def test_bce_reconstruction_on_unit_images():
+    """reconstruction="bce": the loss is the BCE of the decoder's logits against the images mapped into [0, 1]
+    (per image for "minmax", one map fixed by the first batch for "global"), and the discriminator sees images
+    in [0, 1] too."""
+    with pytest.raises(ValueError):
+        VAEGANConfig(reconstruction="l1")
+    with pytest.raises(ValueError):
+        VAEGANConfig(reconstruction="bce", apply_ctf=True)
+    torch.manual_seed(3)
+    x = torch.randn(6, 1, 32, 32) * torch.arange(1, 7).view(6, 1, 1, 1)  # contrasts differ between images
+    batch = {"image": x, "index": torch.arange(6)}
+    for scaling in ("minmax", "global"):
+        model = VAEGAN(VAEGANConfig(box=32, width=8, reconstruction="bce", unit_scaling=scaling))
+        unit = model.to_model_space(x)
+        assert unit.min() >= 0 and unit.max() <= 1
+        flat = unit.flatten(1)
+        if scaling == "minmax":
+            assert torch.allclose(flat.min(1).values, torch.zeros(6)) and torch.allclose(flat.max(1).values, torch.ones(6))
+        else:
+            assert torch.allclose(model.unit_range, torch.stack([x.min(), x.max()]))
+            assert torch.allclose(unit, (x - x.min()) / (x.max() - x.min()))  # one map: contrasts kept
+            assert torch.allclose(model.to_model_space(x[:1] * 0.5), (x[:1] * 0.5 - x.min()) / (x.max() - x.min()))
+        torch.manual_seed(0)
+        out = model(batch, "model")
+        torch.manual_seed(0)
+        logits, _, _ = model._reconstruct(unit, None)
+        expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, unit)
+        assert torch.isclose(out["rec"], expected, rtol=1e-5)
+        pred = model.predict(x, canonical=True)
+        assert pred["canonical"].min() >= 0 and pred["canonical"].max() <= 1
+    # The range travels with the weights, and model files from before it existed still load.
+    state = model.state_dict()
+    fresh = VAEGAN(VAEGANConfig(box=32, width=8, reconstruction="bce", unit_scaling="global"))
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.unit_range, model.unit_range)
+    old = {k: v for k, v in VAEGAN(VAEGANConfig(box=32, width=8)).state_dict().items() if k != "unit_range"}
+    VAEGAN(VAEGANConfig(box=32, width=8)).load_state_dict(old)
