@@ -58,12 +58,19 @@ def canonical_metrics(
     if sources.clean.box != box:
         notes.append(f"Truth images ({sources.clean.box} px) Fourier-resampled to the job's canonical box ({box} px).")
     read_pairs = _pair_reader(sources, truth_idx[rows], rows, box)
-    rotation, mirrored = fit_frame(read_pairs, rows.size)
-    mse = frame_errors(read_pairs, rows.size, rotation, mirrored)
+    groups = _frame_groups(job_star, rows, notes)
+    frames = {number: fit_frame(_within(read_pairs, where), where.size) for number, where in groups.items()}
+    mse = np.empty(rows.size)
+    for number, where in groups.items():
+        mse[where] = frame_errors(_within(read_pairs, where), where.size, *frames[number])
+    group_of = np.empty(rows.size, dtype=np.int64)
+    for number, where in groups.items():
+        group_of[where] = number
 
     def images(positions: np.ndarray) -> dict[str, np.ndarray]:
         canon, truth = read_pairs(positions)
-        out = {"canonical": to_truth_frame(canon, rotation, mirrored), "truth": truth}
+        turned = np.stack([to_truth_frame(c[None], *frames[group_of[k]])[0] for c, k in zip(canon, positions)])
+        out = {"canonical": turned, "truth": truth}
         if sources.inputs is not None:
             out = {"input": sources.inputs.read(rows[positions]), **out}
         return out
@@ -71,14 +78,37 @@ def canonical_metrics(
     order = np.argsort(mse, kind="stable")[::-1]  # worst first
     worst_order = _worst_positions(order, _shared_names(job_star, rows, notes), n_worst)
     example_positions = spread_indices(rows.size, n_examples)
+    largest = max(groups, key=lambda number: groups[number].size)
     return CanonicalMetrics(
         n=int(rows.size), mean_mse=float(mse.mean()), worst_mse=float(mse.max()),
         worst_row=int(rows[order[0]] + 1),
-        rotation_deg=rotation, mirrored=mirrored, box=int(box), normalisation=NORMALISATION, mse=mse,
+        rotation_deg=frames[largest][0], mirrored=frames[largest][1], box=int(box), normalisation=NORMALISATION,
+        mse=mse, frames=len(frames),
         examples=images(example_positions), example_rows=rows[example_positions] + 1,
         worst=images(worst_order) if worst_order.size else {}, worst_rows=rows[worst_order] + 1,
         worst_mses=mse[worst_order],
     )
+
+
+def _frame_groups(job_star: ParticleStar, rows: np.ndarray, notes: list[str]) -> dict[int, np.ndarray]:
+    """Positions into ``rows`` that share one canonical frame: one group per job class (``rlnClassNumber``),
+    since each class's frame is its own (a class average, or a network's frame learnt per view, is defined
+    only up to its own turn and mirror); one group without classes."""
+    everything = {0: np.arange(rows.size)}
+    if "rlnClassNumber" not in job_star.particles.columns:
+        return everything
+    numbers = job_star.particles["rlnClassNumber"].to_numpy()[rows]
+    distinct = np.unique(numbers)
+    if distinct.size < 2:
+        return everything
+    notes.append(f"One canonical frame (turn and mirror) fitted per job class ({distinct.size} classes): each class's "
+                 "frame is its own. The frame rotation shown is the largest class's.")
+    return {int(number): np.flatnonzero(numbers == number) for number in distinct}
+
+
+def _within(read_pairs: PairReader, where: np.ndarray) -> PairReader:
+    """``read_pairs`` on the positions ``where`` (positions into ``where`` in, pairs out)."""
+    return lambda positions: read_pairs(where[positions])
 
 
 def _worst_positions(order: np.ndarray, names: np.ndarray | None, n_worst: int) -> np.ndarray:

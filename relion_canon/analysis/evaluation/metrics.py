@@ -111,6 +111,7 @@ class CanonicalMetrics:
     box: int
     normalisation: str
     mse: np.ndarray = field(repr=False)
+    frames: int = 1  # frames fitted: one per job class when the job has several (rotation_deg: the largest's)
     # For the figures: (K, H, W) images in the truth's frame, with the job's 1-based STAR rows and MSEs.
     examples: dict[str, np.ndarray] = field(default_factory=dict, repr=False, metadata={"figure_only": True})
     example_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, int), repr=False)

@@ -121,7 +121,10 @@ def _canonical_rows(table: _Table, c: CanonicalMetrics | None) -> None:
     table.add("canonical MSE, mean", c.mean_mse if c else None)
     table.add("canonical MSE, worst", f"{c.worst_mse:.4g} (row {c.worst_row})" if c else None)
     if c:
-        table.add("canonical frame rotation (°) / mirrored", f"{c.rotation_deg:.2f} / {'yes' if c.mirrored else 'no'}")
+        frame = f"{c.rotation_deg:.2f} / {'yes' if c.mirrored else 'no'}"
+        if c.frames > 1:
+            frame += f" (largest class's; {c.frames} frames, one per class)"
+        table.add("canonical frame rotation (°) / mirrored", frame)
 
 
 def _fmt(value: Any) -> str:

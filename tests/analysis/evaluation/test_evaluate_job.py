@@ -135,3 +135,30 @@ def test_bad_inputs_raise_input_error(sim, tmp_path):
     with pytest.raises(InputError) as err:
         evaluate(job, sim)
     assert err.value.file == str(job / "particles.star") and err.value.row == 1
+
+
+def test_canonical_frame_is_fitted_per_job_class(sim, tmp_path):
+    """Each class's frame is its own: images of two classes turned by different angles (one mirrored) match the
+    truth once a frame is fitted per rlnClassNumber, and do not under one frame for all."""
+    from relion_canon.geometry import rotate_images
+    from relion_canon.io.mrc import write_stack
+    from relion_canon.io.source import ParticleSource
+    from tests.analysis.evaluation.helpers import mirror
+
+    job = fake_job(sim, tmp_path / "job", rotation=25.0)
+    star = read_star(job / "particles.star")
+    n = len(star)
+    second = np.arange(n) % 2 == 1
+    clean = ParticleSource.from_stack(sim / "ground_truth_clean.mrcs").read(np.arange(n)).astype(np.float64)
+    images = rotate_images(clean, np.where(second, -100.0, 25.0), order=3)
+    images[second] = mirror(images[second])
+    write_stack(job / "canonical.mrcs", images.astype(np.float32), 2.5)
+
+    write_star(star.with_columns({"rlnClassNumber": np.where(second, 7, 2)}), job / "particles.star")
+    per_class = evaluate(job, sim).canonical
+    assert per_class.frames == 2 and per_class.mean_mse < 0.01
+    assert per_class.examples["canonical"].shape == per_class.examples["truth"].shape
+
+    write_star(star, job / "particles.star")  # no classes: one frame for all
+    one = evaluate(job, sim).canonical
+    assert one.frames == 1 and one.mean_mse > 10 * per_class.mean_mse + 0.1
