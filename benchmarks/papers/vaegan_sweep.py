@@ -1,7 +1,7 @@
 """Paper B's VAE-GAN alone on vaegan-sim, one setting per call: the search behind README's "Paper B's VAE-GAN at
 CPU size" table.
 
-    python benchmarks/papers/vaegan_sweep.py NAME [--n 800] [--epochs 12] [--batch 16] [--seed 0] \\
+    python benchmarks/papers/vaegan_sweep.py NAME [--n 800] [--epochs 12] [--batch 16] [--seed 0] [--data-seed 0] \\
         [--opt reconstruction=bce lambda_reg=2.4e-4 ...] [--workdir W] [--out results.jsonl]
 
 Makes (or reuses, in ``--workdir``) the same data as ``run.py vaegan-sim`` (128 px, read by the networks at
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     options = {} if args.full_width else dict(QUICK_WIDTHS)
     options.update(parse_options(args.opt))
-    data = dataset(Path(args.workdir), args.n, args.box, 0)
+    data = dataset(Path(args.workdir), args.n, args.box, args.data_seed)
     spec = ModelSpec(args.name, "vaegan", options, args.epochs, args.batch)
     work = Path(args.workdir) / "runs" / args.name
     work.mkdir(parents=True, exist_ok=True)
@@ -88,15 +88,44 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     summary = {k: scores[k] for k in SUMMARY}
     summary.update(winding=winding(angle, data.true_psi(data.test)), seconds=time.perf_counter() - t0,
                    d_real=last.get("discriminator/d_real"), d_fake=last.get("discriminator/d_fake"),
-                   name=args.name, n=args.n, epochs=args.epochs, batch=args.batch, seed=args.seed, options=options,
+                   name=args.name, n=args.n, epochs=args.epochs, batch=args.batch, seed=args.seed,
+                   data_seed=args.data_seed, options=options,
                    command=" ".join(sys.argv))
     np.savez(work / "latent.npz", latent=pred.latent, psi=data.true_psi(data.test),
              defocus=data.true_defocus(data.test))
+    _figure(work / "latent.png", args.name, pred.latent, data.true_psi(data.test), data.true_defocus(data.test))
     _print_history(pred.history)
     print(json.dumps(summary, default=float))
     with open(args.out, "a") as f:
         f.write(json.dumps({**summary, "history": pred.history}, default=float) + "\n")
     return summary
+
+
+def _figure(path: Path, title: str, latent: np.ndarray, psi: np.ndarray, defocus: np.ndarray) -> None:
+    """Paper B's Figure 4 for one run: read-out angle against true psi, radius against defocus, and the first two
+    principal components coloured by psi and by defocus."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    angle, radius = polar_readout(latent)
+    centred = latent - latent.mean(axis=0)
+    scores = centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T
+    um = defocus / 1e4
+    jitter = np.random.default_rng(0).uniform(-0.1, 0.1, len(um))
+    fig, ax = plt.subplots(1, 4, figsize=(18, 4.2))
+    ax[0].scatter(psi, np.degrees(angle), s=3, c=um, cmap="viridis")
+    ax[0].set(xlabel="true psi (°)", ylabel="latent polar angle (°)")
+    ax[1].scatter(um + jitter, radius, s=3)
+    ax[1].set(xlabel="true defocus (µm)", ylabel="latent polar radius")
+    for a, colour, cmap, what in ((ax[2], psi, "hsv", "psi"), (ax[3], um, "viridis", "defocus")):
+        a.scatter(scores[:, 0], scores[:, 1], s=3, c=colour, cmap=cmap)
+        a.set(title=f"PC1 / PC2, coloured by {what}", aspect="equal")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def _print_history(history: list[dict[str, float]]) -> None:
@@ -114,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-box", type=int, default=64, help="box the networks read (--quick: 64)")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0, help="training seed (the data's is always 0)")
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--data-seed", type=int, default=0, help="simulation seed (run.py's: 0); another one is a new set")
     p.add_argument("--full-width", action="store_true", help="the model's default widths, not --quick's")
     p.add_argument("--opt", nargs="*", default=[], help="VAEGANConfig fields, key=value")
     p.add_argument("--workdir", default="vaegan_sweep_work")
