@@ -81,6 +81,13 @@ class EstimateConfig:
              "class_averages.mrcs (one image per class, shared by its particles; no canonical.mrcs is written); "
              "with --no-refine (refine no) it names the network's own image of each particle, written to "
              "canonical.mrcs.")
+    canonical_from: str = option(
+        "class", kind=TEXT, choices=("class", "network"), external_param="canon_from",
+        external_aliases=("canonical_from",),
+        help="With refinement, where --write-canonical takes each particle's canonical image from: 'class', its "
+             "class average (one image per class); 'network', its own image from paper A's decoder trained on the "
+             "refined angles as labels, written to canonical.mrcs (implies --write-canonical; costs a training "
+             "run). The class average is the closer to the truth on the benchmarks (benchmarks/papers).")
     device: str = option("auto", kind=TEXT, not_in={EXTERNAL: _NO_DEVICE_PARAM}, check=device_problem,
                          help="auto, cpu, cuda or cuda:N.")
     seed: int = option(0, kind=INT, minimum=0, help="Random seed (training subset, network, outlier scores).")

@@ -241,7 +241,7 @@ class RotInvAE(CanonModel):
             if c.apply_ctf:  # compare in the particle's frame, where the CTF applies; rendered at the label
                 out["pred"], out["target"] = self.render(canon, psi, ctf), x0
             else:  # paper A: the decoder output against the input turned back by the label
-                out["pred"], out["target"] = canon, self._canonicalise(x, psi, batch.get("origin"))
+                out["pred"], out["target"] = canon, self.canonicalised(x, psi, batch.get("origin"))
             return out
 
         # "self": x0 and a copy turned by a random α; both estimates of x0's angle must agree.
@@ -268,7 +268,7 @@ class RotInvAE(CanonModel):
             out["real_canon"] = rotate(x0, -psi_a.detach())
         return out
 
-    def _canonicalise(self, x: torch.Tensor, psi: torch.Tensor, origin: torch.Tensor | None) -> torch.Tensor:
+    def canonicalised(self, x: torch.Tensor, psi: torch.Tensor, origin: torch.Tensor | None) -> torch.Tensor:
         """Shift by +origin, then turn by −ψ, in one interpolation: turning by −ψ moves a shift s to R(−ψ)s."""
         if origin is None:
             return rotate(x, -psi)

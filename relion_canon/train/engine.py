@@ -65,6 +65,8 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on GPUs that have it, else fp16; fp32 on CPU) | fp32 | bf16 | fp16
     workers: int = 0  # DataLoader worker processes
     threads: int | None = None  # torch CPU threads (None: torch's default)
+    # This process trains alone even under torchrun (a network only rank 0 needs, trained after the shared passes)
+    single_process: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -176,6 +178,8 @@ def _set_up(particles: str | Path | ParticleStar, out_dir: Path, config: TrainCo
             project_dir: Path | None) -> _Run:
     """Process group, device, precision, seeded data and a fresh model with its optimisers."""
     rank, world, local_rank = distributed()
+    if config.single_process:
+        rank, world = 0, 1
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device, local_rank)

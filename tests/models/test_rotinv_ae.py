@@ -197,7 +197,7 @@ def test_labels_target_applies_origin_then_psi(projector):
     origin = torch.tensor([[1.5, -2.0], [0.0, 3.0], [-2.5, 0.5]])
     particle = rotate(canonical, psi, shift_px=-origin)
     model = RotInvAE(RotInvAEConfig(box=BOX, angle_mode="labels", width=8))
-    back = model._canonicalise(particle, psi, origin)
+    back = model.canonicalised(particle, psi, origin)
     inner = circular_mask(BOX, BOX / 2 - 4)
     for i in range(3):
         assert masked_corr(back[i, 0], canonical[i, 0], inner) > 0.99

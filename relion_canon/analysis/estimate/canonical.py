@@ -18,6 +18,7 @@ from relion_canon.analysis.estimate.predict import Prediction
 from relion_canon.context import RunContext
 from relion_canon.io.imagename import format_image_name
 from relion_canon.io.mrc import stack_writer, write_stack
+from relion_canon.io.star import ParticleStar
 from relion_canon.preprocess.fourier import fourier_resample
 
 CANONICAL_STACK = "canonical.mrcs"
@@ -37,16 +38,48 @@ class CanonicalImages:
 
 def canonical_images(prediction: Prediction, class_averages: dict[int, np.ndarray], classes: dict[int, np.ndarray],
                      out_dir: Path, box: int, pixel_size_A: float, write_canonical: bool,
-                     context: RunContext) -> CanonicalImages:
+                     context: RunContext, per_particle: PerParticle | None = None) -> CanonicalImages:
     """Class averages (when refinement made them) or the network's images, for the examples and, with
-    ``write_canonical``, every particle."""
+    ``write_canonical``, every particle; with ``per_particle`` (refinement's angles) each particle's own image
+    from a decoder trained on them (:mod:`.canonical_network`) instead of its class average."""
     if class_averages:
-        return _from_class_averages(len(prediction), prediction.example_index, class_averages, classes, out_dir,
-                                    pixel_size_A, write_canonical)
+        result = _from_class_averages(len(prediction), prediction.example_index, class_averages, classes, out_dir,
+                                      pixel_size_A, write_canonical and per_particle is None)
+        if per_particle is not None:
+            result.column = per_particle.write(out_dir / CANONICAL_STACK, box, pixel_size_A, context)
+            result.report["canonical_images"] = {"file": str(out_dir / CANONICAL_STACK), "from": "network",
+                                                 **per_particle.report()}
+        return result
     column = None
     if write_canonical:
         column = write_network_canonical(prediction, out_dir / CANONICAL_STACK, box, pixel_size_A, context)
     return CanonicalImages(prediction.example_canonical, column)
+
+
+@dataclass
+class PerParticle:
+    """What the per-particle decoder learns from: the particles, their refined in-class angles and origins,
+    and which of them are good (flagged junk do not train it)."""
+
+    star: ParticleStar
+    psi_deg: np.ndarray
+    origin_A: np.ndarray | None
+    good: np.ndarray  # (N,) bool
+    device: str
+    seed: int
+
+    def write(self, path: Path, box: int, pixel_size_A: float, context: RunContext) -> np.ndarray:
+        from relion_canon.analysis.estimate.canonical_network import write_network_canonical_images
+
+        return write_network_canonical_images(self.star, self.psi_deg, self.origin_A, self.good, path, box,
+                                              pixel_size_A, device=self.device, seed=self.seed, context=context)
+
+    def report(self) -> dict[str, Any]:
+        from relion_canon.analysis.estimate import canonical_network as net
+
+        n_train = int(min(self.good.sum(), net.TRAIN_PARTICLES))
+        return {"train_particles": n_train, "epochs": net.epochs_for(n_train), "batch_size": net.TRAIN_BATCH,
+                "model_box": net.MODEL_BOX, "model": "rotinv-ae (angle_mode labels)"}
 
 
 def _from_class_averages(n: int, example_index: np.ndarray, class_averages: dict[int, np.ndarray],

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from relion_canon.analysis.estimate.classify import classify_classes
-from relion_canon.analysis.estimate.canonical import CanonicalImages, canonical_images
+from relion_canon.analysis.estimate.canonical import CanonicalImages, PerParticle, canonical_images
 from relion_canon.analysis.estimate.defocus_columns import DefocusColumns, estimate_defocus
 from relion_canon.analysis.estimate.junk import Junk, find_junk, junk_by_alignment_score, junk_classes, outlier_features
 from relion_canon.analysis.estimate.predict import predict
@@ -53,6 +53,7 @@ def estimate(star: ParticleStar, model_path: str | Path, out_dir: str | Path, co
     else:
         junk = junk_by_alignment_score(refinement.score, config.outlier_threshold, defocus_input_A)
         mark_junk_classes(refinement, junk)
+    per_particle = per_particle_canonical(star, refinement, junk, config)  # the in-class origins, before 3-D
     orientations = None
     if config.ref:
         from relion_canon.analysis.orientation import ParticleImages, orient_classes  # only when a map is given
@@ -67,8 +68,12 @@ def estimate(star: ParticleStar, model_path: str | Path, out_dir: str | Path, co
                                                             particle_images.pixel_size))
         clock.lap("orientation")
         refinement.origin_A = orientations.particles.origin_A
+    clock.lap()
     canonical = canonical_images(prediction, refinement.class_averages, refinement.classes, Path(out_dir),
-                                 refinement.box, refinement.pixel_size_A, config.write_canonical, context)
+                                 refinement.box, refinement.pixel_size_A,
+                                 config.write_canonical or config.canonical_from == "network", context,
+                                 per_particle)
+    clock.lap("canonical_images")
     report: dict[str, Any] = {
         "model": prediction.model_name, "seconds": clock.seconds, "classes": refinement.class_reports,
         "symmetry": refinement.symmetry, "defocus": defocus.report, "outliers": junk.report, **canonical.report,
@@ -85,6 +90,16 @@ def estimate(star: ParticleStar, model_path: str | Path, out_dir: str | Path, co
         class_averages=refinement.class_averages,
         matched_projections={} if orientations is None else orientations.matched,
     )
+
+
+def per_particle_canonical(star: ParticleStar, refinement: Refinement, junk: Junk,
+                           config: EstimateConfig) -> PerParticle | None:
+    """What the per-particle canonical decoder learns from, when asked for (``canonical_from="network"``) and
+    refinement made class averages (without refinement the job's own network gives each particle's image)."""
+    if not refinement.class_averages or config.canonical_from != "network":
+        return None
+    origin_A = None if refinement.origin_A is None else refinement.origin_A.copy()
+    return PerParticle(star, refinement.psi_deg.copy(), origin_A, ~junk.flag.astype(bool), config.device, config.seed)
 
 
 def star_columns(refinement: Refinement, defocus: DefocusColumns, junk: Junk, canonical: CanonicalImages,
