@@ -166,3 +166,35 @@ def test_papers_smoke(tmp_path, shared_data):
         assert (out / f"{tag}.md").read_text().startswith(f"**{tag}**")
         assert r["markdown"] in proc.stdout
     assert not any(work.iterdir())  # the generated data and models are removed
+
+
+def test_canonical_job_class_average_star_names_each_particles_class_average(tmp_path):
+    """canonical_job.py scores class averages through a copy of the job's STAR that names each particle's class
+    average: read back through that STAR, every particle's image is its own class's average."""
+    from relion_canon.context import QUIET
+    from relion_canon.io.source import ParticleSource
+    from relion_canon.io.star import read_star
+    from relion_canon.job import JobConfig, run_job
+    from relion_canon.simulate import SimulationConfig, simulate_dataset
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        import canonical_job
+    finally:
+        sys.path.remove(str(BENCH))
+    simulate_dataset(SimulationConfig(n_particles=150, box=32, pixel_size=4.0, snr=0.5, seed=2), tmp_path / "sim")
+    run_job(tmp_path / "sim" / "particles.star", tmp_path / "job", JobConfig(epochs=1, train_particles=100, threads=1),
+            context=QUIET)
+    star = read_star(canonical_job.class_average_star(tmp_path / "job"))
+    report = json.loads((tmp_path / "job" / "report.json").read_text())
+    averages = ParticleSource.from_stack(report["class_averages"]["file"])
+    images = ParticleSource.from_star(star.with_particles(
+        star.particles[["rlnCanonCanonicalImage"]].rename(columns={"rlnCanonCanonicalImage": "rlnImageName"})))
+    numbers = star.particles["rlnClassNumber"].to_numpy()
+    for row in (0, 37, 149):
+        k = report["class_averages"]["classes"].index(int(numbers[row]))
+        assert np.array_equal(images.read(np.array([row]))[0], averages.read(np.array([k]))[0])
+    assert "| 8 |" in canonical_job.table([{"views": "8", "n": 10, "network_mse_mean": 0.5, "network_mse_median": 0.4,
+                                            "class_average_mse_mean": 0.1, "class_average_mse_median": 0.1,
+                                            "no_angle_mse_mean": 0.9, "frames": 8, "canonical_seconds": 3.0,
+                                            "job_seconds": 9.0}])
