@@ -2,8 +2,9 @@
 
 With refinement the canonical image of a particle is its class's reference: the CTF-corrected,
 Wiener-filtered average of the particles turned back, far less noisy than one network output; the references
-go to ``class_averages.mrcs``. Without refinement it is the network's output, written (when asked) to
-``canonical.mrcs``.
+go to ``class_averages.mrcs``. With ``canonical_from="network"`` each particle gets its own image instead, from
+a decoder trained on the refined angles (:mod:`.canonical_network`), in ``canonical.mrcs``. Without refinement
+it is the job's network's output, written (when asked) to ``canonical.mrcs``.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def canonical_images(prediction: Prediction, class_averages: dict[int, np.ndarra
         if per_particle is not None:
             result.column = per_particle.write(out_dir / CANONICAL_STACK, box, pixel_size_A, context)
             result.report["canonical_images"] = {"file": str(out_dir / CANONICAL_STACK), "from": "network",
-                                                 **per_particle.report()}
+                                                 **per_particle.report(box)}
         return result
     column = None
     if write_canonical:
@@ -74,12 +75,12 @@ class PerParticle:
         return write_network_canonical_images(self.star, self.psi_deg, self.origin_A, self.good, path, box,
                                               pixel_size_A, device=self.device, seed=self.seed, context=context)
 
-    def report(self) -> dict[str, Any]:
+    def report(self, box: int) -> dict[str, Any]:
         from relion_canon.analysis.estimate import canonical_network as net
 
         n_train = int(min(self.good.sum(), net.TRAIN_PARTICLES))
         return {"train_particles": n_train, "epochs": net.epochs_for(n_train), "batch_size": net.TRAIN_BATCH,
-                "model_box": net.MODEL_BOX, "model": "rotinv-ae (angle_mode labels)"}
+                "model_box": min(net.MODEL_BOX, box), "model": "rotinv-ae (angle_mode labels)"}
 
 
 def _from_class_averages(n: int, example_index: np.ndarray, class_averages: dict[int, np.ndarray],
