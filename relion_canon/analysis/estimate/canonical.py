@@ -18,13 +18,11 @@ import numpy as np
 from relion_canon.analysis.estimate.predict import Prediction
 from relion_canon.context import RunContext
 from relion_canon.io.imagename import format_image_name
-from relion_canon.io.mrc import stack_writer, write_stack
+from relion_canon.io.mrc import write_stack
 from relion_canon.io.star import ParticleStar
-from relion_canon.preprocess.fourier import fourier_resample
 
 CANONICAL_STACK = "canonical.mrcs"
 CLASS_AVERAGES = "class_averages.mrcs"
-CANONICAL_BATCH = 256
 
 
 @dataclass
@@ -101,21 +99,15 @@ def _from_class_averages(n: int, example_index: np.ndarray, class_averages: dict
 
 def write_network_canonical(prediction: Prediction, path: Path, box: int, pixel_size_A: float,
                             context: RunContext) -> np.ndarray:
-    """Stream every particle's canonical image (the network's, Fourier-padded to the working ``box``) into
+    """Stream every particle's canonical image (the job's network's, Fourier-padded to the working ``box``) into
     ``path``; return the ``N@path`` names in STAR order."""
-    import torch
-    from tqdm import tqdm
+    from relion_canon.analysis.estimate.canonical_network import stream_decoded
 
-    model, dataset = prediction.loaded.model, prediction.dataset
+    model = prediction.loaded.model
     device = next(model.parameters()).device
-    n, size = len(dataset), CANONICAL_BATCH
-    with torch.no_grad(), stack_writer(path, n, box, pixel_size_A) as out:
-        for start in tqdm(range(0, n, size), desc="canonical images", unit="batch", leave=False,
-                          disable=not context.progress or None):
-            if context.should_stop():
-                raise InterruptedError("stopped on request while writing canonical images")
-            batch = dataset[np.arange(start, min(start + size, n))]
-            ctf = batch["ctf"].to(device) if "ctf" in batch else None
-            result = model.predict(batch["image"].to(device), ctf=ctf, canonical=True)
-            out[start:start + len(batch["index"])] = fourier_resample(result["canonical"].float().cpu().numpy(), box)
-    return np.array([format_image_name(i, str(path)) for i in range(n)], dtype=object)
+
+    def decode(batch: dict) -> np.ndarray:
+        ctf = batch["ctf"].to(device) if "ctf" in batch else None
+        return model.predict(batch["image"].to(device), ctf=ctf, canonical=True)["canonical"].float().cpu().numpy()
+
+    return stream_decoded(prediction.dataset, decode, path, box, pixel_size_A, context)

@@ -15,6 +15,7 @@ import logging
 import math
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -87,24 +88,35 @@ def _decode_all(star: ParticleStar, model_path: Path, path: Path, box: int, pixe
     """Every particle centred by its origin, turned back by its psi, encoded and decoded, into ``path``."""
     import dataclasses
 
-    import torch
-    from tqdm import tqdm
-
     from relion_canon.train.devices import resolve_device
     from relion_canon.train.inference import dataset_for, load_model
 
-    loaded = load_model(model_path, resolve_device(device))
-    model, dev = loaded.model, resolve_device(device)
+    dev = resolve_device(device)
+    loaded = load_model(model_path, dev)
+    model = loaded.model
     dataset = dataset_for(loaded, star, context.project_dir)
     dataset.set_spec(dataclasses.replace(dataset.spec, labels=True, origins=True, ctf=False))
+
+    def decode(batch: dict) -> np.ndarray:
+        upright = model.canonicalised(batch["image"].to(dev), batch["psi"].to(dev), batch["origin"].to(dev))
+        return model.predict(upright, canonical=True)["canonical"].float().cpu().numpy()
+
+    return stream_decoded(dataset, decode, path, box, pixel_size_A, context)
+
+
+def stream_decoded(dataset, decode: Callable[[dict], np.ndarray], path: Path, box: int, pixel_size_A: float,
+                   context: RunContext) -> np.ndarray:
+    """``decode`` (a batch of ``dataset`` → its images at the model's box) over every particle, Fourier-padded to
+    the working ``box`` and streamed into ``path``, with a progress bar; the ``N@path`` names in STAR order."""
+    import torch
+    from tqdm import tqdm
+
     n = len(dataset)
     with torch.no_grad(), stack_writer(path, n, box, pixel_size_A) as out:
         for start in tqdm(range(0, n, BATCH), desc="canonical images", unit="batch", leave=False,
                           disable=not context.progress or None):
             if context.should_stop():
                 raise InterruptedError("stopped on request while writing canonical images")
-            batch = dataset[np.arange(start, min(start + BATCH, n))]
-            upright = model.canonicalised(batch["image"].to(dev), batch["psi"].to(dev), batch["origin"].to(dev))
-            images = model.predict(upright, canonical=True)["canonical"].float().cpu().numpy()
+            images = decode(dataset[np.arange(start, min(start + BATCH, n))])
             out[start:start + len(images)] = fourier_resample(images, box)
     return np.array([format_image_name(i, str(path)) for i in range(n)], dtype=object)
