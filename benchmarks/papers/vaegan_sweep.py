@@ -9,7 +9,8 @@ Makes (or reuses, in ``--workdir``) the same data as ``run.py vaegan-sim`` (128 
 through the project's engine on one thread, and scores the latent with the benchmark's read-out (PCA, polar
 angle, eq. 7). Besides run.py's scores it prints the losses per epoch and, as ``winding``, the harmonic k for
 which the latent angle best follows k·psi (k = ±1 is what the read-out needs; ±3 is the orbit that wraps three
-times per turn) with its mean resultant length R (1: a perfect match). One JSON line per run goes to ``--out``.
+times per turn) with its mean resultant length R (1: a perfect match). One JSON line per run goes to
+``--out``; both defaults lie under ``benchmarks/papers/results/`` (git-ignored).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from paper_scoring import model_paper_b
 from relion_canon.analysis.latent_angle import polar_readout
 from relion_canon.preprocess import PreprocessConfig
 
+RESULTS = Path(__file__).resolve().parent / "results"  # git-ignored, as run.py's --out
 QUICK_WIDTHS = {"width": 16, "disc_width": 16, "max_width": 128}  # run.py's --quick VAE-GAN
 SUMMARY = ("psi_weighted_rmse_deg", "psi_rmse_deg", "psi_median_deg", "defocus_rmse_um_eq7",
            "defocus_rmse_um_quantile", "spearman_radius_vs_defocus")
@@ -79,6 +81,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     spec = ModelSpec(args.name, "vaegan", options, args.epochs, args.batch)
     work = Path(args.workdir) / "runs" / args.name
     work.mkdir(parents=True, exist_ok=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     pred = train_and_predict(spec, data, work, PreprocessConfig(box=args.model_box), "cpu", 1, args.seed,
                              canonical=False)
@@ -147,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-seed", type=int, default=0, help="simulation seed (run.py's: 0); another one is a new set")
     p.add_argument("--full-width", action="store_true", help="the model's default widths, not --quick's")
     p.add_argument("--opt", nargs="*", default=[], help="VAEGANConfig fields, key=value")
-    p.add_argument("--workdir", default="vaegan_sweep_work")
-    p.add_argument("--out", default="vaegan_sweep.jsonl")
+    p.add_argument("--workdir", default=str(RESULTS / "vaegan_sweep"), help="data, models, latents, figures")
+    p.add_argument("--out", default=str(RESULTS / "vaegan_sweep.jsonl"), help="one JSON line per run is appended")
     run(p.parse_args(argv))
     return 0
 

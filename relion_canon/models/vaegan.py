@@ -18,8 +18,8 @@ Differences from the paper, on purpose:
   not intensities in [0, 1]. ``reconstruction="bce"`` gives the paper's choice on images mapped into [0, 1]
   (``unit_scaling``); the comparison is in ``benchmarks/papers/README.md``. Either is averaged over pixels
   (and the batch) as the authors' code averages its BCE (``F.binary_cross_entropy`` with its default mean,
-  ninamiolane/vaetree), which is the scale against which λ_cone = 1 was fixed; the KL is summed over latent dimensions and
-  averaged over the batch, the GAN and cone terms averaged over the batch.
+  ninamiolane/vaetree), which is the scale against which λ_cone = 1 was fixed; the KL is summed over latent
+  dimensions and averaged over the batch, the GAN and cone terms averaged over the batch.
 * The discriminator sees the CTF-modulated reconstruction when ``apply_ctf`` is on, so that it compares
   like with like.
 

@@ -204,7 +204,8 @@ def test_bce_reconstruction_on_unit_images():
         assert unit.min() >= 0 and unit.max() <= 1
         flat = unit.flatten(1)
         if scaling == "minmax":
-            assert torch.allclose(flat.min(1).values, torch.zeros(6)) and torch.allclose(flat.max(1).values, torch.ones(6))
+            assert torch.allclose(flat.min(1).values, torch.zeros(6))
+            assert torch.allclose(flat.max(1).values, torch.ones(6))
         else:
             assert torch.allclose(model.unit_range, torch.stack([x.min(), x.max()]))
             assert torch.allclose(unit, (x - x.min()) / (x.max() - x.min()))  # one map: contrasts kept
