@@ -45,9 +45,8 @@ def canonical_images(prediction: Prediction, class_averages: dict[int, np.ndarra
         result = _from_class_averages(len(prediction), prediction.example_index, class_averages, classes, out_dir,
                                       pixel_size_A, write_canonical and per_particle is None)
         if per_particle is not None:
-            result.column = per_particle.write(out_dir / CANONICAL_STACK, box, pixel_size_A, context)
-            result.report["canonical_images"] = {"file": str(out_dir / CANONICAL_STACK), "from": "network",
-                                                 **per_particle.report(box)}
+            result.column, trained = per_particle.write(out_dir / CANONICAL_STACK, box, pixel_size_A, context)
+            result.report["canonical_images"] = {"file": str(out_dir / CANONICAL_STACK), "from": "network", **trained}
         return result
     column = None
     if write_canonical:
@@ -67,18 +66,13 @@ class PerParticle:
     device: str
     seed: int
 
-    def write(self, path: Path, box: int, pixel_size_A: float, context: RunContext) -> np.ndarray:
+    def write(self, path: Path, box: int, pixel_size_A: float,
+              context: RunContext) -> tuple[np.ndarray, dict[str, Any]]:
+        """Train the decoder and write every particle's image: the ``N@path`` names and how it was trained."""
         from relion_canon.analysis.estimate.canonical_network import write_network_canonical_images
 
         return write_network_canonical_images(self.star, self.psi_deg, self.origin_A, self.good, path, box,
                                               pixel_size_A, device=self.device, seed=self.seed, context=context)
-
-    def report(self, box: int) -> dict[str, Any]:
-        from relion_canon.analysis.estimate import canonical_network as net
-
-        n_train = int(min(self.good.sum(), net.TRAIN_PARTICLES))
-        return {"train_particles": n_train, "epochs": net.epochs_for(n_train), "batch_size": net.TRAIN_BATCH,
-                "model_box": min(net.MODEL_BOX, box), "model": "rotinv-ae (angle_mode labels)"}
 
 
 def _from_class_averages(n: int, example_index: np.ndarray, class_averages: dict[int, np.ndarray],

@@ -15,7 +15,7 @@ import logging
 import math
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -60,10 +60,10 @@ def epochs_for(n_train: int) -> int:
 
 def write_network_canonical_images(star: ParticleStar, psi_deg: np.ndarray, origin_A: np.ndarray | None,
                                    good: np.ndarray, path: Path, box: int, pixel_size_A: float, *, device: str,
-                                   seed: int, context: RunContext) -> np.ndarray:
+                                   seed: int, context: RunContext) -> tuple[np.ndarray, dict[str, Any]]:
     """Train the labelled decoder on up to :data:`TRAIN_PARTICLES` of the ``good`` particles, stream every
-    particle's canonical image (Fourier-padded to the working ``box``) into ``path``; the ``N@path`` names.
-    Torch's CPU threads are the job's (set around the whole job)."""
+    particle's canonical image (Fourier-padded to the working ``box``) into ``path``; the ``N@path`` names and
+    how the decoder was trained (for the report). Torch's CPU threads are the job's (set around the whole job)."""
     from relion_canon.preprocess import PreprocessConfig
     from relion_canon.train.engine import TrainConfig, train
 
@@ -80,7 +80,9 @@ def write_network_canonical_images(star: ParticleStar, psi_deg: np.ndarray, orig
              f"as labels ({config.epochs} epochs)")
     with tempfile.TemporaryDirectory(prefix="relion_canon_canonical_") as work:
         result = train(star.subset(rows), work, config, resume=False, context=context)
-        return _decode_all(star, result.model_path, path, box, pixel_size_A, device, context)
+        names = _decode_all(star, result.model_path, path, box, pixel_size_A, device, context)
+    return names, {"train_particles": int(rows.size), "epochs": config.epochs, "batch_size": config.batch_size,
+                   "model_box": config.preprocess.box, "model": "rotinv-ae (angle_mode labels)"}
 
 
 def _decode_all(star: ParticleStar, model_path: Path, path: Path, box: int, pixel_size_A: float, device: str,

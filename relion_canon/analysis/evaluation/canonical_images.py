@@ -61,10 +61,9 @@ def canonical_metrics(
     groups = _frame_groups(job_star, rows, notes)
     frames = {number: fit_frame(_within(read_pairs, where), where.size) for number, where in groups.items()}
     mse = np.empty(rows.size)
-    for number, where in groups.items():
-        mse[where] = frame_errors(_within(read_pairs, where), where.size, *frames[number])
     group_of = np.empty(rows.size, dtype=np.int64)
     for number, where in groups.items():
+        mse[where] = frame_errors(_within(read_pairs, where), where.size, *frames[number])
         group_of[where] = number
 
     def images(positions: np.ndarray) -> dict[str, np.ndarray]:
