@@ -293,10 +293,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", default=None, help="where the data go (default: the system temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the data and the jobs' folders")
     p.add_argument("--out", default=str(HERE / "results"))
-    p.add_argument("--smoke", action="store_true", help="300 and 600 particles at 32 px in chunks of 300")
+    p.add_argument("--smoke", action="store_true", help="300 particles at 32 px in two chunks")
     args = p.parse_args(argv)
     if args.smoke:
-        args.sizes, args.chunk, args.box, args.pixel_size = "300,600", 300, 32, 8.0
+        args.sizes, args.chunk, args.box, args.pixel_size = "300", 150, 32, 8.0
         args.job_args = args.job_args or "--epochs 1 --train-particles 100"
     return args
 

@@ -15,7 +15,7 @@ import torch
 from relion_canon.analysis.alignment import Poses, SearchGrid, ShiftSearch
 from relion_canon.analysis.alignment_reference import ClassAverage, HalfSetSums
 from relion_canon.analysis.prepared_particles import Prepared, only
-from relion_canon.geometry import periodic_peak, ring_mean, rotate, sample_polar
+from relion_canon.geometry import periodic_peak, ring_mean, rotate, sample_polar, window_half_width
 from relion_canon.parallel import merged, summed
 
 # Classes per particle whose reference a translational search tries, the likeliest at the particle's centre.
@@ -27,7 +27,11 @@ SHIFT_IMAGES = 4096  # cross-correlations computed at once
 # A global search (:meth:`ClassSearch.search_globally`) tries every 4th of those turns (11.25° apart; the
 # search that follows refines the turn).
 GLOBAL_TURN_STRIDE = 4
-GLOBAL_IMAGES = 64  # particles per product of a global search against every class at once
+GLOBAL_BYTES = 64 * 2**20  # the largest intermediate of a global search's product
+# A turn half a coarse step off moves the samples of ring r by r·(half a step, rad) of a ring's spacing. Rings
+# beyond a displacement of one spacing add noise, not evidence, to a coarse step's score: the global search
+# holds only the rings within it (ring 10 at 11.25°), which also makes it far cheaper.
+GLOBAL_RINGS = int(SHIFT_TURNS / (GLOBAL_TURN_STRIDE * math.pi))
 # The band the references hold: out to the last ring where the classes' Wiener filters pass more than this
 # on average (beyond it their half-sets agree about as much as noise does).
 SUPPORTED_GAIN = 0.1
@@ -115,6 +119,12 @@ class ClassSearch:
             norm=torch.sqrt((ref_polar**2 * grid.ring_weight).sum(dim=(1, 2))).clamp(min=1e-12),
             power=ring_mean(torch.fft.rfft2(references).abs() ** 2, grid.rings, grid.n_rings).double())
 
+    def _penalty(self, ctf2: torch.Tensor, power: torch.Tensor) -> torch.Tensor:
+        """(b, K) the norm term ½‖CR‖²/σ² of every particle (its CTF² per ring, ``ctf2``) against every
+        reference (its ``power`` per ring)."""
+        norm_weights = self.ring_counts / self.noise.double() / (self.grid.box**2)
+        return 0.5 * (ctf2.double() * norm_weights) @ power.T
+
     def _polar(self, whitened: torch.Tensor, ctf2: torch.Tensor, shift_px: torch.Tensor | None,
                refs: "_References") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Each particle's best turn (samples) about its centre for every class, the correlation there, the
@@ -130,8 +140,7 @@ class ClassSearch:
         pos, height = periodic_peak(corr.reshape(-1, grid.angular_samples))
         pos, height = pos.reshape(b, k), height.reshape(b, k)
         # ⟨x, CR⟩/σ² from the polar sum (its samples stand for ρ dρ dθ of area), less ½‖CR‖²/σ².
-        norm_weights = self.ring_counts / self.noise.double() / (grid.box**2)
-        penalty = 0.5 * (ctf2.double() * norm_weights) @ refs.power.T
+        penalty = self._penalty(ctf2, refs.power)
         loglik = height.double() * (2 * math.pi / grid.angular_samples) - penalty
         norm = torch.sqrt((polar**2 * grid.ring_weight).sum(dim=(1, 2))).clamp(min=1e-12)
         return pos, height, loglik, penalty, norm
@@ -183,46 +192,47 @@ class ClassSearch:
     def search_globally(self, batches: Iterable[Prepared], poses: Poses, references: torch.Tensor,
                         shifts: ShiftSearch, band: int, which: torch.Tensor) -> Poses:
         """New poses for the particles ``which`` ((N,) bool): the best of every coarse turn
-        (:data:`GLOBAL_TURN_STRIDE`) and every shift against their :data:`SHIFT_CANDIDATES` likeliest classes.
-        :meth:`search` takes a particle's turn from the polar correlation about its current centre, which is
-        wrong when that centre is a few pixels off, and the shift found at a wrong turn does not correct it:
-        such a particle stays unexplained by its own view. This search does not depend on the centre; the
-        next :meth:`search` refines the turn about the centre it finds."""
+        (:data:`GLOBAL_TURN_STRIDE`) and every shift against every class, on the rings a coarse turn can
+        use (:data:`GLOBAL_RINGS`). :meth:`search` takes a particle's turn from the polar correlation about
+        its current centre, which is wrong when that centre is a few pixels off, and the shift found at a
+        wrong turn does not correct it: such a particle stays unexplained by its own view. This search does
+        not depend on the centre; the next :meth:`search` refines the turn about the centre it finds."""
         grid, k = self.grid, len(references)
-        refs = self._references(references)
-        full = _turned_spectra(references)[:, ::GLOBAL_TURN_STRIDE]
-        cropped = _cropped(full, min(grid.box, 2 * (band + 1)))
+        power = self._references(references).power
+        cropped = _cropped(_turned_spectra(references)[:, ::GLOBAL_TURN_STRIDE],
+                           min(grid.box, 2 * (min(band, GLOBAL_RINGS) + 1)))
         size, n_turns = cropped.shape[-2], cropped.shape[1]
         turn_rad = torch.arange(n_turns) * (GLOBAL_TURN_STRIDE * 2 * math.pi / SHIFT_TURNS)
         before, poses = poses, poses.copy()
-        every_turn = cropped.flatten(0, 1)  # (K·turns, size, size//2 + 1)
+        every_turn = cropped.flatten(0, 1)  # (K·turns, size, size//2 + 1), in the order of the classes
+        # Particles per product against every class and turn at once (correlation_windows: its intermediate
+        # grows with particles × classes × turns), within GLOBAL_BYTES.
+        window = 2 * window_half_width(shifts.max_px * size / grid.box) + 1
+        step = max(1, GLOBAL_BYTES // (8 * window * len(every_turn) * (size // 2 + 1)))
         touched = torch.zeros(len(poses.psi_rad), dtype=torch.bool)
         for idx, _, whitened, ctf2 in only(batches, which):
             t = torch.from_numpy(idx)
             touched[t] = True
-            _, _, loglik, penalty, _ = self._polar(whitened, ctf2, poses.shift_px[t], refs)
-            # Every class a candidate (as when re-homing onto a few good classes): all of them at once, in
-            # the order of the classes, without forming each product spectrum (its own step: the product's
-            # intermediate grows with the particles, not with particles × candidates × turns).
-            all_classes = k <= SHIFT_CANDIDATES
-            candidates = (torch.arange(k).expand(len(t), k) if all_classes
-                          else loglik.topk(SHIFT_CANDIDATES, dim=1).indices)  # (b, M)
+            penalty = self._penalty(ctf2, power)  # (b, K)
             small = _cropped(torch.fft.rfft2(whitened), size)
-            m = candidates.shape[1]
-            step = GLOBAL_IMAGES if all_classes else max(1, SHIFT_IMAGES // (m * n_turns))
             for start in range(0, len(t), step):
                 p = slice(start, start + step)
-                c = candidates[p]
-                if all_classes:
-                    shift, height = shifts.peaks_against(small[p], every_turn, grid.box)
-                else:
-                    shift, height = shifts.peak((small[p, None, None] * cropped[c].conj()).flatten(0, 2), grid.box)
-                score = height.reshape(len(c), m, n_turns).double() - penalty[p].gather(1, c)[..., None]
+                shift, height = shifts.peaks_against(small[p], every_turn, grid.box)
+                score = height.reshape(-1, k, n_turns).double() - penalty[p][..., None]
                 best = score.flatten(1).argmax(dim=1)
-                rows = torch.arange(len(c))
-                poses.shift_px[t[p]] = shift.reshape(len(c), m, n_turns, 2)[rows, best // n_turns, best % n_turns]
+                rows = torch.arange(len(best))
+                poses.shift_px[t[p]] = shift.reshape(-1, k, n_turns, 2)[rows, best // n_turns, best % n_turns]
                 poses.psi_rad[t[p]] = turn_rad[best % n_turns]
         return poses.merged(before, touched)
+
+    def centred(self, batches: Iterable[Prepared], state: ClassState, shifts: ShiftSearch) -> ClassState:
+        """``state`` with every particle ``batches`` yields at the centre (and coarse turn) that
+        :meth:`search_globally` finds against its likeliest classes, for the next :meth:`search` to refine."""
+        averages = averages_of(state.sums, self.grid)
+        everyone = torch.ones(len(state.classes), dtype=torch.bool)
+        poses = self.search_globally(batches, state.poses, torch.stack([a.reference for a in averages]), shifts,
+                                     supported_band(averages), everyone)
+        return ClassState(poses, state.classes, state.sums, state.margins)
 
     def _shifted(self, whitened: torch.Tensor, turned: tuple[torch.Tensor, torch.Tensor], psi_rad: torch.Tensor,
                  loglik: torch.Tensor, penalty: torch.Tensor, held: torch.Tensor | None,
