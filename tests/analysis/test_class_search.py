@@ -24,19 +24,24 @@ def _blob_image(box: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(image).float()
 
 
-def test_global_search_finds_far_off_centre_particles():
-    box, n = 32, 24
+def _off_centre_set(seed: int, n: int = 24, box: int = 32):
+    """Two references and ``n`` noisy particles of them, each turned and 4 px off-centre in every direction."""
     grid = SearchGrid.build(box, AlignmentConfig())
-    references = torch.stack([_blob_image(box, 1), _blob_image(box, 2)])
-    rng = np.random.default_rng(0)
+    references = torch.stack([_blob_image(box, 2 * seed + 1), _blob_image(box, 2 * seed + 2)])
+    rng = np.random.default_rng(seed)
     psi = torch.from_numpy(rng.uniform(-math.pi, math.pi, n)).float()
     angle = torch.from_numpy(rng.uniform(0, 2 * math.pi, n)).float()
-    shift = 4.0 * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)  # 4 px off-centre, every direction
+    shift = 4.0 * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
     cls = torch.from_numpy(rng.integers(0, 2, n))
-    particles = rotate(references[cls], psi, shift) + 0.05 * torch.randn(n, box, box, generator=torch.Generator().manual_seed(0))
-    ctf2 = torch.ones(n, grid.n_rings)
-    batches = [(np.arange(n), particles, particles, ctf2)]
-    search = ClassSearch(grid, torch.ones(grid.n_rings))
+    noise = 0.05 * torch.randn(n, box, box, generator=torch.Generator().manual_seed(seed))
+    particles = rotate(references[cls], psi, shift) + noise
+    batches = [(np.arange(n), particles, particles, torch.ones(n, grid.n_rings))]
+    return grid, references, psi, shift, cls, batches, ClassSearch(grid, torch.ones(grid.n_rings))
+
+
+def test_global_search_finds_far_off_centre_particles():
+    grid, references, psi, shift, _, batches, search = _off_centre_set(0)
+    n = len(psi)
     start = Poses(torch.zeros(n), torch.zeros(n, 2), torch.zeros(n))
     found = search.search_globally(batches, start, references, ShiftSearch(6.0, 3.0), grid.n_rings - 1,
                                    torch.ones(n, dtype=torch.bool))
@@ -57,17 +62,8 @@ def test_centred_particles_are_found_where_a_search_about_the_box_centre_fails()
     centre alone misses for some of them."""
     from relion_canon.analysis.class_search import ClassState, sums_of
 
-    box, n = 32, 24
-    grid = SearchGrid.build(box, AlignmentConfig())
-    references = torch.stack([_blob_image(box, 3), _blob_image(box, 4)])
-    rng = np.random.default_rng(1)
-    psi = torch.from_numpy(rng.uniform(-math.pi, math.pi, n)).float()
-    angle = torch.from_numpy(rng.uniform(0, 2 * math.pi, n)).float()
-    shift = 4.0 * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
-    cls = torch.from_numpy(rng.integers(0, 2, n))
-    particles = rotate(references[cls], psi, shift) + 0.05 * torch.randn(n, box, box, generator=torch.Generator().manual_seed(1))
-    batches = [(np.arange(n), particles, particles, torch.ones(n, grid.n_rings))]
-    search = ClassSearch(grid, torch.ones(grid.n_rings))
+    grid, _, psi, shift, cls, batches, search = _off_centre_set(1)
+    n = len(psi)
     # Class sums from the true poses (sharp references), but every particle starts at the box centre.
     sums = sums_of(batches, Poses(psi, shift, torch.zeros(n)), cls, 2, grid)
     start = ClassState(Poses(torch.zeros(n), torch.zeros(n, 2), torch.zeros(n)), cls.clone(), sums)
