@@ -227,7 +227,7 @@ class ClassSearch:
 
     def centred(self, batches: Iterable[Prepared], state: ClassState, shifts: ShiftSearch) -> ClassState:
         """``state`` with every particle ``batches`` yields at the centre (and coarse turn) that
-        :meth:`search_globally` finds against its likeliest classes, for the next :meth:`search` to refine."""
+        :meth:`search_globally` finds against every class, for the next :meth:`search` to refine."""
         averages = averages_of(state.sums, self.grid)
         everyone = torch.ones(len(state.classes), dtype=torch.bool)
         poses = self.search_globally(batches, state.poses, torch.stack([a.reference for a in averages]), shifts,

@@ -167,7 +167,7 @@ def classify_particles(
         for pass_ in range(2):
             if pass_ and rounds.shifts.max_px > 0:
                 # The first pass took each new particle's turn about the box centre: wrong for one a few px
-                # off, and the shift found at a wrong turn does not correct it (README, "Every centre").
+                # off, and the shift found at a wrong turn does not correct it (benchmarks/classify/README.md).
                 state = rounds.searcher.centred(particles.everyone(), state, rounds.shifts)
             state = rounds.one(state, particles.everyone(), np.arange(n_particles), reassign=True,
                                title=f"pass over all particles {pass_ + 1}/2", tidy=False)[0]
