@@ -72,12 +72,13 @@ def averages_of(sums: HalfSetSums, grid: SearchGrid) -> list[ClassAverage]:
     return [sums.average(grid.rings, grid.mask, c) for c in range(sums.n_classes)]
 
 
-def _turned_spectra(references: torch.Tensor) -> torch.Tensor:
-    """(K, SHIFT_TURNS, B, B//2 + 1) rfft2 of every reference turned by every multiple of 2π/SHIFT_TURNS."""
+def _turned_spectra(references: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    """(K, SHIFT_TURNS // stride, B, B//2 + 1) rfft2 of every reference turned by every ``stride``-th multiple
+    of 2π/SHIFT_TURNS."""
     k, box = references.shape[0], references.shape[-1]
-    turns = torch.arange(SHIFT_TURNS) * (2 * math.pi / SHIFT_TURNS)
-    turned = rotate(references.repeat_interleave(SHIFT_TURNS, dim=0), turns.repeat(k))
-    return torch.fft.rfft2(turned).reshape(k, SHIFT_TURNS, box, box // 2 + 1)
+    turns = torch.arange(0, SHIFT_TURNS, stride) * (2 * math.pi / SHIFT_TURNS)
+    turned = rotate(references.repeat_interleave(len(turns), dim=0), turns.repeat(k))
+    return torch.fft.rfft2(turned).reshape(k, len(turns), box, box // 2 + 1)
 
 
 def _cropped(spectra: torch.Tensor, size: int) -> torch.Tensor:
@@ -117,7 +118,11 @@ class ClassSearch:
         return _References(
             fft=torch.fft.rfft(ref_polar * grid.ring_weight, dim=-1).permute(2, 1, 0).contiguous(),
             norm=torch.sqrt((ref_polar**2 * grid.ring_weight).sum(dim=(1, 2))).clamp(min=1e-12),
-            power=ring_mean(torch.fft.rfft2(references).abs() ** 2, grid.rings, grid.n_rings).double())
+            power=self._power(references))
+
+    def _power(self, references: torch.Tensor) -> torch.Tensor:
+        """(K, rings) float64: each reference's power per ring, for the norm term (:meth:`_penalty`)."""
+        return ring_mean(torch.fft.rfft2(references).abs() ** 2, self.grid.rings, self.grid.n_rings).double()
 
     def _penalty(self, ctf2: torch.Tensor, power: torch.Tensor) -> torch.Tensor:
         """(b, K) the norm term ½‖CR‖²/σ² of every particle (its CTF² per ring, ``ctf2``) against every
@@ -198,8 +203,8 @@ class ClassSearch:
         wrong turn does not correct it: such a particle stays unexplained by its own view. This search does
         not depend on the centre; the next :meth:`search` refines the turn about the centre it finds."""
         grid, k = self.grid, len(references)
-        power = self._references(references).power
-        cropped = _cropped(_turned_spectra(references)[:, ::GLOBAL_TURN_STRIDE],
+        power = self._power(references)
+        cropped = _cropped(_turned_spectra(references, GLOBAL_TURN_STRIDE),
                            min(grid.box, 2 * (min(band, GLOBAL_RINGS) + 1)))
         size, n_turns = cropped.shape[-2], cropped.shape[1]
         turn_rad = torch.arange(n_turns) * (GLOBAL_TURN_STRIDE * 2 * math.pi / SHIFT_TURNS)
