@@ -44,11 +44,12 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from relion_canon.analysis.alignment import Alignment, AlignmentConfig, Poses, SearchGrid, ShiftSearch
+from relion_canon.analysis.alignment import AlignmentConfig, Poses, SearchGrid, ShiftSearch
 from relion_canon.analysis.alignment_reference import ClassAverage, HalfSetSums
 from relion_canon.analysis.class_comparison import half_agreement, merge_candidates
 from relion_canon.analysis.class_features import initial_classes, invariant_features
 from relion_canon.analysis.class_rehome import ApartRule, JunkRule, junk_classes_now, rehome
+from relion_canon.analysis.class_result import Classification
 from relion_canon.analysis.class_split import Splitter
 from relion_canon.analysis.class_search import ClassSearch, ClassState, averages_of, sums_of, supported_band
 from relion_canon.analysis.prepared_particles import ImageBatches, Prepared, PreparedParticles
@@ -86,36 +87,6 @@ class ClassificationConfig:
     rounds_after_split: int = 10
     alignment: AlignmentConfig = field(default_factory=lambda: AlignmentConfig(max_shift=5.0))
     seed: int = 0
-
-
-@dataclass
-class Classification:
-    """Classes sorted by population, largest first (index 0 is class number 1)."""
-
-    class_index: np.ndarray  # (N,) int
-    psi_deg: np.ndarray  # (N,) in the particle's class average's frame, [−180, 180)
-    shift_px: np.ndarray  # (N, 2) (x, y) at the working box
-    score: np.ndarray  # (N,) normalised cross-correlation with the own class's reference
-    references: np.ndarray  # (K, B, B)
-    frc: np.ndarray  # (K, B//2 + 1) half-set FRC of each reference
-    half_agreement: np.ndarray  # (K,) correlation of each class's two half-set averages
-    resolution_A: np.ndarray  # (K,) at FRC 0.143
-    noise: np.ndarray  # (B//2 + 1,) noise power per ring, for whitening
-    converged: bool
-    history: list[dict[str, float]] = field(default_factory=list)
-    # One entry per split pass that split classes: the round after which it ran, and each split class's
-    # residual figure (its multiple of noise's; see class_split).
-    splits: list[dict] = field(default_factory=list)
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.references)
-
-    def alignment_of(self, c: int) -> tuple[np.ndarray, Alignment]:
-        """Class ``c``'s rows and its particles' alignment, as a one-class alignment would give it."""
-        rows = np.flatnonzero(self.class_index == c)
-        return rows, Alignment(self.psi_deg[rows], self.shift_px[rows], self.score[rows], self.references[c],
-                               self.frc[c], self.noise, self.history)
 
 
 def default_n_classes(n_particles: int, config: ClassificationConfig) -> int:

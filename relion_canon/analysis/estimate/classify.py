@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from relion_canon.analysis.alignment import AlignmentConfig
-from relion_canon.analysis.classification import Classification, ClassificationConfig, classify_particles
+from relion_canon.analysis.class_result import Classification
+from relion_canon.analysis.classification import ClassificationConfig, classify_particles
 from relion_canon.analysis.estimate.refine import Refinement, batches_of, finish_class, origin_A
 from relion_canon.analysis.estimate.junk import classes_apart, junk_class_mask
 from relion_canon.analysis.estimate.timing import Clock
