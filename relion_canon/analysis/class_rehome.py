@@ -93,7 +93,7 @@ def rehome(state: ClassState, particles: PreparedParticles, junk_rule: JunkRule,
     in_junk = torch.from_numpy(junk[classes])
     start = state.poses
     if shifts.max_px > 0:
-        start = searcher.search_globally(particles.some(in_junk), state.poses, references, shifts, band, in_junk)
+        start = searcher.search_globally(particles.some(in_junk), state.poses, references, shifts, band, in_junk)[0]
     # Only the junk classes' particles are searched: the others keep their class and pose.
     searched = searcher.search(particles.some(in_junk), replace(state, poses=start), references, True, shifts, band)
     best = torch.where(in_junk, good[torch.where(in_junk, searched.classes, 0)], state.classes)

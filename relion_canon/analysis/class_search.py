@@ -15,7 +15,7 @@ import torch
 from relion_canon.analysis.alignment import Poses, SearchGrid, ShiftSearch
 from relion_canon.analysis.alignment_reference import ClassAverage, HalfSetSums
 from relion_canon.analysis.prepared_particles import Prepared, only
-from relion_canon.geometry import periodic_peak, ring_mean, rotate, sample_polar, window_half_width
+from relion_canon.geometry import periodic_peak, ring_mean, rotate, sample_polar, window_half_width, wrap_rad
 from relion_canon.parallel import merged, summed
 
 # Classes per particle whose reference a translational search tries, the likeliest at the particle's centre.
@@ -47,6 +47,9 @@ class ClassState:
     # (K, K) [a, b]: the mean over class a's particles of their log-likelihood under a less that under b
     # (each at its best turn), from the search that made this state; None before the first search.
     margins: torch.Tensor | None = None
+    # (N,) each particle's log-likelihood at its class and pose (offset prior included), from the search that
+    # made this state; None before the first search.
+    loglik: torch.Tensor | None = None
 
 
 @dataclass
@@ -57,6 +60,18 @@ class _References:
     fft: torch.Tensor
     norm: torch.Tensor  # (K,)
     power: torch.Tensor  # (K, rings) float64
+
+
+def better_of(a: ClassState, b: ClassState, batches: Iterable[Prepared], grid: SearchGrid) -> ClassState:
+    """Per particle, the class and pose of whichever of two searches' states (against the same references)
+    explains it better, with the class sums they give."""
+    take = b.loglik > a.loglik
+    poses = Poses(torch.where(take, b.poses.psi_rad, a.poses.psi_rad),
+                  torch.where(take[:, None], b.poses.shift_px, a.poses.shift_px),
+                  torch.where(take, b.poses.score, a.poses.score))
+    classes = torch.where(take, b.classes, a.classes)
+    return ClassState(poses, classes, sums_of(batches, poses, classes, a.sums.n_classes, grid), a.margins,
+                      torch.where(take, b.loglik, a.loglik))
 
 
 def sums_of(batches: Iterable[Prepared], poses: Poses, classes: torch.Tensor, k: int, grid: SearchGrid) -> HalfSetSums:
@@ -168,6 +183,7 @@ class ClassSearch:
         ctf2_sum, n_seen = torch.zeros(grid.n_rings, dtype=torch.float64), 0
         margin_sum, members = torch.zeros(k, k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64)
         touched = torch.zeros(len(classes), dtype=torch.bool)
+        best = torch.zeros(len(classes), dtype=torch.float64)
         for idx, weighted, whitened, ctf2 in batches:
             t = torch.from_numpy(idx)
             touched[t] = True
@@ -177,9 +193,10 @@ class ClassSearch:
                                                              refs)
             rows = torch.arange(len(idx))
             chosen = loglik.argmax(dim=1) if reassign else state.classes[t]
+            best[t] = loglik[rows, chosen]
             if search_shift:
-                chosen, poses.shift_px[t] = self._shifted(whitened, turned, pos * grid.step_rad, loglik,
-                                                          penalty, chosen if not reassign else None, shifts)
+                chosen, poses.shift_px[t], best[t] = self._shifted(whitened, turned, pos * grid.step_rad, loglik,
+                                                                   penalty, chosen if not reassign else None, shifts)
             classes[t] = chosen
             margin_sum.index_add_(0, chosen, loglik[rows, chosen][:, None] - loglik)
             members += torch.bincount(chosen, minlength=k).double()
@@ -192,11 +209,13 @@ class ClassSearch:
         summed(margin_sum)
         summed(members)
         return ClassState(poses.merged(state.poses, touched), merged(classes, state.classes, touched),
-                          sums.summed_over_processes(), margin_sum / members.clamp(min=1)[:, None])
+                          sums.summed_over_processes(), margin_sum / members.clamp(min=1)[:, None],
+                          merged(best, torch.full_like(best, -math.inf), touched))
 
     def search_globally(self, batches: Iterable[Prepared], poses: Poses, references: torch.Tensor,
-                        shifts: ShiftSearch, band: int, which: torch.Tensor) -> Poses:
-        """New poses for the particles ``which`` ((N,) bool): the best of every coarse turn
+                        shifts: ShiftSearch, band: int, which: torch.Tensor) -> tuple[Poses, torch.Tensor]:
+        """New poses for the particles ``which`` ((N,) bool), and the index of the reference each was found
+        against (0 for the others): the best of every coarse turn
         (:data:`GLOBAL_TURN_STRIDE`) and every shift against every class, on the rings a coarse turn can
         use (:data:`GLOBAL_RINGS`). :meth:`search` takes a particle's turn from the polar correlation about
         its current centre, which is wrong when that centre is a few pixels off, and the shift found at a
@@ -215,6 +234,7 @@ class ClassSearch:
         window = 2 * window_half_width(shifts.max_px * size / grid.box) + 1
         step = max(1, GLOBAL_BYTES // (8 * window * len(every_turn) * (size // 2 + 1)))
         touched = torch.zeros(len(poses.psi_rad), dtype=torch.bool)
+        best_class = torch.zeros(len(poses.psi_rad), dtype=torch.long)
         for idx, _, whitened, ctf2 in only(batches, which):
             t = torch.from_numpy(idx)
             touched[t] = True
@@ -228,21 +248,37 @@ class ClassSearch:
                 rows = torch.arange(len(best))
                 poses.shift_px[t[p]] = shift.reshape(-1, k, n_turns, 2)[rows, best // n_turns, best % n_turns]
                 poses.psi_rad[t[p]] = turn_rad[best % n_turns]
-        return poses.merged(before, touched)
+                best_class[t[p]] = best // n_turns
+        return poses.merged(before, touched), merged(best_class, torch.zeros_like(best_class), touched)
 
-    def centred(self, batches: Iterable[Prepared], state: ClassState, shifts: ShiftSearch) -> ClassState:
+    def centred(self, batches: Iterable[Prepared], state: ClassState, shifts: ShiftSearch,
+                among: torch.Tensor | None = None) -> ClassState:
         """``state`` with every particle ``batches`` yields at the centre (and coarse turn) that
-        :meth:`search_globally` finds against every class, for the next :meth:`search` to refine."""
+        :meth:`search_globally` finds against the classes ``among`` ((K,) bool; default every class), for the
+        next :meth:`search` to refine. A particle whose global pose agrees with its current one (within a
+        coarse turn and a pixel) keeps the current one, which is finer than the global search's grid."""
         averages = averages_of(state.sums, self.grid)
+        used = torch.arange(len(averages)) if among is None else torch.nonzero(among).flatten()
+        averages = [averages[c] for c in used.tolist()]
         everyone = torch.ones(len(state.classes), dtype=torch.bool)
-        poses = self.search_globally(batches, state.poses, torch.stack([a.reference for a in averages]), shifts,
-                                     supported_band(averages), everyone)
-        return ClassState(poses, state.classes, state.sums, state.margins)
+        found, best = self.search_globally(batches, state.poses, torch.stack([a.reference for a in averages]),
+                                           shifts, supported_band(averages), everyone)
+        # The pose found is in its best class's frame, about that class average's centre: the particle goes
+        # with it, for the next search to place anew.
+        classes, before = used[best], state.poses
+        same = ((classes == state.classes)
+                & (wrap_rad(found.psi_rad - before.psi_rad).abs() <= GLOBAL_TURN_STRIDE * 2 * math.pi / SHIFT_TURNS)
+                & ((found.shift_px - before.shift_px).norm(dim=1) <= 1.0))
+        poses = Poses(torch.where(same, before.psi_rad, found.psi_rad),
+                      torch.where(same[:, None], before.shift_px, found.shift_px),
+                      torch.where(same, before.score, found.score))
+        return ClassState(poses, classes, state.sums, state.margins)
 
     def _shifted(self, whitened: torch.Tensor, turned: tuple[torch.Tensor, torch.Tensor], psi_rad: torch.Tensor,
                  loglik: torch.Tensor, penalty: torch.Tensor, held: torch.Tensor | None,
-                 shifts: ShiftSearch) -> tuple[torch.Tensor, torch.Tensor]:
-        """The class and (b, 2) shift of each particle after a translational search against its
+                 shifts: ShiftSearch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The class, (b, 2) shift and log-likelihood (offset prior included) of each particle after a
+        translational search against its
         ``SHIFT_CANDIDATES`` likeliest classes (or only its ``held`` class), each at the particle's best turn
         for that class (to the nearest of the references' precomputed turns, ``turned``: their spectra at
         the full box and cropped to the band the references hold). Searching more than the current class
@@ -269,4 +305,5 @@ class ClassSearch:
             shifted = torch.cat(peaks, dim=1).double() - penalty[rows, candidates]
             chosen = candidates[torch.arange(b), shifted.argmax(dim=1)]
         u = turn[torch.arange(b), chosen]
-        return chosen, shifts.peak(particle_fft * full[chosen, u].conj(), box)[0]
+        shift, height = shifts.peak(particle_fft * full[chosen, u].conj(), box)
+        return chosen, shift, height.double() - penalty[torch.arange(b), chosen]

@@ -26,8 +26,14 @@ against K references learnt from the particles (multi-reference refinement).
    the refinement cannot part them, since each of their particles fits the blend better than any other
    class. Classes that fail the test are split in two and the rounds go on, up to ``split_passes`` times;
    the two parts merge again (step 4) only when, together, they pass the test. Junk classes (by the rule of
-   step 7) are not tested: they are no view to part.
-7. Given a rule for junk classes, their particles get a second chance against the good classes alone (see
+   step 8) are not tested: they are no view to part.
+7. Sets larger than the rounds' subset meet the references in a pass over all particles. Then every
+   particle's centre is searched anew against the classes that are not junk (every coarse turn and shift;
+   :meth:`~relion_canon.analysis.class_search.ClassSearch.centred`): a particle a few pixels off whose turn
+   was found about a wrong centre does not find its centre by a shift at that wrong turn. A last pass from
+   those centres and one from the poses before run against the same references, and each particle keeps
+   the better (:func:`~relion_canon.analysis.class_search.better_of`).
+8. Given a rule for junk classes, their particles get a second chance against the good classes alone (see
    :func:`~relion_canon.analysis.class_rehome.rehome`).
 
 References are the CTF-corrected, Wiener-filtered class averages of :mod:`relion_canon.analysis.alignment`,
@@ -51,7 +57,8 @@ from relion_canon.analysis.class_features import initial_classes, invariant_feat
 from relion_canon.analysis.class_rehome import ApartRule, JunkRule, junk_classes_now, rehome
 from relion_canon.analysis.class_result import Classification
 from relion_canon.analysis.class_split import Splitter
-from relion_canon.analysis.class_search import ClassSearch, ClassState, averages_of, sums_of, supported_band
+from relion_canon.analysis.class_search import (ClassSearch, ClassState, averages_of, better_of, sums_of,
+                                                supported_band)
 from relion_canon.analysis.prepared_particles import ImageBatches, Prepared, PreparedParticles
 from relion_canon.context import QUIET, RunContext
 from relion_canon.ctf import CtfParams
@@ -133,15 +140,23 @@ def classify_particles(
                                                                 torch.from_numpy(classes), k, grid))
     rounds = _Rounds(particles, grid, config, float(np.median(pixel_size_A)), k, context, junk_rule)
     state, converged = rounds.run(state, rows)
+    everyone = np.arange(n_particles)
     if subset is not None:
         particles.drop_subset()
-        for pass_ in range(2):
-            if pass_ and rounds.shifts.max_px > 0:
-                # The first pass took each new particle's turn about the box centre: wrong for one a few px
-                # off, and the shift found at a wrong turn does not correct it (benchmarks/classify/README.md).
-                state = rounds.searcher.centred(particles.everyone(), state, rounds.shifts)
-            state = rounds.one(state, particles.everyone(), np.arange(n_particles), reassign=True,
-                               title=f"pass over all particles {pass_ + 1}/2", tidy=False)[0]
+        state = rounds.one(state, particles.everyone(), everyone, True, "pass over all particles", tidy=False)[0]
+    if subset is not None or rounds.shifts.max_px > 0:
+        last = rounds.one(state, particles.everyone(), everyone, True, "last pass over all particles", tidy=False)[0]
+        if rounds.shifts.max_px > 0:
+            # Not against junk classes: their blurred averages fit a good particle about as well at any centre,
+            # and drew good particles in. One pass from a coarse centre does not refine a pose as far as the
+            # rounds did: the better of the two is kept (benchmarks/classify/README.md).
+            junk = rounds.junk(state, everyone)
+            centred = rounds.searcher.centred(particles.everyone(), state, rounds.shifts,
+                                              None if junk is None or junk.all() else torch.from_numpy(~junk))
+            found = rounds.one(centred, particles.everyone(), everyone, True, "last pass from the centres found",
+                               tidy=False)[0]
+            last = better_of(last, found, particles.everyone(), grid)
+        state = last
     if junk_rule is not None:
         defocus_A = None if ctf is None else 0.5 * (ctf.defocus_u + ctf.defocus_v)
         state = rehome(state, particles, junk_rule, rounds.searcher, rounds.shifts, grid, rounds.pixel_size_A,
@@ -214,10 +229,7 @@ class _Rounds:
         smallest = config.min_class_fraction * len(rows) / self.starting_classes
         # A junk class is no view to part: its particles are unlike one another by nature, and the parts of a
         # split junk class, each smaller, are judged anew by the junk rule, so some of its junk would pass.
-        junk = (None if self.junk_rule is None else
-                junk_classes_now(state, self._averages(state.sums), self.junk_rule, self.pixel_size_A, self.grid.box,
-                                 rows))
-        found = self.splitter.split(state, rows, smallest, config.max_classes - k, junk)
+        found = self.splitter.split(state, rows, smallest, config.max_classes - k, self.junk(state, rows))
         if found is None:
             return None
         classes, splits = found
@@ -240,9 +252,14 @@ class _Rounds:
                 split[torch.from_numpy(t.members)] = True
             poses = self.searcher.search_globally(self.particles.for_rounds(), poses,
                                                   torch.stack([a.reference for a in parts]), self.shifts,
-                                                  supported_band(parts), split)
+                                                  supported_band(parts), split)[0]
         sums = sums_of(self.particles.for_rounds(), poses, classes, k + len(splits), self.grid)
         return ClassState(poses.copy(), classes, sums)
+
+    def junk(self, state: ClassState, rows: np.ndarray) -> np.ndarray | None:
+        """(K,) bool: the classes the junk rule calls junk now, judged on ``rows``; None without a rule."""
+        return (None if self.junk_rule is None else junk_classes_now(
+            state, self._averages(state.sums), self.junk_rule, self.pixel_size_A, self.grid.box, rows))
 
     def one(self, state: ClassState, batches: Iterable[Prepared], rows: np.ndarray, reassign: bool,
             title: str, tidy: bool = True) -> tuple[ClassState, float, float, bool]:

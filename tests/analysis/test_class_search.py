@@ -40,19 +40,20 @@ def _off_centre_set(seed: int, n: int = 24, box: int = 32):
 
 
 def test_global_search_finds_far_off_centre_particles():
-    grid, references, psi, shift, _, batches, search = _off_centre_set(0)
+    grid, references, psi, shift, cls, batches, search = _off_centre_set(0)
     n = len(psi)
     start = Poses(torch.zeros(n), torch.zeros(n, 2), torch.zeros(n))
-    found = search.search_globally(batches, start, references, ShiftSearch(6.0, 3.0), grid.n_rings - 1,
-                                   torch.ones(n, dtype=torch.bool))
+    found, best = search.search_globally(batches, start, references, ShiftSearch(6.0, 3.0), grid.n_rings - 1,
+                                         torch.ones(n, dtype=torch.bool))
+    assert torch.equal(best, cls), (best, cls)
     # The coarse turns are 11.25° apart (the search that follows refines them): within one step; the
     # particles all start at the box centre, 4 px from their own.
     turn_error = torch.rad2deg(wrap_rad(found.psi_rad - psi)).abs()
     assert float(turn_error.max()) < 11.25, turn_error
     assert float((found.shift_px - shift).norm(dim=1).max()) < 1.0, found.shift_px - shift
     # Particles it is not asked about keep their poses.
-    again = search.search_globally(batches, start, references, ShiftSearch(6.0, 3.0), grid.n_rings - 1,
-                                   torch.zeros(n, dtype=torch.bool))
+    again, _ = search.search_globally(batches, start, references, ShiftSearch(6.0, 3.0), grid.n_rings - 1,
+                                      torch.zeros(n, dtype=torch.bool))
     assert torch.equal(again.psi_rad, start.psi_rad) and torch.equal(again.shift_px, start.shift_px)
 
 
@@ -83,3 +84,58 @@ def test_centred_particles_are_found_where_a_search_about_the_box_centre_fails()
     assert float(turn.max()) < 6.0 and float(turn.median()) < 3.0 and float(offset.max()) < 0.5, (turn, offset)
     turn_alone, _ = errors(start)
     assert float(turn_alone.max()) > 10.0, turn_alone
+
+
+def test_centred_keeps_a_pose_it_agrees_with_and_searches_only_the_classes_among():
+    """A particle already at its pose in its class keeps it exactly (the global search's coarse turn is no
+    better); the classes ``among`` are the only ones searched, as the junk classes are left out of the pass's
+    centring, and a particle goes with the class its new pose was found against."""
+    from relion_canon.analysis.class_search import ClassState, sums_of
+
+    grid, _, psi, shift, cls, batches, search = _off_centre_set(2)
+    n = len(psi)
+    sums = sums_of(batches, Poses(psi, shift, torch.zeros(n)), cls, 2, grid)
+    shifts = ShiftSearch(6.0, 3.0)
+    # Off the coarse turns' grid by a few degrees, as a refined pose is.
+    at_truth = ClassState(Poses(psi.clone(), shift.clone(), torch.ones(n)), cls.clone(), sums)
+    kept = search.centred(batches, at_truth, shifts)
+    assert torch.equal(kept.poses.psi_rad, psi) and torch.equal(kept.poses.shift_px, shift)
+
+    start = ClassState(Poses(torch.zeros(n), torch.zeros(n, 2), torch.zeros(n)), cls.clone(), sums)
+    only_second = search.centred(batches, start, shifts, torch.tensor([False, True]))
+    turn = torch.rad2deg(wrap_rad(only_second.poses.psi_rad - psi)).abs()
+    offset = (only_second.poses.shift_px - shift).norm(dim=1)
+    second = cls == 1
+    # Each particle goes with the class its pose was found against.
+    assert bool((only_second.classes == 1).all()), only_second.classes
+    assert float(turn[second].max()) < 11.25 and float(offset[second].max()) < 1.0, (turn, offset)
+    # The first class's particles, matched against the other reference alone, land elsewhere.
+    assert bool(((turn[~second] > 11.25) | (offset[~second] > 1.0)).any()), (turn, offset)
+
+
+def test_better_of_keeps_each_particle_from_the_search_that_explains_it_better():
+    """Two searches against the same references, one from the true centres and one from the box centre: each
+    particle's log-likelihood is higher from its true centre wherever the poses differ, and ``better_of``
+    takes, per particle, the class and pose of the higher one, with the sums those give."""
+    from relion_canon.analysis.class_search import ClassState, better_of, sums_of
+
+    grid, _, psi, shift, cls, batches, search = _off_centre_set(3)
+    n = len(psi)
+    sums = sums_of(batches, Poses(psi, shift, torch.zeros(n)), cls, 2, grid)
+    refs = torch.stack([a.reference for a in averages_of(sums, grid)])
+    shifts = ShiftSearch(6.0, 3.0)
+    at_truth = search.search(batches, ClassState(Poses(psi, shift, torch.zeros(n)), cls.clone(), sums), refs, True,
+                             shifts, grid.n_rings - 1)
+    from_centre = search.search(batches, ClassState(Poses(torch.zeros(n), torch.zeros(n, 2), torch.zeros(n)),
+                                                    cls.clone(), sums), refs, True, shifts, grid.n_rings - 1)
+    assert at_truth.loglik is not None and bool(torch.isfinite(at_truth.loglik).all())
+    off = torch.rad2deg(wrap_rad(from_centre.poses.psi_rad - psi)).abs() > 10.0
+    assert bool(off.any()) and bool((at_truth.loglik[off] > from_centre.loglik[off]).all())
+
+    best = better_of(from_centre, at_truth, batches, grid)
+    take = at_truth.loglik > from_centre.loglik
+    assert torch.equal(best.poses.psi_rad, torch.where(take, at_truth.poses.psi_rad, from_centre.poses.psi_rad))
+    assert torch.equal(best.classes, torch.where(take, at_truth.classes, from_centre.classes))
+    assert torch.equal(best.loglik, torch.maximum(at_truth.loglik, from_centre.loglik))
+    again = sums_of(batches, best.poses, best.classes, 2, grid)
+    assert torch.allclose(best.sums.num, again.num) and torch.allclose(best.sums.den, again.den)
