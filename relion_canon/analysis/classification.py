@@ -140,23 +140,7 @@ def classify_particles(
                                                                 torch.from_numpy(classes), k, grid))
     rounds = _Rounds(particles, grid, config, float(np.median(pixel_size_A)), k, context, junk_rule)
     state, converged = rounds.run(state, rows)
-    everyone = np.arange(n_particles)
-    if subset is not None:
-        particles.drop_subset()
-        state = rounds.one(state, particles.everyone(), everyone, True, "pass over all particles", tidy=False)[0]
-    if subset is not None or rounds.shifts.max_px > 0:
-        last = rounds.one(state, particles.everyone(), everyone, True, "last pass over all particles", tidy=False)[0]
-        if rounds.shifts.max_px > 0:
-            # Not against junk classes: their blurred averages fit a good particle about as well at any centre,
-            # and drew good particles in. One pass from a coarse centre does not refine a pose as far as the
-            # rounds did: the better of the two is kept (benchmarks/classify/README.md).
-            junk = rounds.junk(state, everyone)
-            centred = rounds.searcher.centred(particles.everyone(), state, rounds.shifts,
-                                              None if junk is None or junk.all() else torch.from_numpy(~junk))
-            found = rounds.one(centred, particles.everyone(), everyone, True, "last pass from the centres found",
-                               tidy=False)[0]
-            last = better_of(last, found, particles.everyone(), grid)
-        state = last
+    state = rounds.last_passes(state, n_particles, subset is not None)
     if junk_rule is not None:
         defocus_A = None if ctf is None else 0.5 * (ctf.defocus_u + ctf.defocus_v)
         state = rehome(state, particles, junk_rule, rounds.searcher, rounds.shifts, grid, rounds.pixel_size_A,
@@ -255,6 +239,30 @@ class _Rounds:
                                                   supported_band(parts), split)[0]
         sums = sums_of(self.particles.for_rounds(), poses, classes, k + len(splits), self.grid)
         return ClassState(poses.copy(), classes, sums)
+
+    def last_passes(self, state: ClassState, n_particles: int, on_subset: bool) -> ClassState:
+        """After the rounds (``on_subset``: on a subset of the ``n_particles``), the passes over every particle of
+        step 7 of the module docstring."""
+        particles, everyone = self.particles, np.arange(n_particles)
+        if on_subset:
+            particles.drop_subset()
+            state = self.one(state, particles.everyone(), everyone, True, "pass over all particles", tidy=False)[0]
+        if not on_subset and self.shifts.max_px == 0:
+            return state
+        last = self.one(state, particles.everyone(), everyone, True, "last pass over all particles", tidy=False)[0]
+        if self.shifts.max_px == 0:
+            return last
+        # Not against junk classes: their blurred averages fit a good particle about as well at any centre, and
+        # drew good particles in. One pass from a coarse centre does not refine a pose as far as the rounds did:
+        # the better of the two is kept (benchmarks/classify/README.md).
+        junk = self.junk(state, everyone)
+        centred = self.searcher.centred(particles.everyone(), state, self.shifts,
+                                        None if junk is None or junk.all() else torch.from_numpy(~junk))
+        found = self.one(centred, particles.everyone(), everyone, True, "last pass from the centres found",
+                         tidy=False)[0]
+        log.info("classification: %d of %d particles are explained better from the centres found",
+                 int((found.loglik > last.loglik).sum()), n_particles)
+        return better_of(last, found, particles.everyone(), self.grid)
 
     def junk(self, state: ClassState, rows: np.ndarray) -> np.ndarray | None:
         """(K,) bool: the classes the junk rule calls junk now, judged on ``rows``; None without a rule."""
