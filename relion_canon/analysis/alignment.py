@@ -105,6 +105,12 @@ class Poses:
     def copy(self) -> "Poses":
         return Poses(self.psi_rad.clone(), self.shift_px.clone(), self.score.clone())
 
+    def where(self, take: torch.Tensor, other: "Poses") -> "Poses":
+        """Per particle, these poses where ``take`` ((N,) bool), else ``other``'s."""
+        return Poses(torch.where(take, self.psi_rad, other.psi_rad),
+                     torch.where(take[:, None], self.shift_px, other.shift_px),
+                     torch.where(take, self.score, other.score))
+
     def merged(self, before: "Poses", touched: torch.Tensor) -> "Poses":
         """These poses where some process's search ``touched`` the particle ((N,) bool on this process), else
         ``before``: every process then holds every pose (:func:`relion_canon.parallel.merged`)."""

@@ -27,6 +27,7 @@ SHIFT_IMAGES = 4096  # cross-correlations computed at once
 # A global search (:meth:`ClassSearch.search_globally`) tries every 4th of those turns (11.25° apart; the
 # search that follows refines the turn).
 GLOBAL_TURN_STRIDE = 4
+GLOBAL_TURN_RAD = GLOBAL_TURN_STRIDE * 2 * math.pi / SHIFT_TURNS
 GLOBAL_BYTES = 64 * 2**20  # the largest intermediate of a global search's product
 # A turn half a coarse step off moves the samples of ring r by r·(half a step, rad) of a ring's spacing. Rings
 # beyond a displacement of one spacing add noise, not evidence, to a coarse step's score: the global search
@@ -66,9 +67,7 @@ def better_of(a: ClassState, b: ClassState, batches: Iterable[Prepared], grid: S
     """Per particle, the class and pose of whichever of two searches' states (against the same references)
     explains it better, with the class sums they give."""
     take = b.loglik > a.loglik
-    poses = Poses(torch.where(take, b.poses.psi_rad, a.poses.psi_rad),
-                  torch.where(take[:, None], b.poses.shift_px, a.poses.shift_px),
-                  torch.where(take, b.poses.score, a.poses.score))
+    poses = b.poses.where(take, a.poses)
     classes = torch.where(take, b.classes, a.classes)
     return ClassState(poses, classes, sums_of(batches, poses, classes, a.sums.n_classes, grid), a.margins,
                       torch.where(take, b.loglik, a.loglik))
@@ -226,7 +225,7 @@ class ClassSearch:
         cropped = _cropped(_turned_spectra(references, GLOBAL_TURN_STRIDE),
                            min(grid.box, 2 * (min(band, GLOBAL_RINGS) + 1)))
         size, n_turns = cropped.shape[-2], cropped.shape[1]
-        turn_rad = torch.arange(n_turns) * (GLOBAL_TURN_STRIDE * 2 * math.pi / SHIFT_TURNS)
+        turn_rad = torch.arange(n_turns) * GLOBAL_TURN_RAD
         before, poses = poses, poses.copy()
         every_turn = cropped.flatten(0, 1)  # (K·turns, size, size//2 + 1), in the order of the classes
         # Particles per product against every class and turn at once (correlation_windows: its intermediate
@@ -267,12 +266,9 @@ class ClassSearch:
         # with it, for the next search to place anew.
         classes, before = used[best], state.poses
         same = ((classes == state.classes)
-                & (wrap_rad(found.psi_rad - before.psi_rad).abs() <= GLOBAL_TURN_STRIDE * 2 * math.pi / SHIFT_TURNS)
+                & (wrap_rad(found.psi_rad - before.psi_rad).abs() <= GLOBAL_TURN_RAD)
                 & ((found.shift_px - before.shift_px).norm(dim=1) <= 1.0))
-        poses = Poses(torch.where(same, before.psi_rad, found.psi_rad),
-                      torch.where(same[:, None], before.shift_px, found.shift_px),
-                      torch.where(same, before.score, found.score))
-        return ClassState(poses, classes, state.sums, state.margins)
+        return ClassState(before.where(same, found), classes, state.sums, state.margins)
 
     def _shifted(self, whitened: torch.Tensor, turned: tuple[torch.Tensor, torch.Tensor], psi_rad: torch.Tensor,
                  loglik: torch.Tensor, penalty: torch.Tensor, held: torch.Tensor | None,
