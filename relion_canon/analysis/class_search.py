@@ -63,14 +63,18 @@ class _References:
     power: torch.Tensor  # (K, rings) float64
 
 
-def better_of(a: ClassState, b: ClassState, batches: Iterable[Prepared], grid: SearchGrid) -> ClassState:
-    """Per particle, the class and pose of whichever of two searches' states (against the same references)
-    explains it better, with the class sums they give."""
-    take = b.loglik > a.loglik
-    poses = b.poses.where(take, a.poses)
-    classes = torch.where(take, b.classes, a.classes)
-    return ClassState(poses, classes, sums_of(batches, poses, classes, a.sums.n_classes, grid), a.margins,
-                      torch.where(take, b.loglik, a.loglik))
+def better_of(states: list[ClassState], batches: Iterable[Prepared], grid: SearchGrid) -> ClassState:
+    """Per particle, the class and pose of whichever of several searches' states (against the same references)
+    explains it best (the first on a tie), with the class sums they give."""
+    first = states[0]
+    poses, classes, loglik = first.poses, first.classes, first.loglik
+    for other in states[1:]:
+        take = other.loglik > loglik
+        poses = other.poses.where(take, poses)
+        classes = torch.where(take, other.classes, classes)
+        loglik = torch.where(take, other.loglik, loglik)
+    return ClassState(poses, classes, sums_of(batches, poses, classes, first.sums.n_classes, grid), first.margins,
+                      loglik)
 
 
 def sums_of(batches: Iterable[Prepared], poses: Poses, classes: torch.Tensor, k: int, grid: SearchGrid) -> HalfSetSums:
@@ -269,6 +273,62 @@ class ClassSearch:
                 & (wrap_rad(found.psi_rad - before.psi_rad).abs() <= GLOBAL_TURN_RAD)
                 & ((found.shift_px - before.shift_px).norm(dim=1) <= 1.0))
         return ClassState(before.where(same, found), classes, state.sums, state.margins)
+
+    def scored_in_place(self, batches: Iterable[Prepared], state: ClassState) -> Poses:
+        """``state``'s poses with the score of every particle ``batches`` yields taken at its own turn about its
+        own centre, against its class's reference. :meth:`search` scores a particle about the centre it
+        starts from, before its shift search: after a pass from a coarse or a turned-away centre that is not
+        where the particle ends up, and a good particle back at its old pose would keep a junk-like score."""
+        grid = self.grid
+        refs = self._references(torch.stack([a.reference for a in averages_of(state.sums, grid)]))
+        per_class = refs.fft.permute(2, 1, 0)  # (K, rings, angles//2 + 1)
+        poses = state.poses.copy()
+        for idx, _, whitened, _ in batches:
+            t = torch.from_numpy(idx)
+            c = state.classes[t]
+            polar = sample_polar(whitened, grid.xy, poses.shift_px[t])
+            products = (torch.fft.rfft(polar, dim=-1).conj() * per_class[c]).sum(dim=1)
+            corr = torch.fft.irfft(products, n=grid.angular_samples, dim=-1)  # (b, angles): at every turn
+            at = poses.psi_rad[t] / grid.step_rad
+            i = torch.round(at).long()
+            rows = torch.arange(len(t))
+            ym, y0, yp = (corr[rows, (i + d) % grid.angular_samples] for d in (-1, 0, 1))
+            delta = (at - i).to(corr.dtype)
+            height = y0 + 0.5 * delta * (yp - ym) + 0.5 * delta**2 * (yp - 2 * y0 + ym)
+            norm = torch.sqrt((polar**2 * grid.ring_weight).sum(dim=(1, 2))).clamp(min=1e-12)
+            poses.score[t] = (height / (norm * refs.norm[c])).to(poses.score.dtype)
+        return poses
+
+    def turned_away(self, batches: Iterable[Prepared], state: ClassState, shifts: ShiftSearch) -> ClassState:
+        """``state`` with every particle ``batches`` yields at the best coarse turn and shift against its own
+        class among the turns a quarter turn or more from its current one (on the rings of
+        :meth:`search_globally`), for the next :meth:`search` to refine. A view that looks nearly the same
+        turned by half a turn, at low resolution, can hold a particle a few pixels off at the wrong one of
+        the two: about the wrong centre the wrong turn correlates best, and the global search, on its few
+        rings, can prefer it too. This search makes the other half of the turns meet the finer search."""
+        grid = self.grid
+        averages = averages_of(state.sums, grid)
+        cropped = _cropped(_turned_spectra(torch.stack([a.reference for a in averages]), GLOBAL_TURN_STRIDE),
+                           min(grid.box, 2 * (min(supported_band(averages), GLOBAL_RINGS) + 1)))
+        size, n_turns = cropped.shape[-2], cropped.shape[1]
+        away = torch.arange(n_turns // 4, n_turns - n_turns // 4 + 1)  # turn steps from the current turn
+        window = 2 * window_half_width(shifts.max_px * size / grid.box) + 1
+        step = max(1, GLOBAL_BYTES // (8 * window * len(away) * (size // 2 + 1)))
+        poses = state.poses.copy()
+        for idx, _, whitened, _ in batches:
+            t = torch.from_numpy(idx)
+            small = _cropped(torch.fft.rfft2(whitened), size)
+            current = torch.round(poses.psi_rad[t] / GLOBAL_TURN_RAD).long()
+            for start in range(0, len(t), step):
+                p = slice(start, start + step)
+                turns = (current[p, None] + away) % n_turns  # (b, A)
+                spectra = cropped[state.classes[t[p]][:, None], turns]  # (b, A, s, s//2 + 1)
+                shift, height = shifts.peak((small[p][:, None] * spectra.conj()).flatten(0, 1), grid.box)
+                best = height.reshape(len(turns), -1).argmax(dim=1)
+                rows = torch.arange(len(best))
+                poses.shift_px[t[p]] = shift.reshape(len(turns), -1, 2)[rows, best]
+                poses.psi_rad[t[p]] = turns[rows, best] * GLOBAL_TURN_RAD
+        return ClassState(poses, state.classes, state.sums, state.margins)
 
     def _shifted(self, whitened: torch.Tensor, turned: tuple[torch.Tensor, torch.Tensor], psi_rad: torch.Tensor,
                  loglik: torch.Tensor, penalty: torch.Tensor, held: torch.Tensor | None,

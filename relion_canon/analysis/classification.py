@@ -27,12 +27,13 @@ against K references learnt from the particles (multi-reference refinement).
    class. Classes that fail the test are split in two and the rounds go on, up to ``split_passes`` times;
    the two parts merge again (step 4) only when, together, they pass the test. Junk classes (by the rule of
    step 8) are not tested: they are no view to part.
-7. Sets larger than the rounds' subset meet the references in a pass over all particles. Then every
-   particle's centre is searched anew against the classes that are not junk (every coarse turn and shift;
-   :meth:`~relion_canon.analysis.class_search.ClassSearch.centred`): a particle a few pixels off whose turn
-   was found about a wrong centre does not find its centre by a shift at that wrong turn. A last pass from
-   those centres and one from the poses before run against the same references, and each particle keeps
-   the better (:func:`~relion_canon.analysis.class_search.better_of`).
+7. Sets larger than the rounds' subset meet the references in a pass over all particles. Three last passes
+   follow, against the same references and under one offset prior: from the poses before; from every
+   particle's centre searched anew against the classes that are not junk (every coarse turn and shift:
+   :meth:`~relion_canon.analysis.class_search.ClassSearch.centred`), as a turn found about a wrong centre
+   is not mended by a shift at that turn; and from the best coarse pose a quarter turn or more away
+   (:meth:`~relion_canon.analysis.class_search.ClassSearch.turned_away`: views alike at half a turn). Each
+   particle keeps the likeliest (:func:`~relion_canon.analysis.class_search.better_of`), scored there.
 8. Given a rule for junk classes, their particles get a second chance against the good classes alone (see
    :func:`~relion_canon.analysis.class_rehome.rehome`).
 
@@ -51,7 +52,6 @@ import numpy as np
 import torch
 
 from relion_canon.analysis.alignment import AlignmentConfig, Poses, SearchGrid, ShiftSearch
-from relion_canon.analysis.alignment_reference import ClassAverage, HalfSetSums
 from relion_canon.analysis.class_comparison import half_agreement, merge_candidates
 from relion_canon.analysis.class_features import initial_classes, invariant_features
 from relion_canon.analysis.class_rehome import ApartRule, JunkRule, junk_classes_now, rehome
@@ -226,11 +226,11 @@ class _Rounds:
                             "residual_ratios": [round(t.ratio, 3) for _, t in splits]})
         poses = state.poses
         if self.shifts.max_px > 0:
-            # Particles far off-centre, their turn found about a wrong centre, also leave a residual of their
-            # own and can be split off as a part. A search that does not depend on the centre places them
-            # anew against every class, so that such a part empties (and is dissolved) instead of staying a
-            # class of misaligned particles.
-            parts = self._averages(sums_of(self.particles.for_rounds(), poses, classes, k + len(splits), self.grid))
+            # Particles far off-centre, their turn found about a wrong centre, leave a residual of their own and
+            # can be split off as a part. A search that does not depend on the centre places them anew against
+            # every class, so that such a part empties (and is dissolved) instead of staying a class of them.
+            parts = averages_of(sums_of(self.particles.for_rounds(), poses, classes, k + len(splits), self.grid),
+                                self.grid)
             split = torch.zeros(len(classes), dtype=torch.bool)
             for _, t in splits:
                 split[torch.from_numpy(t.members)] = True
@@ -247,27 +247,35 @@ class _Rounds:
         if on_subset:
             particles.drop_subset()
             state = self.one(state, particles.everyone(), everyone, True, "pass over all particles", tidy=False)[0]
-        if not on_subset and self.shifts.max_px == 0:
-            return state
-        last = self.one(state, particles.everyone(), everyone, True, "last pass over all particles", tidy=False)[0]
-        if self.shifts.max_px == 0:
-            return last
-        # Not against junk classes: their blurred averages fit a good particle about as well at any centre, and
-        # drew good particles in. One pass from a coarse centre does not refine a pose as far as the rounds did:
-        # the better of the two is kept (benchmarks/classify/README.md).
-        junk = self.junk(state, everyone)
-        centred = self.searcher.centred(particles.everyone(), state, self.shifts,
-                                        None if junk is None or junk.all() else torch.from_numpy(~junk))
-        found = self.one(centred, particles.everyone(), everyone, True, "last pass from the centres found",
-                         tidy=False)[0]
-        log.info("classification: %d of %d particles are explained better from the centres found",
-                 int((found.loglik > last.loglik).sum()), n_particles)
-        return better_of(last, found, particles.everyone(), self.grid)
+        prior = self.shifts
+
+        def pass_from(start: ClassState, title: str) -> ClassState:
+            self.shifts = prior  # one offset prior for every last pass: their log-likelihoods are compared
+            return self.one(start, particles.everyone(), everyone, True, title, tidy=False)[0]
+
+        if prior.max_px == 0:
+            return pass_from(state, "last pass over all particles") if on_subset else state
+        last = pass_from(state, "last pass over all particles")
+        # Not against junk classes: a good particle fits their blurred averages about as well at any centre. A
+        # pass from a coarse pose refines less than the rounds did: the best is kept (benchmarks/classify).
+        good = None if self.junk_rule is None else torch.from_numpy(~self.junk(state, everyone))
+        found = pass_from(self.searcher.centred(particles.everyone(), state, prior, None if good is None or not
+                                                good.any() else good), "last pass from the centres found")
+        turned = ClassState(last.poses, last.classes, state.sums)  # against the references the others searched
+        away = pass_from(self.searcher.turned_away(particles.everyone(), turned, prior),
+                         "last pass from the other half of the turns")
+        best = better_of([last, found, away], particles.everyone(), self.grid)
+        best.poses = self.searcher.scored_in_place(particles.everyone(), best)
+        self.shifts = prior.updated(best.poses.shift_px)  # the re-homing's prior: from the poses kept
+        log.info("classification: %d of %d particles are explained better from the centres found, %d from the other "
+                 "half of the turns", found.loglik.gt(last.loglik).sum(), n_particles,
+                 best.loglik.gt(torch.maximum(last.loglik, found.loglik)).sum())
+        return best
 
     def junk(self, state: ClassState, rows: np.ndarray) -> np.ndarray | None:
         """(K,) bool: the classes the junk rule calls junk now, judged on ``rows``; None without a rule."""
         return (None if self.junk_rule is None else junk_classes_now(
-            state, self._averages(state.sums), self.junk_rule, self.pixel_size_A, self.grid.box, rows))
+            state, averages_of(state.sums, self.grid), self.junk_rule, self.pixel_size_A, self.grid.box, rows))
 
     def one(self, state: ClassState, batches: Iterable[Prepared], rows: np.ndarray, reassign: bool,
             title: str, tidy: bool = True) -> tuple[ClassState, float, float, bool]:
@@ -275,7 +283,7 @@ class _Rounds:
         new state, the fraction of particles that changed class, the rms psi change of those that kept it
         (without the few that changed most: :func:`_settled_rms`), and whether a class was dropped."""
         self.context.check_stop("classification")
-        averages = self._averages(state.sums)
+        averages = averages_of(state.sums, self.grid)
         references = torch.stack([a.reference for a in averages])
         band = supported_band(averages)
         round_number = len(self.history)
@@ -292,9 +300,6 @@ class _Rounds:
         new, dropped = self._tidy(new, rows, moved) if reassign and tidy else (new, False)
         self._record(title, new, rows, moved, rms, settled)
         return new, moved, settled, dropped
-
-    def _averages(self, sums: HalfSetSums) -> list[ClassAverage]:
-        return averages_of(sums, self.grid)
 
     def _tidy(self, state: ClassState, rows: np.ndarray, moved: float) -> tuple[ClassState, bool]:
         """Dissolve classes smaller than ``min_class_fraction`` of the starting mean, and merge classes that show
@@ -345,7 +350,7 @@ class _Rounds:
         (:func:`~relion_canon.analysis.class_comparison.merge_candidates`), the most alike first, a third of
         the classes at most. The two parts of a split class merge only when together they pass the one-view
         test (:meth:`Splitter.still_two_views`)."""
-        averages = self._averages(state.sums)
+        averages = averages_of(state.sums, self.grid)
         turn, candidates = merge_candidates(averages, counts, keep, margins, self.searcher.likelihood_weight(),
                                             self.grid)
         merged: dict[int, tuple[int, float]] = {}
@@ -376,7 +381,7 @@ class _Rounds:
 
     def result(self, state: ClassState, noise: torch.Tensor, converged: bool) -> Classification:
         """The final classes, sorted by population (largest first), with their references and resolutions."""
-        averages = self._averages(state.sums)
+        averages = averages_of(state.sums, self.grid)
         references = torch.stack([a.reference for a in averages])
         halves = torch.stack([a.halves for a in averages])
         frc = np.stack([a.frc for a in averages])

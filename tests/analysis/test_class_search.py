@@ -132,10 +132,52 @@ def test_better_of_keeps_each_particle_from_the_search_that_explains_it_better()
     off = torch.rad2deg(wrap_rad(from_centre.poses.psi_rad - psi)).abs() > 10.0
     assert bool(off.any()) and bool((at_truth.loglik[off] > from_centre.loglik[off]).all())
 
-    best = better_of(from_centre, at_truth, batches, grid)
+    best = better_of([from_centre, at_truth], batches, grid)
     take = at_truth.loglik > from_centre.loglik
     assert torch.equal(best.poses.psi_rad, torch.where(take, at_truth.poses.psi_rad, from_centre.poses.psi_rad))
     assert torch.equal(best.classes, torch.where(take, at_truth.classes, from_centre.classes))
     assert torch.equal(best.loglik, torch.maximum(at_truth.loglik, from_centre.loglik))
     again = sums_of(batches, best.poses, best.classes, 2, grid)
     assert torch.allclose(best.sums.num, again.num) and torch.allclose(best.sums.den, again.den)
+
+
+def test_turned_away_finds_the_pose_half_a_turn_from_a_wrong_one():
+    """A particle held half a turn off, about a wrong centre, is found at its true turn and centre among the
+    turns a quarter turn or more from its current one, in its own class; a particle at its true pose gets a
+    turn a quarter turn or more away from it."""
+    from relion_canon.analysis.class_search import ClassState, sums_of
+
+    grid, _, psi, shift, cls, batches, search = _off_centre_set(4)
+    n = len(psi)
+    sums = sums_of(batches, Poses(psi, shift, torch.zeros(n)), cls, 2, grid)
+    shifts = ShiftSearch(6.0, 3.0)
+    flipped = ClassState(Poses(wrap_rad(psi + math.pi), torch.zeros(n, 2), torch.zeros(n)), cls.clone(), sums)
+    found = search.turned_away(batches, flipped, shifts)
+    assert torch.equal(found.classes, cls) and found.sums is sums
+    turn = torch.rad2deg(wrap_rad(found.poses.psi_rad - psi)).abs()
+    assert float(turn.max()) < 11.25 and float((found.poses.shift_px - shift).norm(dim=1).max()) < 1.0, turn
+
+    at_truth = ClassState(Poses(psi.clone(), shift.clone(), torch.zeros(n)), cls.clone(), sums)
+    away = search.turned_away(batches, at_truth, shifts)
+    assert float(torch.rad2deg(wrap_rad(away.poses.psi_rad - psi)).abs().min()) >= 90.0 - 11.25 / 2
+
+
+def test_scored_in_place_is_the_search_score_at_the_pose_and_falls_off_it():
+    """The score at a particle's own turn and centre is what a search from that pose, without a shift search,
+    records at the best turn (the same correlation, the pose being the peak); the same particles scored at a
+    centre 3 px off score lower."""
+    from relion_canon.analysis.class_search import ClassState, sums_of
+
+    grid, _, psi, shift, cls, batches, search = _off_centre_set(5)
+    n = len(psi)
+    sums = sums_of(batches, Poses(psi, shift, torch.zeros(n)), cls, 2, grid)
+    refs = torch.stack([a.reference for a in averages_of(sums, grid)])
+    at_truth = search.search(batches, ClassState(Poses(psi, shift, torch.zeros(n)), cls.clone(), sums), refs,
+                             False, None, grid.n_rings - 1)
+    state = ClassState(Poses(at_truth.poses.psi_rad, shift, torch.zeros(n)), cls.clone(), sums)
+    scored = search.scored_in_place(batches, state)
+    assert torch.allclose(scored.score, at_truth.poses.score, atol=1e-3), (scored.score, at_truth.poses.score)
+    assert torch.equal(scored.psi_rad, state.poses.psi_rad) and torch.equal(scored.shift_px, shift)
+    off = ClassState(Poses(at_truth.poses.psi_rad, shift + torch.tensor([3.0, 0.0]), torch.zeros(n)), cls.clone(),
+                     sums)
+    assert bool((search.scored_in_place(batches, off).score < scored.score - 0.05).all())
