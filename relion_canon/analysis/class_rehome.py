@@ -97,6 +97,8 @@ def rehome(state: ClassState, particles: PreparedParticles, junk_rule: JunkRule,
     # Only the junk classes' particles are searched: the others keep their class and pose.
     searched = searcher.search(particles.some(in_junk), replace(state, poses=start), references, True, shifts, band)
     best = torch.where(in_junk, good[torch.where(in_junk, searched.classes, 0)], state.classes)
+    # Scored where each particle ended up: the search scores it about the global search's coarse centre.
+    searched.poses = searcher.scored_in_place(particles.some(in_junk), ClassState(searched.poses, best, state.sums))
     at_defocus = torch.from_numpy(score_at_defocus(state.poses.score.numpy(), defocus_A)).float()
     fits = searched.poses.score >= REHOME_SCORE_FRACTION * torch.from_numpy(median).float()[best] * at_defocus
     move = in_junk & fits

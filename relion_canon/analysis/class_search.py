@@ -15,7 +15,8 @@ import torch
 from relion_canon.analysis.alignment import Poses, SearchGrid, ShiftSearch
 from relion_canon.analysis.alignment_reference import ClassAverage, HalfSetSums
 from relion_canon.analysis.prepared_particles import Prepared, only
-from relion_canon.geometry import periodic_peak, ring_mean, rotate, sample_polar, window_half_width, wrap_rad
+from relion_canon.geometry import (parabolic_height, parabolic_offset, periodic_peak, ring_mean, rotate, sample_polar,
+                                   window_half_width, wrap_rad)
 from relion_canon.parallel import merged, summed
 
 # Classes per particle whose reference a translational search tries, the likeliest at the particle's centre.
@@ -289,12 +290,11 @@ class ClassSearch:
             polar = sample_polar(whitened, grid.xy, poses.shift_px[t])
             products = (torch.fft.rfft(polar, dim=-1).conj() * per_class[c]).sum(dim=1)
             corr = torch.fft.irfft(products, n=grid.angular_samples, dim=-1)  # (b, angles): at every turn
-            at = poses.psi_rad[t] / grid.step_rad
-            i = torch.round(at).long()
+            # The peak of the correlation within a sample of the particle's turn (the pose's turn is such a peak).
+            i = torch.round(poses.psi_rad[t] / grid.step_rad).long()
             rows = torch.arange(len(t))
             ym, y0, yp = (corr[rows, (i + d) % grid.angular_samples] for d in (-1, 0, 1))
-            delta = (at - i).to(corr.dtype)
-            height = y0 + 0.5 * delta * (yp - ym) + 0.5 * delta**2 * (yp - 2 * y0 + ym)
+            height = parabolic_height(ym, y0, yp, parabolic_offset(ym, y0, yp))
             norm = torch.sqrt((polar**2 * grid.ring_weight).sum(dim=(1, 2))).clamp(min=1e-12)
             poses.score[t] = (height / (norm * refs.norm[c])).to(poses.score.dtype)
         return poses

@@ -249,9 +249,9 @@ class _Rounds:
             state = self.one(state, particles.everyone(), everyone, True, "pass over all particles", tidy=False)[0]
         prior = self.shifts
 
-        def pass_from(start: ClassState, title: str) -> ClassState:
+        def pass_from(start: ClassState, title: str, reassign: bool = True) -> ClassState:
             self.shifts = prior  # one offset prior for every last pass: their log-likelihoods are compared
-            return self.one(start, particles.everyone(), everyone, True, title, tidy=False)[0]
+            return self.one(start, particles.everyone(), everyone, reassign, title, tidy=False)[0]
 
         if prior.max_px == 0:
             return pass_from(state, "last pass over all particles") if on_subset else state
@@ -262,8 +262,8 @@ class _Rounds:
         found = pass_from(self.searcher.centred(particles.everyone(), state, prior, None if good is None or not
                                                 good.any() else good), "last pass from the centres found")
         turned = ClassState(last.poses, last.classes, state.sums)  # against the references the others searched
-        away = pass_from(self.searcher.turned_away(particles.everyone(), turned, prior),
-                         "last pass from the other half of the turns")
+        away = pass_from(self.searcher.turned_away(particles.everyone(), turned, prior),  # in its own class: cheaper
+                         "last pass from the other half of the turns", reassign=False)
         best = better_of([last, found, away], particles.everyone(), self.grid)
         best.poses = self.searcher.scored_in_place(particles.everyone(), best)
         self.shifts = prior.updated(best.poses.shift_px)  # the re-homing's prior: from the poses kept
