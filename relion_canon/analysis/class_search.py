@@ -108,6 +108,25 @@ def _cropped(spectra: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat([spectra[..., :half, : half + 1], spectra[..., -half:, : half + 1]], dim=-2)
 
 
+def _coarse_turns(references: torch.Tensor, band: int) -> torch.Tensor:
+    """(K, coarse turns, s, s//2 + 1): the references at every :data:`GLOBAL_TURN_STRIDE`-th turn, on the rings
+    a coarse turn can use (:data:`GLOBAL_RINGS`, within ``band``)."""
+    box = references.shape[-1]
+    return _cropped(_turned_spectra(references, GLOBAL_TURN_STRIDE), min(box, 2 * (min(band, GLOBAL_RINGS) + 1)))
+
+
+def _particles_per_product(shifts: ShiftSearch, size: int, box: int, references: int) -> int:
+    """Particles whose correlation windows against ``references`` spectra of a ``size`` box fit GLOBAL_BYTES
+    at once (the windows' intermediate grows with particles × references)."""
+    window = 2 * window_half_width(shifts.max_px * size / box) + 1
+    return max(1, GLOBAL_BYTES // (8 * window * references * (size // 2 + 1)))
+
+
+def _polar_norm(polar: torch.Tensor, grid: SearchGrid) -> torch.Tensor:
+    """(b,) the norm of polar images (b, rings, angles), each sample weighed by the area it stands for."""
+    return torch.sqrt((polar**2 * grid.ring_weight).sum(dim=(1, 2))).clamp(min=1e-12)
+
+
 def supported_band(averages: list[ClassAverage]) -> int:
     """The rings the class averages hold signal in (see :data:`SUPPORTED_GAIN`)."""
     supported = torch.stack([a.gain for a in averages]).mean(dim=0) > SUPPORTED_GAIN
@@ -136,7 +155,7 @@ class ClassSearch:
         ref_polar = sample_polar(references, grid.xy)
         return _References(
             fft=torch.fft.rfft(ref_polar * grid.ring_weight, dim=-1).permute(2, 1, 0).contiguous(),
-            norm=torch.sqrt((ref_polar**2 * grid.ring_weight).sum(dim=(1, 2))).clamp(min=1e-12),
+            norm=_polar_norm(ref_polar, grid),
             power=self._power(references))
 
     def _power(self, references: torch.Tensor) -> torch.Tensor:
@@ -166,7 +185,7 @@ class ClassSearch:
         # ⟨x, CR⟩/σ² from the polar sum (its samples stand for ρ dρ dθ of area), less ½‖CR‖²/σ².
         penalty = self._penalty(ctf2, refs.power)
         loglik = height.double() * (2 * math.pi / grid.angular_samples) - penalty
-        norm = torch.sqrt((polar**2 * grid.ring_weight).sum(dim=(1, 2))).clamp(min=1e-12)
+        norm = _polar_norm(polar, grid)
         return pos, height, loglik, penalty, norm
 
     def search(self, batches: Iterable[Prepared], state: ClassState, references: torch.Tensor, reassign: bool,
@@ -227,16 +246,12 @@ class ClassSearch:
         not depend on the centre; the next :meth:`search` refines the turn about the centre it finds."""
         grid, k = self.grid, len(references)
         power = self._power(references)
-        cropped = _cropped(_turned_spectra(references, GLOBAL_TURN_STRIDE),
-                           min(grid.box, 2 * (min(band, GLOBAL_RINGS) + 1)))
+        cropped = _coarse_turns(references, band)
         size, n_turns = cropped.shape[-2], cropped.shape[1]
         turn_rad = torch.arange(n_turns) * GLOBAL_TURN_RAD
         before, poses = poses, poses.copy()
         every_turn = cropped.flatten(0, 1)  # (K·turns, size, size//2 + 1), in the order of the classes
-        # Particles per product against every class and turn at once (correlation_windows: its intermediate
-        # grows with particles × classes × turns), within GLOBAL_BYTES.
-        window = 2 * window_half_width(shifts.max_px * size / grid.box) + 1
-        step = max(1, GLOBAL_BYTES // (8 * window * len(every_turn) * (size // 2 + 1)))
+        step = _particles_per_product(shifts, size, grid.box, len(every_turn))  # against every class and turn
         touched = torch.zeros(len(poses.psi_rad), dtype=torch.bool)
         best_class = torch.zeros(len(poses.psi_rad), dtype=torch.long)
         for idx, _, whitened, ctf2 in only(batches, which):
@@ -295,7 +310,7 @@ class ClassSearch:
             rows = torch.arange(len(t))
             ym, y0, yp = (corr[rows, (i + d) % grid.angular_samples] for d in (-1, 0, 1))
             height = parabolic_height(ym, y0, yp, parabolic_offset(ym, y0, yp))
-            norm = torch.sqrt((polar**2 * grid.ring_weight).sum(dim=(1, 2))).clamp(min=1e-12)
+            norm = _polar_norm(polar, grid)
             poses.score[t] = (height / (norm * refs.norm[c])).to(poses.score.dtype)
         return poses
 
@@ -308,12 +323,10 @@ class ClassSearch:
         rings, can prefer it too. This search makes the other half of the turns meet the finer search."""
         grid = self.grid
         averages = averages_of(state.sums, grid)
-        cropped = _cropped(_turned_spectra(torch.stack([a.reference for a in averages]), GLOBAL_TURN_STRIDE),
-                           min(grid.box, 2 * (min(supported_band(averages), GLOBAL_RINGS) + 1)))
+        cropped = _coarse_turns(torch.stack([a.reference for a in averages]), supported_band(averages))
         size, n_turns = cropped.shape[-2], cropped.shape[1]
         away = torch.arange(n_turns // 4, n_turns - n_turns // 4 + 1)  # turn steps from the current turn
-        window = 2 * window_half_width(shifts.max_px * size / grid.box) + 1
-        step = max(1, GLOBAL_BYTES // (8 * window * len(away) * (size // 2 + 1)))
+        step = _particles_per_product(shifts, size, grid.box, len(away))
         poses = state.poses.copy()
         for idx, _, whitened, _ in batches:
             t = torch.from_numpy(idx)
