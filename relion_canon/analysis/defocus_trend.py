@@ -24,20 +24,28 @@ def defocus_bins(defocus_A: np.ndarray, n_bins: int) -> np.ndarray:
     return np.searchsorted(edges, defocus_A, side="right")
 
 
+def median_at_defocus(values: np.ndarray, defocus_A: np.ndarray | None) -> np.ndarray:
+    """(N,) the median of ``values`` over the particles whose defocus falls in each particle's quantile bin;
+    the median of all without a defocus or with too few particles for two bins."""
+    values = np.asarray(values, dtype=np.float64)
+    n_bins = min(MAX_BINS, len(values) // PARTICLES_PER_BIN)
+    overall = float(np.median(values))
+    if defocus_A is None or n_bins < 2 or not np.all(np.isfinite(defocus_A)):
+        return np.full(len(values), overall)
+    bins = defocus_bins(defocus_A, n_bins)
+    medians = np.array([np.median(values[bins == b]) if np.any(bins == b) else overall
+                        for b in range(int(bins.max()) + 1)])
+    return medians[bins]
+
+
 def score_at_defocus(score: np.ndarray, defocus_A: np.ndarray | None) -> np.ndarray:
     """(N,) the median score of the particles whose defocus falls in each particle's quantile bin, relative to
     the median of all: 1 everywhere without a defocus or with too few particles for two bins."""
     score = np.asarray(score, dtype=np.float64)
-    n_bins = min(MAX_BINS, len(score) // PARTICLES_PER_BIN)
-    if defocus_A is None or n_bins < 2 or not np.all(np.isfinite(defocus_A)):
-        return np.ones(len(score))
-    bins = defocus_bins(defocus_A, n_bins)
     overall = float(np.median(score))
     if overall <= 0:
         return np.ones(len(score))
-    medians = np.array([np.median(score[bins == b]) if np.any(bins == b) else overall
-                        for b in range(int(bins.max()) + 1)])
-    return np.clip(medians / overall, 1e-3, None)[bins]
+    return np.clip(median_at_defocus(score, defocus_A) / overall, 1e-3, None)
 
 
 def below_typical(score: np.ndarray, defocus_A: np.ndarray | None) -> np.ndarray:

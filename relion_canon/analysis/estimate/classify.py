@@ -43,13 +43,14 @@ def classify_classes(star: ParticleStar, psi_model_deg: np.ndarray, source: Any,
     clock.lap("refine")
     result = Refinement(psi_deg=found.psi_deg.copy(), score=found.score.copy(), defocus_fit_A=np.full(n, np.nan),
                         fit_peak=np.full(n, np.nan), classes={}, class_reports={}, box=images.box,
-                        pixel_size_A=float(np.median(images.pixel_size)))
+                        pixel_size_A=float(np.median(images.pixel_size)), outside_power=np.full(n, np.nan))
     if config.max_shift_px > 0:
         result.origin_A = origin_A(found.shift_px, images.pixel_size)
     for c in range(found.n_classes):
         rows, alignment = found.alignment_of(c)
         finished = finish_class(images, rows, c + 1, alignment, None if ctf is None else ctf.take(rows), clock)
         result.defocus_fit_A[rows], result.fit_peak[rows] = finished.defocus_fit_A, finished.fit_peak
+        result.outside_power[rows] = finished.outside_power
         result.classes[c + 1] = rows
         result.class_averages[c + 1] = alignment.reference
         result.class_reports[str(c + 1)] = {**class_facts(found, c), "symmetry": finished.report["symmetry"]}

@@ -19,6 +19,7 @@ from relion_canon.analysis.defocus_trend import below_typical
 from relion_canon.analysis.estimate.timing import Clock
 from relion_canon.analysis.latent_angle import polar_readout
 from relion_canon.analysis.outliers import flag_outliers, outlier_scores
+from relion_canon.analysis.outside_density import excess_z
 
 log = logging.getLogger(__name__)
 
@@ -115,20 +116,42 @@ JUNK_CLASS_LINE_GAP = 0.02
 JUNK_CLASS_LINE_MIN_CLASSES = 4
 
 
-def junk_by_alignment_score(score: np.ndarray, threshold: float, defocus_A: np.ndarray | None = None) -> Junk:
+# The density test flags this many robust standard deviations beyond the job's threshold. A second test at the
+# threshold itself gives every good particle a second chance to cross it by noise: on the development sets it
+# about doubled the good particles flagged (benchmarks/classify/README.md, "Density outside the particle").
+OUTSIDE_DENSITY_MARGIN = 1.0
+
+
+def junk_by_alignment_score(score: np.ndarray, threshold: float, defocus_A: np.ndarray | None = None,
+                            outside_power: np.ndarray | None = None) -> Junk:
     """With classes, each particle's junk score is how far its correlation with its own class's average falls
     below the typical particle's at its defocus (:func:`~relion_canon.analysis.defocus_trend.score_at_defocus`),
     in robust standard deviations (median and MAD of the shortfalls): one-sided, since a particle that matches
     its class unusually well is no junk. The detectors of :func:`find_junk` score both tails of every feature,
-    and with classes of different contrast the latent adds nothing to separate them."""
+    and with classes of different contrast the latent adds nothing to separate them.
+
+    Given each particle's ``outside_power`` (:mod:`~relion_canon.analysis.outside_density`), a second test: a
+    particle whose density outside its class's disc lies more than ``threshold`` +
+    :data:`OUTSIDE_DENSITY_MARGIN` robust standard deviations above the typical is junk too (an aggregate
+    matches its class as well as a lone particle), and its score is that excess. Below it the second test
+    leaves the score alone: it sees one kind of junk, and its noise would only blur the correlation's ranking
+    of the rest."""
     median = float(np.median(score))
     below = below_typical(score, defocus_A)
     spread = 1.4826 * float(np.median(np.abs(below - np.median(below))))
     z = below / max(spread, 1e-12)
+    report: dict[str, Any] = {}
+    if outside_power is not None and np.all(np.isfinite(outside_power)):
+        outside = excess_z(outside_power, defocus_A)
+        raised = outside > np.maximum(z, threshold + OUTSIDE_DENSITY_MARGIN)
+        z = np.where(raised, outside, z)
+        report["n_flagged_by_outside_density"] = int((raised & (below / max(spread, 1e-12) <= threshold)).sum())
     flag = z > threshold
-    log.info(f"Outliers (alignment score): {int(flag.sum())} of {len(flag)} particles above Z = {threshold:g}")
+    log.info(f"Outliers (alignment score): {int(flag.sum())} of {len(flag)} particles above Z = {threshold:g}"
+             + (f", {report['n_flagged_by_outside_density']} of them only for density outside their class's disc"
+                if report else ""))
     report = {"method": "alignment_score", "threshold": threshold, "threshold_from": "outlier_threshold",
-              **flag_counts(z, flag, threshold),
+              **flag_counts(z, flag, threshold), **report,
               "median_score": median, "score_spread": spread, "by_defocus": defocus_A is not None}
     return Junk(z=z, flag=flag, per_detector={"alignment_score": z}, report=report)
 

@@ -18,6 +18,7 @@ from relion_canon.analysis.ctf_fit import fit_defocus
 from relion_canon.analysis.estimate.timing import Clock
 from relion_canon.analysis.estimate_config import EstimateConfig
 from relion_canon.analysis.metrics import align_angles
+from relion_canon.analysis.outside_density import outside_power_of, particle_radius_px
 from relion_canon.geometry import wrap_deg
 from relion_canon.analysis.symmetry import detect_symmetry
 from relion_canon.context import RunContext
@@ -43,6 +44,7 @@ class ClassAlignment:
     defocus_fit_A: np.ndarray
     fit_peak: np.ndarray
     report: dict[str, Any]  # "alignment" (history) and "symmetry"
+    outside_power: np.ndarray  # (n,) analysis.outside_density.outside_power about the class's disc
 
 
 @dataclass
@@ -63,6 +65,8 @@ class Refinement:
     # (N, 2) Å, RELION's rlnOriginX/YAngst (the particle's centre sits at box//2 − origin), where a
     # translational search found them; None without one
     origin_A: np.ndarray | None = None
+    # (N,) analysis.outside_density.outside_power about each particle's class disc; None without refinement
+    outside_power: np.ndarray | None = None
 
     @property
     def symmetry(self) -> dict[str, Any]:
@@ -102,6 +106,9 @@ def refine_classes(star: ParticleStar, psi_model_deg: np.ndarray, source: Any, c
             result.psi_deg[rows], result.score[rows] = aligned.psi_deg, aligned.score
             result.defocus_fit_A[rows], result.fit_peak[rows] = aligned.defocus_fit_A, aligned.fit_peak
             result.class_averages[number] = aligned.reference
+            if result.outside_power is None:
+                result.outside_power = np.full(n, np.nan)
+            result.outside_power[rows] = aligned.outside_power
             if config.max_shift_px > 0:
                 if result.origin_A is None:
                     result.origin_A = np.zeros((n, 2))
@@ -139,6 +146,10 @@ def finish_class(images: ParticleBatches, rows: np.ndarray, number: int, alignme
     if ctf is not None:
         defocus_fit_A, fit_peak = fit_defocus(batches, alignment, ctf, images.pixel_size[rows], images.box)
         clock.lap("defocus_fit")
+    pixel_size_A = float(np.median(images.pixel_size[rows]))
+    outside = outside_power_of(batches, len(rows), np.asarray(alignment.shift, dtype=np.float64),
+                               particle_radius_px(alignment.reference, pixel_size_A), pixel_size_A)
+    clock.lap("outside_density")
     symmetry = detect_symmetry(alignment.reference, radius=int(0.9 * images.box / 2))
     if symmetry.n > 1:
         log.info(f"Class {number}: the canonical image looks C{symmetry.n}-symmetric (confidence "
@@ -146,7 +157,8 @@ def finish_class(images: ParticleBatches, rows: np.ndarray, number: int, alignme
     return ClassAlignment(psi_deg=alignment.psi, score=alignment.score, shift_px=alignment.shift,
                           reference=alignment.reference,
                           defocus_fit_A=defocus_fit_A, fit_peak=fit_peak,
-                          report={"alignment": alignment.history, "symmetry": symmetry.report()})
+                          report={"alignment": alignment.history, "symmetry": symmetry.report()},
+                          outside_power=outside)
 
 
 def origin_A(shift_px: np.ndarray, pixel_size_A: np.ndarray) -> np.ndarray:

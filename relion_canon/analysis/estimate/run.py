@@ -48,11 +48,7 @@ def estimate(star: ParticleStar, model_path: str | Path, out_dir: str | Path, co
     defocus = estimate_defocus(prediction.latent, refinement.defocus_fit_A, defocus_input_A, config.defocus_range)
     features = outlier_features(prediction.latent, refinement.score, refinement.fit_peak, refinement.defocus_fit_A,
                                 defocus_input_A)
-    if refinement.classification is None:
-        junk = find_junk(features, config.outlier_method, config.outlier_threshold, config.seed, clock)
-    else:
-        junk = junk_by_alignment_score(refinement.score, config.outlier_threshold, defocus_input_A)
-        mark_junk_classes(refinement, junk)
+    junk = judge_junk(refinement, features, defocus_input_A, config, clock)
     per_particle = per_particle_canonical(star, refinement, junk, config)  # the in-class origins, before 3-D
     orientations = None
     if config.ref:
@@ -90,6 +86,18 @@ def estimate(star: ParticleStar, model_path: str | Path, out_dir: str | Path, co
         class_averages=refinement.class_averages,
         matched_projections={} if orientations is None else orientations.matched,
     )
+
+
+def judge_junk(refinement: Refinement, features: np.ndarray, defocus_input_A: np.ndarray | None,
+               config: EstimateConfig, clock: Clock) -> Junk:
+    """Without classes, the detectors on ``features``; with them, each particle by its alignment score and the
+    density outside its class's disc, and then every particle of a junk class."""
+    if refinement.classification is None:
+        return find_junk(features, config.outlier_method, config.outlier_threshold, config.seed, clock)
+    junk = junk_by_alignment_score(refinement.score, config.outlier_threshold, defocus_input_A,
+                                   refinement.outside_power)
+    mark_junk_classes(refinement, junk)
+    return junk
 
 
 def per_particle_canonical(star: ParticleStar, refinement: Refinement, junk: Junk,

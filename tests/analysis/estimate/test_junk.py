@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.stats import norm
 
 from relion_canon.analysis.estimate.junk import find_junk, junk_by_alignment_score, outlier_features
 from relion_canon.analysis.estimate.timing import Clock
@@ -143,3 +144,18 @@ def test_the_detectors_see_the_score_and_peak_less_their_trend_with_defocus():
     # Without a defocus the columns are the score and peak themselves, shifted.
     plain = outlier_features(rng.normal(size=(2000, 4)), score, peak, defocus, None)
     np.testing.assert_allclose(plain[:, 0] - plain[0, 0], score - score[0])
+
+
+def test_density_outside_the_disc_flags_a_particle_that_matches_its_class_and_leaves_the_rest_alone():
+    rng = np.random.default_rng(6)
+    score = rng.normal(0.5, 0.01, 500)
+    # Evenly spread quantiles: no good particle's excess reaches the threshold by chance (at most z = 2.33).
+    outside = -3.0 + 0.1 * norm.ppf(np.linspace(0.01, 0.99, 500))[rng.permutation(500)]
+    outside[0] += 1.0  # an aggregate: a well-matched view with a neighbour beside it
+    plain = junk_by_alignment_score(score, 2.5)
+    both = junk_by_alignment_score(score, 2.5, None, outside)
+    assert both.flag[0] and not plain.flag[0] and both.z[0] > 5
+    assert both.report["n_flagged_by_outside_density"] == 1
+    # Below the threshold the second test does not touch the score: its ranking stays the correlation's.
+    np.testing.assert_array_equal(both.z[1:], plain.z[1:])
+    np.testing.assert_array_equal(junk_by_alignment_score(score, 2.5, None, np.full(500, np.nan)).z, plain.z)
