@@ -30,18 +30,18 @@ def _lowpass(images: torch.Tensor, sigma_px: float) -> torch.Tensor:
     """(n, B, B) images after a Gaussian low-pass of real-space width ``sigma_px``, applied in Fourier space
     (periodic, as the searches treat the box)."""
     box = images.shape[-1]
-    fy = torch.fft.fftfreq(box, dtype=torch.float64)[:, None]
-    fx = torch.fft.rfftfreq(box, dtype=torch.float64)[None, :]
-    gain = torch.exp(-2.0 * np.pi ** 2 * sigma_px ** 2 * (fx ** 2 + fy ** 2)).to(images.dtype)
+    fy = torch.fft.fftfreq(box, dtype=images.dtype)[:, None]
+    fx = torch.fft.rfftfreq(box, dtype=images.dtype)[None, :]
+    gain = torch.exp(-2.0 * np.pi ** 2 * sigma_px ** 2 * (fx ** 2 + fy ** 2))
     return torch.fft.irfft2(torch.fft.rfft2(images) * gain, s=images.shape[-2:])
 
 
-def _radii(box: int, centres_px: torch.Tensor) -> torch.Tensor:
-    """(n, B, B) each pixel's distance (px) from each of the (n, 2) (x, y) centres."""
+def _radii_sq(box: int, centres_px: torch.Tensor) -> torch.Tensor:
+    """(n, B, B) each pixel's squared distance (px²) from each of the (n, 2) (x, y) centres."""
     grid = torch.arange(box, dtype=centres_px.dtype)
     dx = grid[None, None, :] - centres_px[:, 0, None, None]
     dy = grid[None, :, None] - centres_px[:, 1, None, None]
-    return torch.sqrt(dx ** 2 + dy ** 2)
+    return dx ** 2 + dy ** 2
 
 
 def particle_radius_px(average: np.ndarray, pixel_size_A: float, share: float = PARTICLE_POWER_SHARE) -> float:
@@ -50,7 +50,7 @@ def particle_radius_px(average: np.ndarray, pixel_size_A: float, share: float = 
     carries no shape, and its power over the whole box would push the radius out)."""
     image = torch.as_tensor(np.asarray(average, dtype=np.float64))
     box = image.shape[-1]
-    radius = _radii(box, torch.full((1, 2), float(box // 2), dtype=torch.float64))[0]
+    radius = torch.sqrt(_radii_sq(box, torch.full((1, 2), float(box // 2), dtype=torch.float64))[0])
     level = image[radius > box / 2].mean()
     low = _lowpass((image - level)[None], LOWPASS_SIGMA_A / pixel_size_A)[0]
     order = torch.argsort(radius.flatten())
@@ -65,13 +65,14 @@ def outside_power(images: torch.Tensor, shift_px: torch.Tensor, radius_px: torch
                   pixel_size_A: float) -> torch.Tensor:
     """(n,) log of each image's mean low-passed power outside the disc of ``radius_px`` (n,) about its centre
     (box//2 + ``shift_px``, (n, 2) x, y) over its mean power above the low-pass."""
-    images = images.to(torch.float64)
+    images = images.to(torch.float32)
     low = _lowpass(images, LOWPASS_SIGMA_A / pixel_size_A)
     box = images.shape[-1]
-    outside = _radii(box, shift_px.to(torch.float64) + box // 2) > radius_px.to(torch.float64)[:, None, None]
+    centres = shift_px.to(torch.float32) + box // 2
+    outside = _radii_sq(box, centres) > (radius_px.to(torch.float32) ** 2)[:, None, None]
     beyond = (low ** 2 * outside).sum((-2, -1)) / torch.clamp(outside.sum((-2, -1)), min=1)
     noise = ((images - low) ** 2).mean((-2, -1))
-    return torch.log(torch.clamp(beyond, min=1e-30) / torch.clamp(noise, min=1e-30))
+    return torch.log(torch.clamp(beyond, min=1e-30) / torch.clamp(noise, min=1e-30)).to(torch.float64)
 
 
 def outside_power_of(batches: Callable[..., Iterator[tuple[np.ndarray, np.ndarray]]], n: int, shift_px: np.ndarray,
