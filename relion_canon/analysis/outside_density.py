@@ -86,10 +86,17 @@ def outside_power_of(batches: Callable[..., Iterator[tuple[np.ndarray, np.ndarra
     return power
 
 
-def excess_z(power: np.ndarray, defocus_A: np.ndarray | None) -> np.ndarray:
+def excess_z(power: np.ndarray, defocus_A: np.ndarray | None, classes: np.ndarray | None = None) -> np.ndarray:
     """(N,) how far each particle's outside power lies above the typical particle's at its defocus (the low
-    band's power grows with defocus, as the CTF passes more of it), in robust standard deviations."""
+    band's power grows with defocus, as the CTF passes more of it) and, given each particle's ``classes``
+    label, in its class (an elongated view leaves more of its own density outside its disc than a round
+    one), in robust standard deviations."""
     power = np.asarray(power, dtype=np.float64)
     above = power - median_at_defocus(power, defocus_A)  # a log: the trend is a difference, not a ratio
+    if classes is not None:
+        classes = np.asarray(classes)
+        for label in np.unique(classes):
+            members = classes == label
+            above[members] -= np.median(above[members])
     spread = 1.4826 * float(np.median(np.abs(above - np.median(above))))
     return above / max(spread, 1e-12)

@@ -50,7 +50,12 @@ def fourier_ring_correlation(a: torch.Tensor, b: torch.Tensor, rings: torch.Tens
 
 def resolution_at_threshold_A(frc: np.ndarray, pixel_size_A: float, box: int,
                               threshold: float = FRC_THRESHOLD) -> float:
-    """Resolution (Å) of the first ring after ring 0 whose FRC is below ``threshold`` (Nyquist if none)."""
-    below = np.flatnonzero(np.asarray(frc)[1:] < threshold)
-    ring = (below[0] + 1) if below.size else len(frc) - 1
+    """Resolution (Å) of the first ring after ring 0 whose FRC is below ``threshold`` and stays below it on the
+    next ring (Nyquist if none). A dip of one ring is no limit: the lowest rings hold a dozen coefficients, so
+    their FRC is noisy, and where the CTF passes almost nothing at very low frequency a small class's FRC can
+    fall to zero there and recover above it."""
+    below = np.asarray(frc)[1:] < threshold
+    stays = below & np.append(below[1:], True)  # the last ring has no next one to recover on
+    crossing = np.flatnonzero(stays)
+    ring = (crossing[0] + 1) if crossing.size else len(frc) - 1
     return float(box * pixel_size_A / max(ring, 1))

@@ -61,3 +61,14 @@ def test_the_excess_is_judged_against_the_typical_particle_at_its_defocus():
     plain = excess_z(power, None)
     assert z[0] > 5 and (z[1:] > 4).mean() < 0.001
     assert plain[0] < 2.5  # against all particles its excess is typical: only the trend shows it
+
+
+def test_the_excess_is_judged_within_each_class():
+    rng = np.random.default_rng(3)
+    classes = np.repeat([1, 2], [540, 60])
+    power = rng.normal(-3.0, 0.1, 600)
+    power[classes == 2] += 0.6  # an elongated view: more of its own density lies outside its disc
+    power[540] += 1.0  # an aggregate of that view
+    plain, by_class = excess_z(power, None), excess_z(power, None, classes)
+    assert (plain[541:] > 3.5).mean() > 0.5  # judged against every class, most of the elongated view is junk
+    assert (by_class[541:] > 3.5).mean() < 0.02 and by_class[540] > 5

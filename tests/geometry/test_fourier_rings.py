@@ -60,9 +60,13 @@ def test_frc_of_independent_noise_is_near_zero(seed):
     assert (frc[outer].abs() < 5 / counts[outer].sqrt()).all()
 
 
-def test_resolution_at_the_first_ring_below_the_threshold():
-    frc = np.array([1.0, 0.9, 0.5, 0.2, 0.1, 0.3, 0.0])  # box 12: rings 0 … 6
-    assert resolution_at_threshold_A(frc, 2.0, 12) == 12 * 2.0 / 4
+def test_resolution_at_the_first_ring_below_the_threshold_that_stays_below():
+    frc = np.array([1.0, 0.9, 0.5, 0.1, 0.12, 0.3, 0.0])  # box 12: rings 0 … 6
+    assert resolution_at_threshold_A(frc, 2.0, 12) == 12 * 2.0 / 3
+    # A dip of one ring (a CTF zero at low resolution, or the noise of a ring of few coefficients) is no limit.
+    dip = np.array([1.0, 0.95, 0.05, 0.9, 0.8, 0.1, 0.05])
+    assert resolution_at_threshold_A(dip, 2.0, 12) == 12 * 2.0 / 5
+    assert resolution_at_threshold_A(np.array([1.0, 0.9, 0.9, 0.9, 0.9, 0.9, 0.1]), 2.0, 12) == 4.0  # last ring
     assert resolution_at_threshold_A(np.ones(7), 2.0, 12) == 4.0  # Nyquist: 2 px
     assert math.isclose(resolution_at_threshold_A(frc, 2.0, 12, threshold=0.5), 12 * 2.0 / 3)
     assert resolution_at_threshold_A(np.array([1.0, 0.0]), 1.0, 2) == 2.0

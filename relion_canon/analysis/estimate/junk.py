@@ -123,7 +123,7 @@ OUTSIDE_DENSITY_MARGIN = 1.0
 
 
 def junk_by_alignment_score(score: np.ndarray, threshold: float, defocus_A: np.ndarray | None = None,
-                            outside_power: np.ndarray | None = None) -> Junk:
+                            outside_power: np.ndarray | None = None, classes: np.ndarray | None = None) -> Junk:
     """With classes, each particle's junk score is how far its correlation with its own class's average falls
     below the typical particle's at its defocus (:func:`~relion_canon.analysis.defocus_trend.score_at_defocus`),
     in robust standard deviations (median and MAD of the shortfalls): one-sided, since a particle that matches
@@ -132,7 +132,8 @@ def junk_by_alignment_score(score: np.ndarray, threshold: float, defocus_A: np.n
 
     Given each particle's ``outside_power`` (:mod:`~relion_canon.analysis.outside_density`), a second test: a
     particle whose density outside its class's disc lies more than ``threshold`` +
-    :data:`OUTSIDE_DENSITY_MARGIN` robust standard deviations above the typical is junk too (an aggregate
+    :data:`OUTSIDE_DENSITY_MARGIN` robust standard deviations above the typical particle's of its class (its
+    label in ``classes``) at its defocus is junk too (an aggregate
     matches its class as well as a lone particle), and its score is that excess. Below it the second test
     leaves the score alone: it sees one kind of junk, and its noise would only blur the correlation's ranking
     of the rest."""
@@ -142,7 +143,7 @@ def junk_by_alignment_score(score: np.ndarray, threshold: float, defocus_A: np.n
     z = below / max(spread, 1e-12)
     report: dict[str, Any] = {}
     if outside_power is not None and np.all(np.isfinite(outside_power)):
-        outside = excess_z(outside_power, defocus_A)
+        outside = excess_z(outside_power, defocus_A, classes)
         raised = outside > np.maximum(z, threshold + OUTSIDE_DENSITY_MARGIN)
         z = np.where(raised, outside, z)
         report["n_flagged_by_outside_density"] = int((raised & (below / max(spread, 1e-12) <= threshold)).sum())

@@ -95,7 +95,7 @@ def judge_junk(refinement: Refinement, features: np.ndarray, defocus_input_A: np
     if refinement.classification is None:
         return find_junk(features, config.outlier_method, config.outlier_threshold, config.seed, clock)
     junk = junk_by_alignment_score(refinement.score, config.outlier_threshold, defocus_input_A,
-                                   refinement.outside_power)
+                                   refinement.outside_power, class_numbers(refinement.classes, len(refinement.score)))
     mark_junk_classes(refinement, junk)
     return junk
 
