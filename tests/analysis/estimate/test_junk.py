@@ -156,6 +156,8 @@ def test_density_outside_the_disc_flags_a_particle_that_matches_its_class_and_le
     both = junk_by_alignment_score(score, 2.5, None, outside)
     assert both.flag[0] and not plain.flag[0] and both.z[0] > 5
     assert both.report["n_flagged_by_outside_density"] == 1
+    assert both.report["method"] == "alignment_score+outside_density" and set(both.per_detector) == {
+        "alignment_score", "outside_density"}
     # Below the threshold the second test does not touch the score: its ranking stays the correlation's.
     np.testing.assert_array_equal(both.z[1:], plain.z[1:])
     np.testing.assert_array_equal(junk_by_alignment_score(score, 2.5, None, np.full(500, np.nan)).z, plain.z)
