@@ -48,7 +48,8 @@ def classify_classes(star: ParticleStar, psi_model_deg: np.ndarray, source: Any,
         result.origin_A = origin_A(found.shift_px, images.pixel_size)
     for c in range(found.n_classes):
         rows, alignment = found.alignment_of(c)
-        finished = finish_class(images, rows, c + 1, alignment, None if ctf is None else ctf.take(rows), clock)
+        finished = finish_class(images, rows, c + 1, alignment, None if ctf is None else ctf.take(rows), clock,
+                                outside=True)
         result.defocus_fit_A[rows], result.fit_peak[rows] = finished.defocus_fit_A, finished.fit_peak
         result.outside_power[rows] = finished.outside_power
         result.classes[c + 1] = rows

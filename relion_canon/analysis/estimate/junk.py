@@ -131,12 +131,11 @@ def junk_by_alignment_score(score: np.ndarray, threshold: float, defocus_A: np.n
     and with classes of different contrast the latent adds nothing to separate them.
 
     Given each particle's ``outside_power`` (:mod:`~relion_canon.analysis.outside_density`), a second test: a
-    particle whose density outside its class's disc lies more than ``threshold`` +
-    :data:`OUTSIDE_DENSITY_MARGIN` robust standard deviations above the typical particle's of its class (its
-    label in ``classes``) at its defocus is junk too (an aggregate
-    matches its class as well as a lone particle), and its score is that excess. Below it the second test
-    leaves the score alone: it sees one kind of junk, and its noise would only blur the correlation's ranking
-    of the rest."""
+    particle whose density outside its class's disc lies more than ``threshold`` + :data:`OUTSIDE_DENSITY_MARGIN`
+    robust standard deviations above the typical particle's of its class (its label in ``classes``) at its
+    defocus is junk too (an aggregate matches its class as well as a lone particle), and its score is that
+    excess. Below it the second test leaves the score alone: it sees one kind of junk, and its noise would
+    only blur the correlation's ranking of the rest."""
     median = float(np.median(score))
     below = below_typical(score, defocus_A)
     spread = 1.4826 * float(np.median(np.abs(below - np.median(below))))

@@ -44,7 +44,7 @@ class ClassAlignment:
     defocus_fit_A: np.ndarray
     fit_peak: np.ndarray
     report: dict[str, Any]  # "alignment" (history) and "symmetry"
-    outside_power: np.ndarray  # (n,) analysis.outside_density.outside_power about the class's disc
+    outside_power: np.ndarray  # (n,) analysis.outside_density.outside_power about the class's disc, or NaN
 
 
 @dataclass
@@ -65,7 +65,8 @@ class Refinement:
     # (N, 2) Å, RELION's rlnOriginX/YAngst (the particle's centre sits at box//2 − origin), where a
     # translational search found them; None without one
     origin_A: np.ndarray | None = None
-    # (N,) analysis.outside_density.outside_power about each particle's class disc; None without refinement
+    # (N,) analysis.outside_density.outside_power about each particle's class disc; None where not measured
+    # (only the classifier's junk test reads it)
     outside_power: np.ndarray | None = None
 
     @property
@@ -106,9 +107,6 @@ def refine_classes(star: ParticleStar, psi_model_deg: np.ndarray, source: Any, c
             result.psi_deg[rows], result.score[rows] = aligned.psi_deg, aligned.score
             result.defocus_fit_A[rows], result.fit_peak[rows] = aligned.defocus_fit_A, aligned.fit_peak
             result.class_averages[number] = aligned.reference
-            if result.outside_power is None:
-                result.outside_power = np.full(n, np.nan)
-            result.outside_power[rows] = aligned.outside_power
             if config.max_shift_px > 0:
                 if result.origin_A is None:
                     result.origin_A = np.zeros((n, 2))
@@ -139,17 +137,21 @@ def align_class(images: ParticleBatches, rows: np.ndarray, number: int, ctf: Ctf
 
 
 def finish_class(images: ParticleBatches, rows: np.ndarray, number: int, alignment: Alignment,
-                 ctf: CtfParams | None, clock: Clock) -> ClassAlignment:
-    """A class once aligned: each particle's defocus fitted to the class's reference, and its symmetry."""
+                 ctf: CtfParams | None, clock: Clock, outside: bool = False) -> ClassAlignment:
+    """A class once aligned: each particle's defocus fitted to the class's reference, and its symmetry; with
+    ``outside``, each particle's density outside the class's disc (NaN without: only the classifier's junk
+    test reads it)."""
     batches = batches_of(images, rows)
     defocus_fit_A, fit_peak = np.full(len(rows), np.nan), np.full(len(rows), np.nan)
     if ctf is not None:
         defocus_fit_A, fit_peak = fit_defocus(batches, alignment, ctf, images.pixel_size[rows], images.box)
         clock.lap("defocus_fit")
-    pixel_size_A = float(np.median(images.pixel_size[rows]))
-    outside = outside_power_of(batches, len(rows), np.asarray(alignment.shift, dtype=np.float64),
-                               particle_radius_px(alignment.reference, pixel_size_A), pixel_size_A)
-    clock.lap("outside_density")
+    power = np.full(len(rows), np.nan)
+    if outside:
+        pixel_size_A = float(np.median(images.pixel_size[rows]))
+        power = outside_power_of(batches, len(rows), np.asarray(alignment.shift, dtype=np.float64),
+                                 particle_radius_px(alignment.reference, pixel_size_A), pixel_size_A)
+        clock.lap("outside_density")
     symmetry = detect_symmetry(alignment.reference, radius=int(0.9 * images.box / 2))
     if symmetry.n > 1:
         log.info(f"Class {number}: the canonical image looks C{symmetry.n}-symmetric (confidence "
@@ -158,7 +160,7 @@ def finish_class(images: ParticleBatches, rows: np.ndarray, number: int, alignme
                           reference=alignment.reference,
                           defocus_fit_A=defocus_fit_A, fit_peak=fit_peak,
                           report={"alignment": alignment.history, "symmetry": symmetry.report()},
-                          outside_power=outside)
+                          outside_power=power)
 
 
 def origin_A(shift_px: np.ndarray, pixel_size_A: np.ndarray) -> np.ndarray:
