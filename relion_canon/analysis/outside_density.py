@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from relion_canon.analysis.defocus_trend import median_at_defocus
+from relion_canon.geometry import squared_distance_px
 
 # Gaussian low-pass of this real-space width (Å): it keeps the band below about 1/(2π·8 Å) ≈ 1/50 Å, where a
 # particle's shape lies; the finer bands are noise at the SNR of picked particles.
@@ -36,21 +37,13 @@ def _lowpass(images: torch.Tensor, sigma_px: float) -> torch.Tensor:
     return torch.fft.irfft2(torch.fft.rfft2(images) * gain, s=images.shape[-2:])
 
 
-def _radii_sq(box: int, centres_px: torch.Tensor) -> torch.Tensor:
-    """(n, B, B) each pixel's squared distance (px²) from each of the (n, 2) (x, y) centres."""
-    grid = torch.arange(box, dtype=centres_px.dtype)
-    dx = grid[None, None, :] - centres_px[:, 0, None, None]
-    dy = grid[None, :, None] - centres_px[:, 1, None, None]
-    return dx ** 2 + dy ** 2
-
-
 def particle_radius_px(average: np.ndarray, pixel_size_A: float, share: float = PARTICLE_POWER_SHARE) -> float:
     """The radius (px) about the box centre (box//2) within which a (B, B) class average, low-passed, holds
     ``share`` of its power, measured from the level of its corners (beyond any circular mask: a flat surround
     carries no shape, and its power over the whole box would push the radius out)."""
     image = torch.as_tensor(np.asarray(average, dtype=np.float64))
     box = image.shape[-1]
-    radius = torch.sqrt(_radii_sq(box, torch.full((1, 2), float(box // 2), dtype=torch.float64))[0])
+    radius = torch.sqrt(squared_distance_px(box, torch.full((1, 2), float(box // 2), dtype=torch.float64))[0])
     level = image[radius > box / 2].mean()
     low = _lowpass((image - level)[None], LOWPASS_SIGMA_A / pixel_size_A)[0]
     order = torch.argsort(radius.flatten())
@@ -69,7 +62,7 @@ def outside_power(images: torch.Tensor, shift_px: torch.Tensor, radius_px: torch
     low = _lowpass(images, LOWPASS_SIGMA_A / pixel_size_A)
     box = images.shape[-1]
     centres = shift_px.to(torch.float32) + box // 2
-    outside = _radii_sq(box, centres) > (radius_px.to(torch.float32) ** 2)[:, None, None]
+    outside = squared_distance_px(box, centres) > (radius_px.to(torch.float32) ** 2)[:, None, None]
     beyond = (low ** 2 * outside).sum((-2, -1)) / torch.clamp(outside.sum((-2, -1)), min=1)
     noise = ((images - low) ** 2).mean((-2, -1))
     return torch.log(torch.clamp(beyond, min=1e-30) / torch.clamp(noise, min=1e-30)).to(torch.float64)

@@ -24,6 +24,7 @@ _WHERE = {
     "ring_mean": "fourier_rings",
     "circular_mask": "masks",
     "soft_circular_mask": "masks",
+    "squared_distance_px": "masks",
     "parabolic_height": "peaks",
     "parabolic_offset": "peaks",
     "periodic_peak": "peaks",
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from relion_canon.geometry.angles import wrap_deg, wrap_rad
     from relion_canon.geometry.correlation import correlation_window, correlation_windows
     from relion_canon.geometry.fourier_rings import FRC_THRESHOLD, column_multiplicity, fourier_ring_correlation, resolution_at_threshold_A, ring_index, ring_mean
-    from relion_canon.geometry.masks import circular_mask, soft_circular_mask
+    from relion_canon.geometry.masks import circular_mask, soft_circular_mask, squared_distance_px
     from relion_canon.geometry.peaks import parabolic_height, parabolic_offset, periodic_peak, shift_peak, shift_peak_and_height, window_half_width, window_peak_and_height
     from relion_canon.geometry.polar import polar_grid, ring_points_px, sample_polar, sample_rings
     from relion_canon.geometry.rotation import canonicalise, canonicalising_shift_px, rotate, rotate_images, turn_vectors

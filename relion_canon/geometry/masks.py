@@ -1,4 +1,5 @@
-"""Circular masks about RELION's image origin, pixel (box//2, box//2)."""
+"""Circular masks about RELION's image origin, pixel (box//2, box//2), and each pixel's distance from given
+centres (discs about where particles sit)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,15 @@ def circular_mask(box: int, radius_px: float, device: torch.device | str | None 
     r = torch.arange(box, device=device, dtype=torch.float32) - box // 2
     dist = torch.sqrt(r[:, None] ** 2 + r[None, :] ** 2)
     return (radius_px + 0.5 - dist).clamp(0.0, 1.0).to(dtype)
+
+
+def squared_distance_px(box: int, centres_px: torch.Tensor) -> torch.Tensor:
+    """(n, box, box) each pixel's squared distance (px²) from each of the (n, 2) (x, y) centres, in their
+    dtype; a disc of radius r about centre i is ``squared_distance_px(box, centres)[i] <= r**2``."""
+    grid = torch.arange(box, dtype=centres_px.dtype, device=centres_px.device)
+    dx = grid[None, None, :] - centres_px[:, 0, None, None]
+    dy = grid[None, :, None] - centres_px[:, 1, None, None]
+    return dx ** 2 + dy ** 2
 
 
 @lru_cache(maxsize=16)

@@ -1,13 +1,14 @@
-"""Circular masks: 1 inside, 0 outside, monotone in between, centred on pixel box//2."""
+"""Circular masks: 1 inside, 0 outside, monotone in between, centred on pixel box//2; distances from centres."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relion_canon.geometry import circular_mask, soft_circular_mask
+from relion_canon.geometry import circular_mask, soft_circular_mask, squared_distance_px
 
 
 def _radius_px(box: int) -> np.ndarray:
@@ -50,3 +51,10 @@ def test_circular_mask_is_a_disc_with_a_one_pixel_edge(box, fraction):
     assert mask[box // 2, box // 2] == min(1.0, radius + 0.5)
     inner = mask[1:, 1:] if box % 2 == 0 else mask
     np.testing.assert_array_equal(inner, inner[::-1, ::-1])
+
+
+def test_squared_distance_is_measured_from_each_centre_x_along_columns():
+    d2 = squared_distance_px(8, torch.tensor([[4.0, 4.0], [6.0, 1.0]]))
+    assert d2.shape == (2, 8, 8)
+    assert d2[0, 4, 4] == 0 and d2[0, 4, 7] == 9 and d2[0, 1, 4] == 9
+    assert d2[1, 1, 6] == 0 and d2[1, 3, 6] == 4 and d2[1, 1, 3] == 9  # x = 6 is column 6, y = 1 is row 1

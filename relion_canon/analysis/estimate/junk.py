@@ -140,19 +140,19 @@ def junk_by_alignment_score(score: np.ndarray, threshold: float, defocus_A: np.n
     below = below_typical(score, defocus_A)
     spread = 1.4826 * float(np.median(np.abs(below - np.median(below))))
     by_score = below / max(spread, 1e-12)
-    z, report, per_detector = by_score, {"method": "alignment_score"}, {"alignment_score": by_score}
+    z, how, per_detector = by_score, {"method": "alignment_score"}, {"alignment_score": by_score}
     if outside_power is not None and np.all(np.isfinite(outside_power)):
         outside = excess_z(outside_power, defocus_A, classes)
         raised = outside > np.maximum(by_score, threshold + OUTSIDE_DENSITY_MARGIN)
         z = np.where(raised, outside, by_score)
-        report = {"method": "alignment_score+outside_density",
+        how = {"method": "alignment_score+outside_density",
                   "n_flagged_by_outside_density": int((raised & (by_score <= threshold)).sum())}
         per_detector["outside_density"] = outside
     flag = z > threshold
-    by_density = report.get("n_flagged_by_outside_density")
+    by_density = how.get("n_flagged_by_outside_density")
     log.info(f"Outliers (alignment score): {int(flag.sum())} of {len(flag)} particles above Z = {threshold:g}"
              + ("" if by_density is None else f", {by_density} of them only for density outside their class's disc"))
-    report = {**report, "threshold": threshold, "threshold_from": "outlier_threshold",
+    report = {**how, "threshold": threshold, "threshold_from": "outlier_threshold",
               **flag_counts(z, flag, threshold),
               "median_score": median, "score_spread": spread, "by_defocus": defocus_A is not None}
     return Junk(z=z, flag=flag, per_detector=per_detector, report=report)
